@@ -1,0 +1,282 @@
+"""The application: what answers a Request — /metrics, routes, the static site, then 404.
+
+Theory of operation.  An application is any callable `app(request)` returning a
+Message, a StreamResponse, or an awaitable of either; the HTTP session knows nothing
+more.  This one tries, in order:
+
+    1. `/metrics`, when enabled (before everything, so hooks cannot hide it);
+    2. the handler routes and mounts (routing.py): a literal segment beats a
+       parameter; a path that some route has, but not for this method, is a 405
+       with `Allow`;
+    3. the files under the static root;
+    4. 404.
+
+The hot path stays synchronous as long as it can: a `def` handler's return value is
+converted and handed back at once (the session queues it without creating a task),
+an `async def` handler's coroutine is wrapped in one small coroutine that converts
+its result.  Request hooks (hooks.py) add a wrapping coroutine only when some are
+registered; with none, `_entry` *is* the plain dispatcher.
+
+Errors are answered here, not in the session, so that error hooks can shape them:
+`HTTPError` and the engine's `BadRequest`/`BodyTooLarge` become their status; any
+other exception is logged with its traceback and becomes a 500 whose body says
+nothing about the cause unless the server runs with `--debug`.
+
+Routes and hooks are installed as one unit (`install`), so a reload swaps them
+together between two requests; a request in flight keeps what it started with.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import traceback
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .handler_results import NotAResponse, to_response
+from .hooks import Hooks, call_maybe_async
+from .http_errors import HTTPError
+from .message import Message
+from .metrics import METRICS
+from .registry import Registry
+from .request import BadRequest, BodyTooLarge, Request
+from .responses import StreamResponse, error_response, text_response
+from .routing import Router
+from .static import StaticSite
+from .wire import header_block
+
+__all__ = ["Application", "State", "router_from_registries"]
+
+log = logging.getLogger("pageloan.handlers")
+
+Answer = Message | StreamResponse
+
+
+class State(dict):
+    """Application state shared by handlers: `request.app.state.db` or `...state["db"]`."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+    def __delattr__(self, name: str) -> None:
+        try:
+            del self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def router_from_registries(registries: Iterable[Registry]) -> Router:
+    """One router holding every registry's routes and mounts (RouteConflict on a clash)."""
+    router = Router()
+    for registry in registries:
+        for r in registry.routes:
+            r.origin = registry.name
+            router.add(r)
+        for m in registry.mounts:
+            m.origin = registry.name
+            router.add_mount(m)
+    return router
+
+
+class Application:
+    def __init__(self, static: StaticSite | None = None, *, metrics: bool = False,
+                 router: Any = None, hooks: Hooks | None = None, debug: bool = False) -> None:
+        self.static = static
+        self.metrics = metrics
+        self.debug = debug
+        self.state = State()
+        self.reloader: Any = None    # handler_loader.Reloader, started by startup()
+        self.install(router, hooks)
+
+    @classmethod
+    def from_registries(cls, registries: Iterable[Registry], static: StaticSite | None = None,
+                        **options: Any) -> Application:
+        registries = list(registries)
+        return cls(static, router=router_from_registries(registries), hooks=Hooks(registries), **options)
+
+    def install(self, router: Any, hooks: Hooks | None = None) -> None:
+        """Put routes and hooks in service together.
+
+        `router` is a Router, or any callable `router(request)` returning an answer or
+        None (the older interface), or None.
+        """
+        self.router = router
+        self.hooks = hooks or Hooks()
+        self._router = router if isinstance(router, Router) else None
+        self._router_callable = router if router is not None and self._router is None else None
+        self._entry: Callable[[Request], Any] = self._dispatch
+        if self.hooks.wraps_requests:
+            self._chain = self._build_chain(self.hooks.middleware)
+            self._entry = self._dispatch_with_hooks
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def startup(self) -> None:
+        for hook in self.hooks.on_startup:
+            await call_maybe_async(hook)
+        if self.reloader is not None:
+            self.reloader.start()
+
+    async def shutdown(self) -> None:
+        if self.reloader is not None:
+            self.reloader.stop()
+        for hook in reversed(self.hooks.on_shutdown):
+            try:
+                await call_maybe_async(hook)
+            except Exception:  # noqa: BLE001 - one failing hook must not skip the others
+                log.exception("on_shutdown hook %r failed", hook)
+
+    # -- answering -------------------------------------------------------------------------
+    def __call__(self, request: Request) -> Any:
+        if self.metrics and request.raw_path == b"/metrics":
+            return text_response(METRICS.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
+        return self._entry(request)
+
+    def _dispatch(self, request: Request) -> Any:
+        """Route → handler, else static file, else 404; may return an awaitable."""
+        try:
+            router = self._router
+            if router is not None:
+                found = router.match(request.method, request.raw_path)
+                if type(found) is tuple:
+                    route, params = found
+                    result = route.handler(request, **params)
+                    if route.is_async:
+                        return self._finish(request, result)
+                    return self._convert_sync(request, result)
+                if found is not None:
+                    return self.error(request, 405, headers=[("Allow", ", ".join(sorted(found)))])
+            elif self._router_callable is not None:
+                answer = self._router_callable(request)
+                if answer is not None:
+                    return answer
+            static = self.static
+            if static is not None:
+                answer = static.respond(request)
+                if answer is not None:
+                    return answer
+                if request.method not in ("GET", "HEAD"):
+                    return self.error(request, 405, headers=[("Allow", "GET, HEAD")])
+            return self.error(request, 404)
+        except Exception as exc:  # noqa: BLE001 - any handler failure becomes an answer
+            return self.exception_answer(request, exc)
+
+    def _convert_sync(self, request: Request, result: Any) -> Any:
+        try:
+            return to_response(result)
+        except NotAResponse:
+            if inspect.isawaitable(result):   # a `def` that returned a coroutine
+                return self._finish(request, result)
+            raise
+
+    async def _finish(self, request: Request, pending: Any) -> Answer:
+        try:
+            return to_response(await pending)
+        except Exception as exc:  # noqa: BLE001
+            return await _resolved(self.exception_answer(request, exc))
+
+    # -- hooks -----------------------------------------------------------------------------
+    def _build_chain(self, middleware: list[Callable]) -> Callable[[Request], Any]:
+        async def innermost(request: Request) -> Answer:
+            return await _resolved(self._dispatch(request))
+
+        call_next = innermost
+        for mw in reversed(middleware):
+            call_next = _wrap_middleware(mw, call_next)
+        return call_next
+
+    async def _dispatch_with_hooks(self, request: Request) -> Answer:
+        hooks = self.hooks
+        try:
+            answer = None
+            for hook in hooks.before_request:
+                early = await call_maybe_async(hook, request)
+                if early is not None:
+                    answer = to_response(early)
+                    break
+            if answer is None:
+                answer = await self._chain(request)
+            for hook in hooks.after_request:
+                replaced = await call_maybe_async(hook, request, answer)
+                if replaced is not None:
+                    answer = to_response(replaced)
+            return answer
+        except Exception as exc:  # noqa: BLE001
+            return await _resolved(self.exception_answer(request, exc))
+
+    # -- errors ----------------------------------------------------------------------------
+    def exception_answer(self, request: Request, exc: Exception) -> Any:
+        """The answer for an exception raised while answering (may be an awaitable)."""
+        hook = self.hooks.for_exception(exc)
+        if hook is not None:
+            return self._run_error_hook(request, hook, exc)
+        if isinstance(exc, HTTPError):
+            return self.error(request, exc.status, exc.detail, headers=exc.headers, cause=exc)
+        if isinstance(exc, BadRequest):
+            return self.error(request, 400, str(exc), cause=exc)
+        if isinstance(exc, BodyTooLarge):
+            return self.error(request, 413, str(exc), cause=exc)
+        text = "".join(traceback.format_exception(exc))
+        log.error("error answering %s %r\n%s", request.method, request.target, text)
+        return self.error(request, 500, text if self.debug else None, cause=exc)
+
+    def error(self, request: Request, status: int, detail: str | None = None, *,
+              headers: Iterable[tuple[str, str]] = (), cause: BaseException | None = None) -> Any:
+        """The error answer for `status`: the registered hook's, else the default page."""
+        hook = self.hooks.status_handlers.get(status)
+        if hook is not None:
+            return self._run_error_hook(request, hook, cause or HTTPError(status, detail, headers))
+        return self.default_error(status, detail, headers)
+
+    def default_error(self, status: int, detail: str | None = None,
+                      headers: Iterable[tuple[str, str]] = ()) -> Message:
+        # 413: the rest of the body is still coming and will not be read; close.
+        close = status == 413
+        page_of = getattr(self.static, "error_page", None)
+        page = page_of(status) if page_of is not None and detail is None else None
+        if page is None:
+            return error_response(status, detail, close=close, headers=headers)
+        headers = list(headers)
+        if headers:
+            page.push(header_block(headers, end=False))
+        page.close = page.close or close
+        return page
+
+    def _run_error_hook(self, request: Request, hook: Callable, error: BaseException) -> Any:
+        try:
+            result = hook(request, error)
+            if inspect.isawaitable(result):
+                return self._finish_error_hook(request, result, error)
+            return to_response(result)
+        except Exception as exc:  # noqa: BLE001 - the error hook itself failed
+            return self._hook_failed(request, exc, error)
+
+    async def _finish_error_hook(self, request: Request, pending: Any, error: BaseException) -> Answer:
+        try:
+            return to_response(await pending)
+        except Exception as exc:  # noqa: BLE001
+            return self._hook_failed(request, exc, error)
+
+    def _hook_failed(self, request: Request, exc: Exception, error: BaseException) -> Message:
+        text = "".join(traceback.format_exception(exc))
+        log.error("error hook failed while answering %s %r (%r)\n%s", request.method,
+                  request.target, error, text)
+        return error_response(500, text if self.debug else None)
+
+
+def _wrap_middleware(mw: Callable, call_next: Callable[[Request], Any]) -> Callable[[Request], Any]:
+    async def call(request: Request) -> Answer:
+        return to_response(await call_maybe_async(mw, request, call_next))
+    return call
+
+
+async def _resolved(answer: Any) -> Answer:
+    if inspect.isawaitable(answer):
+        answer = await answer
+    return answer

@@ -1,0 +1,206 @@
+"""I/O drivers: move bytes between one client socket and its HttpSession.
+
+`SocketConnection` owns a raw non-blocking socket.  uvloop's transports would hide
+the socket behind a PseudoSocket that refuses `sendmsg` and `sendfile`, and would
+keep their own write buffer that our sendfile could overtake (headers after body,
+aiohttp #1093); so for plain TCP we use no transport at all: readiness callbacks
+(`add_reader`/`add_writer`) on the socket, `recv` here, and every send in the
+transmitter.  That works the same on uvloop and on the stock asyncio loop.
+
+`TlsConnection` is an asyncio Protocol for TLS transports, which cannot gather or
+sendfile: it pairs the session with the CopyTransmitter (the one copy path).
+
+Closing is *lingering*: after the last response we shut down our sending side and
+read (and drop) what the client still sends for a moment before closing.  Closing a
+socket with unread input makes the kernel send RST, which can destroy a response the
+client has not read yet — e.g. a 413 sent while the client is still uploading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import TYPE_CHECKING
+
+from .http_protocol import HttpSession
+from .transmitter import CopyTransmitter, SocketTransmitter
+
+if TYPE_CHECKING:
+    from .server import ServerContext
+
+__all__ = ["SocketConnection", "TlsConnection"]
+
+log = logging.getLogger("pageloan.connection")
+
+RECV_SIZE = 256 << 10
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 1 << 20
+
+
+class SocketConnection:
+    """Raw-socket driver: recv → session; pause/resume; lingering close."""
+
+    def __init__(self, ctx: ServerContext, sock: socket.socket, addr: tuple | None) -> None:
+        self.ctx = ctx
+        self.loop = ctx.loop
+        self.sock = sock
+        self.fd = sock.fileno()
+        sock.setblocking(False)
+        try:
+            # We batch our own writes (one gather call per flush), so Nagle only adds delay;
+            # header-before-file coalescing is done per call with MSG_MORE instead.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass   # AF_UNIX and friends
+        config = ctx.config
+        self.session = HttpSession(ctx, self, None, _peer(addr))
+        self.transmitter = SocketTransmitter(
+            sock, self.loop, ledger=ctx.ledger, metrics=ctx.metrics,
+            on_error=self._send_failed, on_idle=self.session.on_transmit_idle,
+            sendfile_step=config.sendfile_step, gather_max=config.gather_max)
+        self.session.transmitter = self.transmitter
+        self._reading = True
+        self._lingering = False
+        self.closed = False
+        self.loop.add_reader(self.fd, self._on_readable)
+        ctx.connection_opened(self)
+
+    # -- reading -----------------------------------------------------------------------
+    def _on_readable(self) -> None:
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            log.debug("recv failed: %s", exc)
+            self.abort()
+            return
+        if data:
+            self.session.data_received(data)
+        else:
+            self.pause_reading()
+            self.session.eof_received()
+
+    def pause_reading(self) -> None:
+        if self._reading and not self.closed:
+            self._reading = False
+            self.loop.remove_reader(self.fd)
+
+    def resume_reading(self) -> None:
+        if not self._reading and not self.closed and not self._lingering:
+            self._reading = True
+            self.loop.add_reader(self.fd, self._on_readable)
+
+    # -- closing -------------------------------------------------------------------------
+    def _send_failed(self, exc: BaseException) -> None:
+        self.abort()
+
+    def close(self) -> None:
+        """Graceful close: FIN after what was sent, then drain the client briefly."""
+        if self.closed or self._lingering:
+            return
+        self.pause_reading()
+        self.transmitter.close()
+        self.session.connection_lost()
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.abort()
+            return
+        self._lingering = True
+        self._linger_left = LINGER_BYTES
+        self._linger_timer = self.loop.call_later(LINGER_SECONDS, self.abort)
+        self.loop.add_reader(self.fd, self._linger_read)
+
+    def _linger_read(self) -> None:
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        self._linger_left -= len(data)
+        if not data or self._linger_left <= 0:
+            self.abort()
+
+    def abort(self) -> None:
+        """Close now."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._lingering:
+            self._linger_timer.cancel()
+        if self._reading or self._lingering:
+            self.loop.remove_reader(self.fd)
+        self._reading = False
+        self.transmitter.close()
+        self.session.connection_lost()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        self.ctx.connection_closed(self)
+
+
+class TlsConnection(asyncio.Protocol):
+    """TLS driver: asyncio's SSL transport in, CopyTransmitter out."""
+
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+        self.loop = ctx.loop
+        self.closed = False
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        addr = transport.get_extra_info("peername")
+        self.session = HttpSession(self.ctx, self, None, _peer(addr))
+        self.transmitter = CopyTransmitter(
+            transport, self.loop, ledger=self.ctx.ledger, metrics=self.ctx.metrics,  # type: ignore[arg-type]
+            on_error=lambda exc: self.abort(), on_idle=self.session.on_transmit_idle)
+        self.session.transmitter = self.transmitter
+        self.ctx.connection_opened(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.session.data_received(data)
+
+    def eof_received(self) -> bool:
+        self.session.eof_received()
+        return True   # keep our side open until the answers are written
+
+    def pause_writing(self) -> None:
+        self.transmitter.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.transmitter.resume_writing()
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.close()    # flushes what the copy path already wrote
+
+    def abort(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.transmitter.close(exc)
+        self.session.connection_lost()
+        self.ctx.connection_closed(self)
+
+
+def _peer(addr: object) -> tuple[str, int] | None:
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        return (str(addr[0]), int(addr[1]))
+    return None

@@ -1,0 +1,157 @@
+"""The open-file cache: descriptors, stat results and mmap windows reused across requests.
+
+In the manner of nginx's open_file_cache, but checked on every use: a hit costs one
+`stat()` of the path, compared with what the cached descriptor was opened as
+(device, inode, size, mtime).  A file changed in place or replaced by an atomic
+rename therefore misses at once, and the new file is opened; the old descriptor stays
+open exactly as long as a response still sending from it holds a reference.
+
+`OpenFile` is the loan owner of file regions (rule 3): a FileRegion keeps its
+OpenFile alive, and the OpenFile closes its descriptor and unmaps its pages only
+when the last reference is gone — never under a send in progress.  Small files are
+mapped once (`window()`), so the transmitter can gather them with their header in
+one writev; the pages are read by the kernel only.  The size is taken from `fstat`
+of the open descriptor, never from the path, so the mapping never extends past what
+the file held when it was opened; a later truncation makes the kernel's copy fail
+with EFAULT for that one send instead of raising SIGBUS in this process.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import stat as stat_mod
+from typing import Any
+
+__all__ = ["OpenFile", "OpenFileCache"]
+
+# O_NONBLOCK: if a path is swapped for a FIFO between our stat() and open(), open must
+# not block the event loop waiting for a writer (it has no effect on regular files).
+_O_FLAGS = (os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
+            | getattr(os, "O_NONBLOCK", 0))
+
+
+class OpenFile:
+    """An open regular file, its identity at open time, and an optional mapping."""
+
+    __slots__ = ("fd", "size", "mtime_ns", "mtime", "ino", "dev", "path", "_map",
+                 "extra", "vetted", "used", "__weakref__")
+
+    def __init__(self, path: str, map_max: int) -> None:
+        fd = os.open(path, _O_FLAGS)
+        try:
+            st = os.fstat(fd)
+            if not stat_mod.S_ISREG(st.st_mode):
+                raise IsADirectoryError(path) if stat_mod.S_ISDIR(st.st_mode) else PermissionError(path)
+            self._map: mmap.mmap | None = None
+            if 0 < st.st_size <= map_max:
+                self._map = mmap.mmap(fd, st.st_size, prot=mmap.PROT_READ)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+        self.path = path
+        self.size = st.st_size
+        self.mtime_ns = st.st_mtime_ns
+        self.mtime = st.st_mtime
+        self.ino = st.st_ino
+        self.dev = st.st_dev
+        # Per-file data other layers derive once (prebuilt headers, ETag, type).
+        self.extra: dict[Any, Any] = {}
+        # Set by the layer that serves the file once it has checked where the open
+        # descriptor really leads (containment in a root); a reopen starts unvetted.
+        self.vetted = False
+        # Second-chance bit for eviction: set on every hit, cleared by the sweep.
+        self.used = False
+
+    def matches(self, st: os.stat_result) -> bool:
+        return (st.st_ino == self.ino and st.st_dev == self.dev
+                and st.st_size == self.size and st.st_mtime_ns == self.mtime_ns)
+
+    def window(self, offset: int, count: int) -> memoryview | None:
+        """A view of the mapped pages (for the kernel to read), or None if unmapped."""
+        if self._map is None or offset + count > self.size:
+            return None
+        return memoryview(self._map)[offset:offset + count]
+
+    def __del__(self) -> None:
+        # Last reference gone: no response is sending from us any more.
+        fd = getattr(self, "fd", -1)
+        if fd >= 0:
+            self.fd = -1
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def __repr__(self) -> str:
+        return f"<OpenFile {self.path!r} fd={self.fd} size={self.size}>"
+
+
+class OpenFileCache:
+    """path → OpenFile, bounded, revalidated by one stat() per lookup."""
+
+    def __init__(self, max_entries: int = 1024, map_max: int = 256 << 10) -> None:
+        self.max_entries = max_entries
+        self.map_max = map_max
+        self._files: dict[str, OpenFile] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def open(self, path: str, st: os.stat_result | None = None) -> OpenFile:
+        """The open file at `path`; raises OSError (FileNotFoundError, ...) like os.open.
+
+        `st` may be passed when the caller has just stat'ed the path.
+        """
+        cached = self._files.get(path)
+        if cached is not None:
+            if st is None:
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    del self._files[path]
+                    raise
+            if cached.matches(st):
+                self.hits += 1
+                cached.used = True
+                return cached
+            del self._files[path]
+        self.misses += 1
+        opened = OpenFile(path, self.map_max)
+        if len(self._files) >= self.max_entries:
+            self._evict()
+        self._files[path] = opened
+        return opened
+
+    def _evict(self) -> None:
+        # Second chance (the clock algorithm over insertion order): walk from the
+        # oldest entry; one used since the last sweep loses its bit and moves to the
+        # back, an unused one is dropped, until an eighth of the cache is free.  Hot
+        # files therefore stay open; in-flight responses keep an evicted OpenFile
+        # alive through their FileRegions regardless.
+        files = self._files
+        want = max(1, self.max_entries // 8)
+        dropped = 0
+        for key in list(files):
+            entry = files[key]
+            if entry.used:
+                entry.used = False
+                del files[key]
+                files[key] = entry
+                continue
+            del files[key]
+            dropped += 1
+            if dropped >= want:
+                return
+        # Everything was in use: drop the oldest anyway, or the cache would grow.
+        for key in list(files)[: want - dropped]:
+            del files[key]
+
+    def forget(self, path: str) -> None:
+        self._files.pop(path, None)
+
+    def clear(self) -> None:
+        self._files.clear()
+
+    def __len__(self) -> int:
+        return len(self._files)

@@ -1,0 +1,514 @@
+"""HTTP/1.1 on one connection: httptools callbacks → Requests → app → Messages, in order.
+
+Theory of operation.  The session knows HTTP meaning, not how bytes move: it is fed
+raw bytes (`data_received`), and it hands finished Messages to its transmitter.  Its
+I/O *driver* (a raw socket, or a TLS transport) only reads, pauses and closes.
+
+* Parsing: httptools calls back per URL piece, header, body chunk.  A Request is
+  built when its head is complete and queued on `_pipeline`; its body keeps flowing
+  into its RequestBody.
+* Ordering: requests are answered strictly one after another (`_active`).  A
+  synchronous answer (the static fast path) is queued on the transmitter at once, so
+  twenty pipelined requests that arrive in one read are answered by twenty Messages
+  that leave in one gather call, flushed when the read has been fully parsed.
+* Loans: before dispatching another request the session checks the bytes its
+  transmitter still has on loan against the per-connection budget, and the global
+  ledger; over budget it stops reading and dispatching until the transmitter drains.
+* Limits: head over `max_header_bytes` → 431 (414 for a long URL); body over
+  `max_body_bytes` → 413; parse error → 400; method llhttp does not know → 501.  An
+  error response closes the connection (the byte stream can no longer be trusted).
+* Timeouts: `deadline` is read by the server's once-a-second sweeper.  It is the
+  head deadline from a request's first byte (not reset by later bytes: a slowloris
+  client dribbling a header a byte at a time is still cut off), the body deadline
+  while a body is owed, and the keep-alive deadline while idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import re
+import logging
+import traceback
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import httptools
+
+from .message import Message
+from .request import BadRequest, BodyTooLarge, Request, RequestBody
+from .responses import StreamResponse, error_response, header_block
+from .wire import DATE, status_line
+
+if TYPE_CHECKING:
+    from .server import ServerContext
+
+__all__ = ["HttpSession"]
+
+log = logging.getLogger("pageloan.http")
+
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_REQUEST_LINE = re.compile(rb"(?:^|\n)[!#$%&'*+.^_`|~0-9A-Za-z-]+ [^ \r\n]+ HTTP/1\.[01]\r?\n")
+_NO_BODY_STATUSES = frozenset({204, 304})
+
+
+class _Reject(Exception):
+    """Raised inside a parser callback to refuse the request with `status`."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class _Rejection:
+    """A queued error answer, kept in the pipeline so earlier answers go out first."""
+
+    __slots__ = ("status", "reason", "version")
+
+    def __init__(self, status: int, reason: str, version: str) -> None:
+        self.status = status
+        self.reason = reason
+        self.version = version
+
+
+class HttpSession:
+    """One client connection's HTTP state."""
+
+    def __init__(self, ctx: ServerContext, driver: Any, transmitter: Any,
+                 client: tuple[str, int] | None) -> None:
+        self.ctx = ctx
+        self.config = ctx.config
+        self.driver = driver
+        self.transmitter = transmitter
+        self.client = client
+        self.loop = ctx.loop
+        self._parser = httptools.HttpRequestParser(self)
+        # llhttp >= 9 refuses bytes after a `Connection: close` request; we simply
+        # stop parsing there, so let it through instead of raising (uvicorn #2238).
+        self._parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        self._url = b""
+        self._raw_headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
+        self._expect_continue = False
+        self._in_head = False
+        self._current: Request | None = None      # being parsed
+        self._pipeline: deque[Request | _Rejection] = deque()
+        self._active: Request | None = None      # being answered
+        self._task: asyncio.Task | None = None
+        self._stop_parsing = False
+        self._closing = False                   # a close-after message is queued
+        self._waiting_room = False
+        self._room_waiter: asyncio.Future | None = None
+        self.closed = False
+        self.draining = False
+        self.deadline: float | None = self.loop.time() + self.config.keepalive_timeout
+        self.deadline_kind = "idle"
+
+    # -- input -------------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        if self._stop_parsing or self.closed:
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # We do not switch protocols: answer the request in hand, then close.
+            self._stop_parsing = True
+            if self._pipeline and isinstance(self._pipeline[-1], Request):
+                self._pipeline[-1].keep_alive = False
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _Reject):
+                self._reject(cause.status, cause.reason)
+            else:
+                log.exception("parser callback failed", exc_info=cause)
+                self._reject(500, "internal error while parsing")
+        except httptools.HttpParserInvalidMethodError:
+            # llhttp refuses both unknown methods and binary garbage (a TLS hello on
+            # the plain port): only a well-formed request line earns 501.
+            if _REQUEST_LINE.search(data):
+                self._reject(501, "unknown method")
+            else:
+                self._reject(400, "malformed request line")
+        except httptools.HttpParserError as exc:
+            self._reject(400, f"malformed request ({exc})")
+        self._dispatch()
+        self.transmitter.flush()
+
+    def eof_received(self) -> None:
+        """The client finished sending; answer what is in hand, then close."""
+        self._stop_parsing = True
+        if self._current is not None and self._current.body_stream is not None:
+            self._current.body_stream.fail(ConnectionError("client closed before the body ended"))
+        if self._active is None and not self._pipeline and self.transmitter.idle:
+            self.driver.close()
+        else:
+            self._closing = True
+            if self._pipeline and isinstance(self._pipeline[-1], Request):
+                self._pipeline[-1].keep_alive = False
+            elif self._active is not None:
+                self._active.keep_alive = False
+
+    # -- httptools callbacks -------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._raw_headers = []
+        self._head_bytes = 0
+        self._expect_continue = False
+        self._in_head = True
+        self.deadline = self.loop.time() + self.config.header_timeout
+        self.deadline_kind = "head"
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._head_bytes += len(url)
+        if self._head_bytes > self.config.max_header_bytes:
+            raise _Reject(414, "request target too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > self.config.max_header_bytes:
+            raise _Reject(431, "request header block too large")
+        if len(name) == 6 and name.lower() == b"expect":
+            if value.lower() != b"100-continue":
+                raise _Reject(417, f"unsupported expectation {value!r}")
+            self._expect_continue = True
+        self._raw_headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        parser = self._parser
+        method = parser.get_method().decode("ascii")
+        version = parser.get_http_version()
+        keep_alive = parser.should_keep_alive() and not self.draining
+        length = _content_length(self._raw_headers)
+        if length is not None and length > self.config.max_body_bytes:
+            raise _Reject(413, f"declared body of {length} bytes is over the limit")
+        has_body = length is not None and length > 0 or _is_chunked(self._raw_headers)
+        body = None
+        if has_body:
+            body = RequestBody(self.config.max_body_bytes, self.driver.pause_reading,
+                               self._resume_reading,
+                               self._send_continue if self._expect_continue else None)
+            self.deadline = self.loop.time() + self.config.body_timeout
+            self.deadline_kind = "body"
+        else:
+            self.deadline = None
+        request = Request(method, self._url, version, self._raw_headers, keep_alive,
+                          self.client, body)
+        request.app = self.ctx.app
+        request.expect_continue = self._expect_continue and has_body
+        self._current = request
+        self._pipeline.append(request)
+
+    def on_body(self, chunk: bytes) -> None:
+        request = self._current
+        if request is None or request.body_stream is None:
+            return
+        self.deadline = self.loop.time() + self.config.body_timeout
+        try:
+            request.body_stream.feed(chunk)
+        except BodyTooLarge as exc:
+            request.body_stream.fail(exc)
+            raise _Reject(413, str(exc)) from None
+
+    def on_message_complete(self) -> None:
+        request = self._current
+        self._current = None
+        if request is not None:
+            if request.body_stream is not None:
+                request.body_stream.finish()
+            if not request.keep_alive:
+                self._stop_parsing = True
+        if self.deadline_kind in ("head", "body"):
+            self.deadline = None
+
+    # -- refusing ------------------------------------------------------------------------
+    def _reject(self, status: int, reason: str) -> None:
+        """Answer `status` after the answers already owed, then close."""
+        self.ctx.metrics.requests_rejected += 1
+        peer = self.client[0] if self.client else "-"
+        log.warning("%s: %d %s", peer, status, reason)
+        self._stop_parsing = True
+        version = "1.1"
+        current = self._current
+        if current is not None:
+            version = current.version
+            if current is self._active:
+                # Its handler is running: it sees the failure through its body stream
+                # (a 413 answer by the app), and the connection closes after it.
+                current.keep_alive = False
+                return
+            try:
+                self._pipeline.remove(current)
+            except ValueError:
+                pass
+        self._pipeline.append(_Rejection(status, reason, version))
+
+    # -- answering -----------------------------------------------------------------------
+    def _dispatch(self) -> None:
+        """Answer queued requests in order, as long as loans allow."""
+        pipeline = self._pipeline
+        while pipeline and self._active is None and not self.closed and not self._closing:
+            if self.transmitter.outstanding > self.config.connection_loan_budget \
+                    or self.ctx.ledger.full:
+                self._wait_for_room()
+                return
+            item = pipeline.popleft()
+            if type(item) is _Rejection:
+                msg = error_response(item.status, item.reason, close=True)
+                self._send(None, msg, item.version)
+                continue
+            self._active = item
+            try:
+                result = self.ctx.app(item)
+            except Exception as exc:  # noqa: BLE001 - the app's own error handling failed
+                result = self._internal_error(item, exc)
+            if type(result) is Message:
+                self._send(item, result, item.version)
+            elif inspect.isawaitable(result):
+                self._task = self.loop.create_task(self._answer_later(item, result))
+                return
+            else:
+                self._respond_other(item, result)
+                if self._active is not None:
+                    return
+
+    async def _answer_later(self, request: Request, awaitable: Any) -> None:
+        try:
+            result = await awaitable
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            result = self._internal_error(request, exc)
+        self._task = None
+        if self.closed:
+            self._active = None
+            return
+        if type(result) is Message:
+            self._send(request, result, request.version)
+        else:
+            self._respond_other(request, result)
+            if self._active is not None:
+                return
+        self._dispatch()
+        self.transmitter.flush()
+
+    def _respond_other(self, request: Request, result: Any) -> None:
+        if isinstance(result, StreamResponse):
+            self._task = self.loop.create_task(self._stream(request, result))
+        else:
+            exc = TypeError(f"handler returned {type(result).__name__}, not a Message")
+            self._send(request, self._internal_error(request, exc), request.version)
+
+    def _internal_error(self, request: Request, exc: BaseException) -> Message:
+        if isinstance(exc, BadRequest):
+            return error_response(400, str(exc))
+        if isinstance(exc, BodyTooLarge):
+            return error_response(413, str(exc), close=True)
+        log.error("error answering %s %r\n%s", request.method, request.target,
+                  "".join(traceback.format_exception(exc)))
+        detail = "".join(traceback.format_exception(exc)) if self.config.debug else None
+        return error_response(500, detail)
+
+    def _send(self, request: Request | None, msg: Message, version: str,
+              *, streaming: bool = False) -> None:
+        """Push the status line and connection headers, and queue the message."""
+        close = msg.close or self.draining or request is None or not request.keep_alive
+        if request is not None and request.body_stream is not None \
+                and not request.body_stream.complete:
+            if request.expect_continue and request.body_stream._on_first_read is not None:
+                close = True   # we never said 100 Continue: the body is not coming
+            if not streaming:
+                request.body_stream.discard()
+        if close:
+            msg.push(DATE.line() + b"Connection: close\r\n")
+        elif version == "1.0":
+            msg.push(DATE.line() + b"Connection: keep-alive\r\n")
+        else:
+            msg.push(DATE.line())
+        status = msg.status
+        msg.push(status_line(status))
+        if status in _NO_BODY_STATUSES or (request is not None and request.method == "HEAD"):
+            msg.head_only = True
+        self.ctx.metrics.responses_total += 1
+        if self.ctx.access_log is not None:
+            self.ctx.access_log(request, msg, self.client)
+        if close:
+            self._closing = True
+            self._stop_parsing = True
+            self._pipeline.clear()
+            self.transmitter.enqueue(msg, self._closed_after_send)
+        else:
+            self.transmitter.enqueue(msg)
+        if not streaming:
+            self._active = None
+
+    def _closed_after_send(self, exc: BaseException | None) -> None:
+        self.driver.close()
+
+    async def _stream(self, request: Request, resp: StreamResponse) -> None:
+        """Send a StreamResponse: a head, then one small Message per chunk."""
+        chunked = request.version != "1.0"
+        fields = [("Content-Type", resp.content_type), *resp.headers]
+        if chunked:
+            fields.append(("Transfer-Encoding", "chunked"))
+        head = Message(resp.status, (header_block(fields),), close=not chunked)
+        self._send(request, head, request.version, streaming=True)
+        self.transmitter.flush()
+        iterator = resp.body.__aiter__()
+        try:
+            if request.method != "HEAD":
+                async for chunk in iterator:
+                    if self.closed:
+                        break
+                    if isinstance(chunk, str):
+                        chunk = chunk.encode("utf-8")
+                    if not chunk:
+                        continue
+                    payload = (b"%x\r\n" % len(chunk), chunk, b"\r\n") if chunked else (chunk,)
+                    self.transmitter.enqueue(Message(0, (), payload))
+                    self.transmitter.flush()
+                    if self.transmitter.outstanding > self.config.connection_loan_budget:
+                        await self._room()
+                if chunked and not self.closed:
+                    self.transmitter.enqueue(Message(0, (), (b"0\r\n\r\n",)))
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - the body generator failed mid-stream
+            log.exception("streaming body of %s %r failed", request.method, request.target)
+            self._closing = True
+            self.transmitter.enqueue(Message(0, ()), self._closed_after_send)
+        finally:
+            aclose = getattr(iterator, "aclose", None)
+            if aclose is not None:
+                try:
+                    await aclose()
+                except Exception:  # noqa: BLE001
+                    pass
+        self._task = None
+        if request.body_stream is not None and not request.body_stream.complete:
+            request.body_stream.discard()
+        self._active = None
+        if not self.closed:
+            self._dispatch()
+            self.transmitter.flush()
+
+    def _send_continue(self) -> None:
+        # The handler asked for the body: tell the client to send it.
+        self.transmitter.enqueue(Message(0, (), (CONTINUE,)))
+        self.transmitter.flush()
+
+    # -- loans ---------------------------------------------------------------------------
+    def _wait_for_room(self) -> None:
+        if self._waiting_room:
+            return
+        self._waiting_room = True
+        self.driver.pause_reading()
+        if self.ctx.ledger.full and self.transmitter.idle:
+            self.loop.create_task(self._wait_for_ledger())
+
+    async def _wait_for_ledger(self) -> None:
+        await self.ctx.ledger.wait_for_room()
+        self.on_transmit_idle()
+
+    async def _room(self) -> None:
+        """Wait until the transmitter has drained (for streaming producers)."""
+        if self.transmitter.idle or self.closed:
+            return
+        self._room_waiter = self.loop.create_future()
+        try:
+            await self._room_waiter
+        finally:
+            self._room_waiter = None
+
+    def on_transmit_idle(self) -> None:
+        """Called by the transmitter each time it has handed everything to the kernel."""
+        waiter = self._room_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if self._waiting_room:
+            self._waiting_room = False
+            self._resume_reading()
+            self._dispatch()
+            self.transmitter.flush()
+        if self._active is None and not self._pipeline and self._current is None \
+                and not self._in_head:
+            if self.draining or self._closing:
+                if self._closing:
+                    return     # the close-after callback closes us
+                self.driver.close()
+                return
+            self.deadline = self.loop.time() + self.config.keepalive_timeout
+            self.deadline_kind = "idle"
+
+    def _resume_reading(self) -> None:
+        if not self._waiting_room and not self.closed:
+            self.driver.resume_reading()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def on_deadline(self) -> None:
+        """The sweeper found `deadline` passed."""
+        kind = self.deadline_kind
+        self.deadline = None
+        if kind == "idle":
+            log.debug("closing idle keep-alive connection from %s", self.client)
+            self.driver.close()
+            return
+        if kind == "send":
+            log.warning("closing connection from %s: client stopped reading", self.client)
+            self.driver.abort()
+            return
+        log.warning("closing connection from %s: %s timeout", self.client, kind)
+        self.ctx.metrics.requests_rejected += 1
+        if self._current is not None and self._current.body_stream is not None:
+            self._current.body_stream.fail(TimeoutError("request body timeout"))
+        if self._active is None and self.transmitter.idle:
+            self._stop_parsing = True
+            self._send(None, error_response(408, f"{kind} timeout", close=True), "1.1")
+            self.transmitter.flush()
+        else:
+            self.driver.abort()
+
+    def start_draining(self) -> None:
+        """Graceful shutdown: finish what is in flight, then close."""
+        self.draining = True
+        if self._active is None and not self._pipeline and self.transmitter.idle:
+            self.driver.close()
+
+    def connection_lost(self) -> None:
+        self.closed = True
+        self._stop_parsing = True
+        for item in (self._current, self._active):
+            if item is not None and item.body_stream is not None:
+                item.body_stream.fail(ConnectionError("client disconnected"))
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        waiter = self._room_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    @property
+    def busy(self) -> bool:
+        return self._active is not None or bool(self._pipeline) or not self.transmitter.idle
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if len(name) == 14 and name.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _is_chunked(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if len(name) == 17 and name.lower() == b"transfer-encoding":
+            return b"chunked" in value.lower()
+    return False
+
+
+Callback = Callable[[], None]

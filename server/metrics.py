@@ -1,0 +1,85 @@
+"""Counters of what the server did, readable from Python and as Prometheus text.
+
+One instance per process (`METRICS`).  Counters are plain integer attributes bumped
+on the hot path — no locks (one event loop per process), no labels machinery.
+`render()` produces the text exposition format served at `GET /metrics` when the
+server runs with `--metrics`.
+"""
+
+from __future__ import annotations
+
+from .loans import LoanLedger
+
+__all__ = ["Metrics", "METRICS"]
+
+
+class Metrics:
+    __slots__ = (
+        "responses_total", "bytes_sendfile", "bytes_gather", "bytes_copy",
+        "connections_open", "connections_total", "requests_rejected",
+        "send_errors", "ledger",
+    )
+
+    def __init__(self, ledger: LoanLedger | None = None) -> None:
+        self.responses_total = 0
+        self.bytes_sendfile = 0
+        self.bytes_gather = 0
+        self.bytes_copy = 0      # the one copy path (TLS), counted as rule 5 asks
+        self.connections_open = 0
+        self.connections_total = 0
+        self.requests_rejected = 0
+        self.send_errors = 0
+        self.ledger = ledger or LoanLedger(64 << 20)
+
+    def snapshot(self) -> dict[str, int]:
+        return {
+            "responses_total": self.responses_total,
+            "bytes_sent_sendfile": self.bytes_sendfile,
+            "bytes_sent_gather": self.bytes_gather,
+            "bytes_sent_copy": self.bytes_copy,
+            "connections_open": self.connections_open,
+            "connections_total": self.connections_total,
+            "requests_rejected": self.requests_rejected,
+            "send_errors": self.send_errors,
+            "loans_outstanding": self.ledger.outstanding,
+            "loans_peak": self.ledger.peak,
+        }
+
+    def render(self) -> str:
+        """Prometheus text exposition format (version 0.0.4)."""
+        led = self.ledger
+        lines = [
+            "# HELP pageloan_responses_total Responses fully handed to the kernel.",
+            "# TYPE pageloan_responses_total counter",
+            f"pageloan_responses_total {self.responses_total}",
+            "# HELP pageloan_bytes_sent_total Bytes accepted by the kernel, by send path.",
+            "# TYPE pageloan_bytes_sent_total counter",
+            f'pageloan_bytes_sent_total{{path="sendfile"}} {self.bytes_sendfile}',
+            f'pageloan_bytes_sent_total{{path="gather"}} {self.bytes_gather}',
+            f'pageloan_bytes_sent_total{{path="copy"}} {self.bytes_copy}',
+            "# HELP pageloan_loans_outstanding Payload bytes lent to transmitters, not yet accepted.",
+            "# TYPE pageloan_loans_outstanding gauge",
+            f"pageloan_loans_outstanding {led.outstanding}",
+            "# HELP pageloan_loans_peak Highest pageloan_loans_outstanding seen.",
+            "# TYPE pageloan_loans_peak gauge",
+            f"pageloan_loans_peak {led.peak}",
+            "# HELP pageloan_loan_budget_bytes Global loan budget.",
+            "# TYPE pageloan_loan_budget_bytes gauge",
+            f"pageloan_loan_budget_bytes {led.budget}",
+            "# HELP pageloan_connections_open Client connections open now.",
+            "# TYPE pageloan_connections_open gauge",
+            f"pageloan_connections_open {self.connections_open}",
+            "# HELP pageloan_connections_total Client connections accepted.",
+            "# TYPE pageloan_connections_total counter",
+            f"pageloan_connections_total {self.connections_total}",
+            "# HELP pageloan_requests_rejected_total Requests answered with a 4xx/5xx by the protocol layer.",
+            "# TYPE pageloan_requests_rejected_total counter",
+            f"pageloan_requests_rejected_total {self.requests_rejected}",
+            "# HELP pageloan_send_errors_total Connections that failed while sending.",
+            "# TYPE pageloan_send_errors_total counter",
+            f"pageloan_send_errors_total {self.send_errors}",
+        ]
+        return "\n".join(lines) + "\n"
+
+
+METRICS = Metrics()

@@ -1,0 +1,299 @@
+"""The Request a handler sees: what the client asked, and its body as a stream.
+
+The HTTP session fills a Request from httptools callbacks and hands it to the
+application as soon as the head is complete; the body keeps arriving behind it.
+Everything derived (decoded path, parsed query, header lookup, cookies) is computed
+lazily, because the hot static path needs almost none of it.
+
+The body is a bounded stream (`RequestBody`): chunks from the parser are queued, and
+when more than `PAUSE_ABOVE` bytes wait unread the session stops reading the socket
+— back-pressure, not buffering.  `Expect: 100-continue` is answered the first time
+the handler asks for the body, so a handler that refuses an upload never receives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json as _json
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
+from http.cookies import SimpleCookie
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+__all__ = ["Headers", "Request", "RequestBody", "BodyTooLarge", "BadRequest"]
+
+PAUSE_ABOVE = 64 << 10
+
+
+class BodyTooLarge(Exception):
+    """The request body went past the configured limit (→ 413)."""
+
+
+class BadRequest(Exception):
+    """The request cannot be understood (→ 400)."""
+
+
+class Headers:
+    """Case-insensitive, multi-valued view of the request header fields."""
+
+    __slots__ = ("_raw", "_index")
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self._raw = raw
+        self._index: dict[str, list[str]] | None = None
+
+    def _build(self) -> dict[str, list[str]]:
+        index: dict[str, list[str]] = {}
+        for name, value in self._raw:
+            index.setdefault(name.decode("latin-1").lower(), []).append(value.decode("latin-1"))
+        self._index = index
+        return index
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        values = (self._index or self._build()).get(name.lower())
+        return ", ".join(values) if values else default
+
+    def getall(self, name: str) -> list[str]:
+        return list((self._index or self._build()).get(name.lower(), ()))
+
+    def __getitem__(self, name: str) -> str:
+        value = self.get(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in (self._index or self._build())
+
+    def items(self) -> Iterator[tuple[str, str]]:
+        for name, value in self._raw:
+            yield name.decode("latin-1").lower(), value.decode("latin-1")
+
+    def keys(self) -> list[str]:
+        return list(self._index or self._build())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def __repr__(self) -> str:
+        return f"Headers({list(self.items())!r})"
+
+
+class RequestBody:
+    """The request body as a bounded queue of chunks, fed by the parser."""
+
+    __slots__ = ("_chunks", "_buffered", "received", "complete", "_waiter", "_error",
+                 "_pause", "_resume", "_on_first_read", "consumed", "limit")
+
+    def __init__(self, limit: int, pause: Callable[[], None], resume: Callable[[], None],
+                 on_first_read: Callable[[], None] | None = None) -> None:
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self.received = 0
+        self.complete = False
+        self.consumed = False
+        self.limit = limit
+        self._waiter: asyncio.Future | None = None
+        self._error: BaseException | None = None
+        self._pause = pause
+        self._resume = resume
+        self._on_first_read = on_first_read
+
+    # -- parser side -------------------------------------------------------------------
+    def feed(self, chunk: bytes) -> None:
+        self.received += len(chunk)
+        if self.received > self.limit:
+            raise BodyTooLarge(f"request body over {self.limit} bytes")
+        if self.consumed:
+            return            # the handler is done with this request: discard the rest
+        self._chunks.append(chunk)
+        self._buffered += len(chunk)
+        if self._buffered > PAUSE_ABOVE:
+            self._pause()
+        self._wake()
+
+    def finish(self) -> None:
+        self.complete = True
+        self._wake()
+
+    def fail(self, exc: BaseException) -> None:
+        self._error = exc
+        self._wake()
+
+    def discard(self) -> None:
+        """The handler has answered: drop what is queued and whatever still arrives."""
+        self.consumed = True
+        self._chunks.clear()
+        if self._buffered:
+            self._buffered = 0
+            self._resume()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    # -- handler side ------------------------------------------------------------------
+    async def read_chunk(self) -> bytes:
+        """The next chunk, or b"" at the end of the body."""
+        if self._on_first_read is not None:
+            first, self._on_first_read = self._on_first_read, None
+            first()
+        while True:
+            if self._chunks:
+                chunk = self._chunks.popleft()
+                self._buffered -= len(chunk)
+                if self._buffered <= PAUSE_ABOVE // 2:
+                    self._resume()
+                return chunk
+            if self._error is not None:
+                raise self._error
+            if self.complete:
+                return b""
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+
+class Request:
+    """One HTTP request, as handed to the application."""
+
+    __slots__ = ("method", "target", "version", "raw_headers", "keep_alive", "client",
+                 "body_stream", "app", "state", "route_params", "expect_continue",
+                 "_headers", "_path", "_raw_path", "_query_string", "_query", "_cookies",
+                 "__weakref__")
+
+    def __init__(self, method: str, target: bytes, version: str,
+                 raw_headers: list[tuple[bytes, bytes]], keep_alive: bool,
+                 client: tuple[str, int] | None, body_stream: RequestBody | None) -> None:
+        self.method = method
+        self.target = target
+        self.version = version
+        self.raw_headers = raw_headers
+        self.keep_alive = keep_alive
+        self.client = client
+        self.body_stream = body_stream
+        self.app: Any = None
+        self.state: dict[str, Any] = {}
+        self.route_params: dict[str, Any] = {}
+        self.expect_continue = False
+        self._headers: Headers | None = None
+        self._path: str | None = None
+        self._raw_path: bytes | None = None
+        self._query_string: str | None = None
+        self._query: dict[str, list[str]] | None = None
+        self._cookies: dict[str, str] | None = None
+
+    # -- the target --------------------------------------------------------------------
+    def _split_target(self) -> None:
+        target = self.target
+        if not target.startswith(b"/"):
+            # absolute-form ("GET http://host/path") or "*": keep only path and query
+            if target == b"*":
+                self._raw_path, self._query_string = b"*", ""
+                return
+            scheme_end = target.find(b"://")
+            if scheme_end < 0:
+                raise BadRequest("request target is neither a path nor an absolute URL")
+            slash = target.find(b"/", scheme_end + 3)
+            target = target[slash:] if slash >= 0 else b"/"
+        target = target.split(b"#", 1)[0]
+        path, _, query = target.partition(b"?")
+        self._raw_path = path
+        self._query_string = query.decode("latin-1")
+
+    @property
+    def raw_path(self) -> bytes:
+        """The path exactly as sent, still percent-encoded."""
+        if self._raw_path is None:
+            self._split_target()
+        return self._raw_path  # type: ignore[return-value]
+
+    @property
+    def path(self) -> str:
+        """The percent-decoded path (strict UTF-8: overlong or broken sequences → 400)."""
+        if self._path is None:
+            raw = self.raw_path
+            try:
+                text = raw.decode("ascii")
+                self._path = unquote(text, errors="strict") if "%" in text else text
+            except UnicodeDecodeError as exc:
+                raise BadRequest("path is not valid UTF-8") from exc
+        return self._path
+
+    @property
+    def query_string(self) -> str:
+        if self._query_string is None:
+            self._split_target()
+        return self._query_string  # type: ignore[return-value]
+
+    @property
+    def query(self) -> dict[str, list[str]]:
+        """Parsed query: name → list of values (blank values kept)."""
+        if self._query is None:
+            self._query = parse_qs(self.query_string, keep_blank_values=True)
+        return self._query
+
+    def query_value(self, name: str, default: str | None = None) -> str | None:
+        values = self.query.get(name)
+        return values[0] if values else default
+
+    # -- headers -----------------------------------------------------------------------
+    @property
+    def headers(self) -> Headers:
+        if self._headers is None:
+            self._headers = Headers(self.raw_headers)
+        return self._headers
+
+    def header(self, name: bytes) -> bytes | None:
+        """Fast lookup of one header by lower-case bytes name (first value)."""
+        for key, value in self.raw_headers:
+            if len(key) == len(name) and key.lower() == name:
+                return value
+        return None
+
+    @property
+    def cookies(self) -> dict[str, str]:
+        if self._cookies is None:
+            jar: SimpleCookie = SimpleCookie()
+            for value in self.headers.getall("cookie"):
+                try:
+                    jar.load(value)
+                except Exception:  # noqa: BLE001 - a malformed cookie is ignored, not fatal
+                    continue
+            self._cookies = {k: m.value for k, m in jar.items()}
+        return self._cookies
+
+    # -- the body ----------------------------------------------------------------------
+    async def stream(self) -> AsyncIterator[bytes]:
+        """The body, chunk by chunk, as it arrives (never buffered whole)."""
+        if self.body_stream is None:
+            return
+        while True:
+            chunk = await self.body_stream.read_chunk()
+            if not chunk:
+                return
+            yield chunk
+
+    async def body(self) -> bytes:
+        """The whole body (bounded by the server's body limit)."""
+        parts = [chunk async for chunk in self.stream()]
+        return b"".join(parts)
+
+    async def json(self) -> Any:
+        data = await self.body()
+        try:
+            return _json.loads(data) if data else None
+        except ValueError as exc:
+            raise BadRequest(f"body is not valid JSON: {exc}") from exc
+
+    async def text(self) -> str:
+        return (await self.body()).decode("utf-8", errors="replace")
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.target!r}>"

@@ -1,0 +1,188 @@
+"""One server process: listening sockets, accepting, the deadline sweeper, draining.
+
+Data flows straight down from here: accept → SocketConnection (read) → HttpSession
+(parse, order) → the application (route, handler) → Message → transmitter → kernel.
+
+`ServerContext` is what every connection shares: the config, the application, the
+loan ledger and metrics, the access logger, the set of open connections.  The
+sweeper runs once a second and closes connections whose deadline has passed (head,
+body and keep-alive timeouts; see http_protocol.py); one timer for all connections
+is cheaper than a timer per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .config import ServerConfig
+from .connection import SocketConnection, TlsConnection
+from .loans import LoanLedger
+from .metrics import METRICS, Metrics
+
+__all__ = ["ServerContext", "Server", "make_listener"]
+
+log = logging.getLogger("pageloan.server")
+access_logger = logging.getLogger("pageloan.access")
+
+ACCEPT_BATCH = 64
+
+
+class ServerContext:
+    def __init__(self, config: ServerConfig, app: Callable[[Any], Any],
+                 loop: asyncio.AbstractEventLoop, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.app = app
+        self.loop = loop
+        self.metrics = metrics or METRICS
+        self.metrics.ledger.budget = config.global_loan_budget
+        self.ledger: LoanLedger = self.metrics.ledger
+        self.connections: set[Any] = set()
+        self.access_log = _access_logger() if config.access_log else None
+
+    def connection_opened(self, conn: Any) -> None:
+        self.connections.add(conn)
+        self.metrics.connections_open += 1
+        self.metrics.connections_total += 1
+
+    def connection_closed(self, conn: Any) -> None:
+        if conn in self.connections:
+            self.connections.discard(conn)
+            self.metrics.connections_open -= 1
+
+
+def _access_logger() -> Callable[..., None]:
+    """Combined Log Format, one line per response."""
+    def log_access(request: Any, msg: Any, client: tuple[str, int] | None) -> None:
+        host = client[0] if client else "-"
+        when = time.strftime("%d/%b/%Y:%H:%M:%S %z")
+        if request is None:
+            line, referer, agent = "-", "-", "-"
+        else:
+            line = f"{request.method} {request.target.decode('latin-1')} HTTP/{request.version}"
+            referer = request.headers.get("referer", "-")
+            agent = request.headers.get("user-agent", "-")
+        size = 0 if msg.head_only else msg.payload_length
+        access_logger.info('%s - - [%s] "%s" %d %d "%s" "%s"', host, when, line,
+                           msg.status, size, referer, agent)
+    return log_access
+
+
+def make_listener(host: str, port: int, *, reuse_port: bool = False, backlog: int = 4096) -> socket.socket:
+    """A non-blocking listening TCP socket (IPv4 or IPv6 by the host's spelling)."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _type, _proto, _name, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.bind(addr)
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return sock
+
+
+class Server:
+    """Accepts connections on a listening socket and serves them until drained."""
+
+    def __init__(self, config: ServerConfig, app: Callable[[Any], Any],
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.config = config
+        self.loop = loop or asyncio.get_event_loop()
+        self.ctx = ServerContext(config, app, self.loop)
+        self.listener: socket.socket | None = None
+        self._tls_server: asyncio.AbstractServer | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._accepting = False
+        self.port: int | None = None
+
+    async def start(self, listener: socket.socket | None = None) -> None:
+        config = self.config
+        sock = listener or make_listener(config.host, config.port, reuse_port=config.workers > 1)
+        self.listener = sock
+        self.port = sock.getsockname()[1]
+        if config.tls_cert:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(str(config.tls_cert), str(config.tls_key) if config.tls_key else None)
+            context.set_alpn_protocols(["http/1.1"])
+            self._tls_server = await self.loop.create_server(
+                lambda: TlsConnection(self.ctx), sock=sock, ssl=context,
+                ssl_handshake_timeout=config.header_timeout)
+        else:
+            self.loop.add_reader(sock.fileno(), self._accept)
+            self._accepting = True
+        self._sweeper = self.loop.call_later(1.0, self._sweep)
+
+    def _accept(self) -> None:
+        assert self.listener is not None
+        ctx = self.ctx
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, addr = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # EMFILE/ENFILE: out of descriptors.  Log and let the backlog wait;
+                # the sweeper will free idle connections.
+                log.error("accept failed: %s", exc)
+                return
+            conn = SocketConnection(ctx, sock, addr)
+            if self.ctx.metrics.connections_open > self.config.max_connections:
+                log.warning("connection limit (%d) reached: 503 to %s",
+                            self.config.max_connections, addr)
+                conn.session._reject(503, "too many connections")
+                conn.session._dispatch()
+                conn.transmitter.flush()
+
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        for conn in list(self.ctx.connections):
+            session = getattr(conn, "session", None)
+            if session is None:
+                continue
+            deadline = session.deadline
+            if deadline is not None and now >= deadline:
+                session.on_deadline()
+        self._sweeper = self.loop.call_later(1.0, self._sweep)
+
+    def stop_accepting(self) -> None:
+        if self._accepting and self.listener is not None:
+            self.loop.remove_reader(self.listener.fileno())
+            self._accepting = False
+        if self._tls_server is not None:
+            self._tls_server.close()
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Stop accepting, let in-flight responses finish, close everything."""
+        self.stop_accepting()
+        for conn in list(self.ctx.connections):
+            session = getattr(conn, "session", None)
+            if session is not None:
+                session.start_draining()
+        limit = self.loop.time() + (self.config.drain_timeout if timeout is None else timeout)
+        while self.ctx.connections and self.loop.time() < limit:
+            await asyncio.sleep(0.05)
+        for conn in list(self.ctx.connections):
+            conn.abort()
+        await self.close()
+
+    async def close(self) -> None:
+        self.stop_accepting()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for conn in list(self.ctx.connections):
+            conn.abort()
+        if self._tls_server is not None:
+            self._tls_server.close()
+            self._tls_server = None
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None

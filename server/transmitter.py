@@ -1,0 +1,452 @@
+"""The transmitter: the only code that hands response bytes to the kernel.
+
+Theory of operation (DESIGN.md rule 2, after nginx's sendfile chain):
+a transmitter owns one socket and a queue of Messages.  `flush()` walks the queue
+front to back the way nginx walks its chain of buffers:
+
+* neighbouring memory slices — header slices, `bytes`, mmap windows, across as many
+  pipelined Messages as are queued — go out in ONE `sendmsg` (writev) call;
+* a file region goes out by `os.sendfile`, in steps of at most `sendfile_step` bytes.
+  The header slices just before it are sent with `MSG_MORE`, so the kernel holds them
+  back and the header shares a segment with the first file bytes;
+* a small file region whose owner keeps an mmap of the file is turned into a
+  memoryview window at enqueue time and gathered like any memory slice, so a small
+  file leaves with its header in a single writev (the seeds' "headers and the first
+  chunk of the file" case).  Python never touches those pages: only the kernel does.
+
+"Try the syscall first, wait only on EAGAIN" (curio): a call that the kernel does not
+take in full means the socket buffer is full, so the transmitter registers for
+writability and resumes from exactly where the kernel stopped.  Partial progress is
+accounted slice by slice; nothing is ever re-sent or skipped.
+
+Loans (rule 3): a queued slice stays referenced here until the kernel has accepted
+its bytes; that reference is what keeps an mmap window mapped and an fd open.  The
+bytes on loan are charged to the global LoanLedger and to `self.outstanding`, which
+the connection checks against its own budget before taking on more work (rule 4).
+
+Failure: `sendfile` returning 0 while bytes are owed means the file shrank under us,
+and a writev over an mmap window past the new end of a truncated file fails with
+EFAULT in the kernel (no SIGBUS: the fault happens in kernel mode and is fixed up).
+Either way the promised Content-Length can no longer be kept, so the connection is
+failed and closed — never treated as a short success, which would desync keep-alive
+framing for the next response.
+
+`CopyTransmitter` is the one copy path (rule 5): a transport that cannot gather
+(TLS) gets every slice copied into contiguous `bytes`, file regions read with
+`os.pread` off the event loop, and every copied byte is counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import socket
+from collections import deque
+from collections.abc import Callable
+
+from .loans import LoanLedger
+from .message import FileRegion, Message
+from .metrics import METRICS, Metrics
+
+__all__ = ["SocketTransmitter", "CopyTransmitter", "TruncatedFileError", "Done"]
+
+log = logging.getLogger("pageloan.transmitter")
+
+Done = Callable[[BaseException | None], None]
+
+MSG_MORE = getattr(socket, "MSG_MORE", 0)
+# Linux IOV_MAX is 1024; stay well below so one gather call never fails with EINVAL.
+IOV_LIMIT = 512
+DEFAULT_SENDFILE_STEP = 2 << 20      # nginx's sendfile_max_chunk default (2 MiB)
+DEFAULT_GATHER_MAX = 64 << 10        # file regions up to this size go out as mmap windows
+FLUSH_QUOTA = 8 << 20                # bytes one flush may send before yielding the loop
+
+
+class TruncatedFileError(OSError):
+    """The file shrank while it was being sent: the promised length cannot be kept."""
+
+
+class _Entry:
+    """One queued Message: the slices still owed to the kernel and their loan charge."""
+
+    __slots__ = ("slices", "done", "charge")
+
+    def __init__(self, slices: list, done: Done | None, charge: int) -> None:
+        self.slices = slices
+        self.done = done
+        self.charge = charge
+
+
+def _charge_of(slices: list, step: int) -> int:
+    """Bytes on loan for these slices: memory in full, a file region one step at a time."""
+    total = 0
+    for s in slices:
+        total += min(s.count, step) if type(s) is FileRegion else len(s)
+    return total
+
+
+def _window_of(region: FileRegion) -> memoryview | None:
+    """An mmap window for a small region, if its owner keeps the file mapped."""
+    window = getattr(region.owner, "window", None)
+    return window(region.offset, region.count) if window is not None else None
+
+
+class SocketTransmitter:
+    """Gather/sendfile transmitter over a non-blocking socket it does not own."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        ledger: LoanLedger | None = None,
+        metrics: Metrics | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
+        on_idle: Callable[[], None] | None = None,
+        sendfile_step: int = DEFAULT_SENDFILE_STEP,
+        gather_max: int = DEFAULT_GATHER_MAX,
+    ) -> None:
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._loop = loop
+        self._metrics = metrics or METRICS
+        self._ledger = ledger or self._metrics.ledger
+        self._queue: deque[_Entry] = deque()
+        self._on_error = on_error
+        self._on_idle = on_idle
+        self._step = sendfile_step
+        self._gather_max = gather_max
+        self._waiting_writable = False
+        self._flushing = False
+        self._resume_scheduled = False
+        self.outstanding = 0     # bytes on loan through this transmitter
+        self.closed = False
+
+    # -- queueing --------------------------------------------------------------------
+    def enqueue(self, message: Message, done: Done | None = None) -> None:
+        """Queue a message; its slices are on loan from now until the kernel takes them."""
+        if self.closed:
+            if done is not None:
+                done(ConnectionError("transmitter closed"))
+            return
+        slices: list = []
+        gather_max = self._gather_max
+        for s in message.wire_slices():
+            if type(s) is FileRegion:
+                if not s.count:
+                    continue          # sendfile/mmap of 0 bytes fail; nothing to send anyway
+                if s.count <= gather_max:
+                    window = _window_of(s)
+                    if window is not None:
+                        slices.append(window)
+                        continue
+            elif not len(s):
+                continue
+            slices.append(s)
+        charge = _charge_of(slices, self._step)
+        self.outstanding += charge
+        self._ledger.lend(charge)
+        self._queue.append(_Entry(slices, done, charge))
+
+    @property
+    def idle(self) -> bool:
+        return not self._queue
+
+    async def send(self, message: Message) -> None:
+        """Queue, flush, and wait until the kernel has accepted the whole message."""
+        fut = self._loop.create_future()
+
+        def done(exc: BaseException | None) -> None:
+            if fut.done():
+                return
+            if exc is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(exc)
+
+        self.enqueue(message, done)
+        self.flush()
+        await fut
+
+    # -- moving bytes ----------------------------------------------------------------
+    def flush(self) -> None:
+        """Hand the kernel as much of the queue as it takes now; wait only on EAGAIN."""
+        if self._flushing or self._waiting_writable or self.closed or not self._queue:
+            return
+        self._flushing = True
+        try:
+            self._flush_some()
+        except OSError as exc:
+            self._fail(exc)
+        finally:
+            self._flushing = False
+        if not self._queue and not self.closed and self._on_idle is not None:
+            self._on_idle()
+
+    def _flush_some(self) -> None:
+        quota = FLUSH_QUOTA
+        queue = self._queue
+        while queue:
+            entry = queue[0]
+            if not entry.slices:
+                self._complete_front()
+                continue
+            if quota <= 0:
+                # One fast client must not starve the others (nginx's sendfile_max_chunk):
+                # yield to the loop and continue on the next iteration.
+                if not self._resume_scheduled:
+                    self._resume_scheduled = True
+                    self._loop.call_soon(self._resume)
+                return
+            if type(entry.slices[0]) is FileRegion:
+                sent = self._send_file_step(entry)
+            else:
+                sent = self._send_gathered()
+            if sent < 0:
+                self._wait_writable()
+                return
+            quota -= sent
+
+    def _send_gathered(self) -> int:
+        """One sendmsg of neighbouring memory slices; returns bytes sent, -1 on EAGAIN."""
+        iov: list = []
+        more = 0
+        for entry in self._queue:
+            for s in entry.slices:
+                if type(s) is FileRegion:
+                    more = MSG_MORE   # hold the header back for the file data behind it
+                    break
+                iov.append(s)
+                if len(iov) >= IOV_LIMIT:
+                    break
+            else:
+                if len(iov) < IOV_LIMIT:
+                    continue
+            break
+        wanted = sum(map(len, iov))
+        try:
+            sent = self._sock.sendmsg(iov, (), more) if more else self._sock.sendmsg(iov)
+        except (BlockingIOError, InterruptedError):
+            return -1
+        self._metrics.bytes_gather += sent
+        self._advance(sent)
+        # A short write means the socket buffer is full: the next call would EAGAIN.
+        return sent if sent == wanted else -1
+
+    def _send_file_step(self, entry: _Entry) -> int:
+        region: FileRegion = entry.slices[0]
+        count = min(region.count, self._step)
+        try:
+            sent = os.sendfile(self._fd, region.fd, region.offset, count)
+        except (BlockingIOError, InterruptedError):
+            return -1
+        if sent == 0:
+            raise TruncatedFileError(errno.EIO, f"file shrank during send ({region.count} bytes owed)")
+        self._metrics.bytes_sendfile += sent
+        if sent == region.count:
+            entry.slices.pop(0)
+        else:
+            entry.slices[0] = FileRegion(region.fd, region.offset + sent, region.count - sent, region.owner)
+        self._recharge(entry)
+        # Linux may return early from sendfile (signals, 4.3+); only EAGAIN means "full".
+        return sent
+
+    def _advance(self, nbytes: int) -> None:
+        """Retire `nbytes` from the front of the queue, slice by slice."""
+        queue = self._queue
+        while nbytes and queue:
+            entry = queue[0]
+            slices = entry.slices
+            while nbytes and slices:
+                size = len(slices[0])
+                if nbytes >= size:
+                    nbytes -= size
+                    slices.pop(0)
+                else:
+                    slices[0] = memoryview(slices[0])[nbytes:]
+                    nbytes = 0
+            if not slices:
+                self._complete_front()
+            else:
+                self._recharge(entry)
+
+    def _recharge(self, entry: _Entry) -> None:
+        charge = _charge_of(entry.slices, self._step)
+        repaid = entry.charge - charge
+        entry.charge = charge
+        self.outstanding -= repaid
+        self._ledger.repay(repaid)
+
+    def _complete_front(self) -> None:
+        entry = self._queue.popleft()
+        self.outstanding -= entry.charge
+        self._ledger.repay(entry.charge)
+        entry.charge = 0
+        if entry.done is not None:
+            entry.done(None)
+
+    # -- waiting ---------------------------------------------------------------------
+    def _wait_writable(self) -> None:
+        self._waiting_writable = True
+        self._loop.add_writer(self._fd, self._on_writable)
+
+    def _on_writable(self) -> None:
+        self._loop.remove_writer(self._fd)
+        self._waiting_writable = False
+        self.flush()
+
+    def _resume(self) -> None:
+        self._resume_scheduled = False
+        self.flush()
+
+    # -- failure and shutdown ----------------------------------------------------------
+    def _fail(self, exc: BaseException) -> None:
+        if isinstance(exc, TruncatedFileError) or getattr(exc, "errno", None) == errno.EFAULT:
+            log.error("send failed, file changed under the response: %s", exc)
+        elif not isinstance(exc, (ConnectionError, TimeoutError)):
+            log.warning("send failed: %r", exc)
+        self._metrics.send_errors += 1
+        self.close(exc)
+        if self._on_error is not None:
+            self._on_error(exc)
+
+    def close(self, exc: BaseException | None = None) -> None:
+        """Stop sending; repay every loan still queued and fail its message."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._waiting_writable:
+            self._waiting_writable = False
+            try:
+                self._loop.remove_writer(self._fd)
+            except (ValueError, OSError):
+                pass
+        queue, self._queue = self._queue, deque()
+        for entry in queue:
+            self.outstanding -= entry.charge
+            self._ledger.repay(entry.charge)
+            if entry.done is not None:
+                entry.done(exc or ConnectionError("connection closed"))
+
+
+class CopyTransmitter:
+    """The copy path for transports that cannot gather (TLS): counted copies.
+
+    Same queue/flush/outstanding contract as SocketTransmitter.  Memory slices are
+    copied to `bytes` and written to the transport; file regions are read with
+    `os.pread` in the default executor (file work with no kernel shortcut to a TLS
+    socket) in 256 KiB blocks, waiting while the transport's buffer is above its
+    high-water mark.  A short read means the file shrank: the connection fails.
+    """
+
+    BLOCK = 256 << 10
+
+    def __init__(
+        self,
+        transport: asyncio.WriteTransport,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        ledger: LoanLedger | None = None,
+        metrics: Metrics | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
+        on_idle: Callable[[], None] | None = None,
+    ) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._metrics = metrics or METRICS
+        self._ledger = ledger or self._metrics.ledger
+        self._on_error = on_error
+        self._on_idle = on_idle
+        self._queue: deque[tuple[list, Done | None, int]] = deque()
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._pump: asyncio.Task | None = None
+        self.outstanding = 0
+        self.closed = False
+
+    @property
+    def idle(self) -> bool:
+        return not self._queue and self._pump is None
+
+    def enqueue(self, message: Message, done: Done | None = None) -> None:
+        if self.closed:
+            if done is not None:
+                done(ConnectionError("transmitter closed"))
+            return
+        slices = [s for s in message.wire_slices() if len(s)]
+        charge = sum(map(len, slices))
+        self.outstanding += charge
+        self._ledger.lend(charge)
+        self._queue.append((slices, done, charge))
+
+    def flush(self) -> None:
+        if self._pump is None and self._queue and not self.closed:
+            self._pump = self._loop.create_task(self._run())
+
+    async def send(self, message: Message) -> None:
+        fut = self._loop.create_future()
+        self.enqueue(message, lambda exc: fut.done() or (fut.set_exception(exc) if exc else fut.set_result(None)))
+        self.flush()
+        await fut
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    async def _run(self) -> None:
+        try:
+            while self._queue and not self.closed:
+                slices, done, charge = self._queue[0]
+                for s in slices:
+                    if type(s) is FileRegion:
+                        await self._copy_region(s)
+                    else:
+                        self._transport.write(bytes(s))   # the counted copy
+                        self._metrics.bytes_copy += len(s)
+                    await self._writable.wait()
+                self._queue.popleft()
+                self.outstanding -= charge
+                self._ledger.repay(charge)
+                if done is not None:
+                    done(None)
+        except Exception as exc:  # noqa: BLE001 - any failure ends this one connection
+            self._pump = None
+            log.error("copy send failed: %s", exc)
+            self._metrics.send_errors += 1
+            self.close(exc)
+            if self._on_error is not None:
+                self._on_error(exc)
+            return
+        self._pump = None
+        if not self._queue and not self.closed and self._on_idle is not None:
+            self._on_idle()
+
+    async def _copy_region(self, region: FileRegion) -> None:
+        offset, left = region.offset, region.count
+        while left:
+            block = await self._loop.run_in_executor(None, os.pread, region.fd, min(left, self.BLOCK), offset)
+            if not block:
+                raise TruncatedFileError(errno.EIO, f"file shrank during send ({left} bytes owed)")
+            self._transport.write(block)
+            self._metrics.bytes_copy += len(block)
+            offset += len(block)
+            left -= len(block)
+            await self._writable.wait()
+
+    def close(self, exc: BaseException | None = None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._pump is not None and self._pump is not asyncio.current_task():
+            self._pump.cancel()
+        self._pump = None
+        queue, self._queue = self._queue, deque()
+        for _slices, done, charge in queue:
+            self.outstanding -= charge
+            self._ledger.repay(charge)
+            if done is not None:
+                done(exc or ConnectionError("connection closed"))

@@ -1,0 +1,75 @@
+"""Prebuilt HTTP/1.1 wire fragments: status lines, the Date header, header blocks.
+
+Everything that is the same for many responses is built once, as bytes, so that
+the per-request work is picking slices, not formatting strings.  The Date header is
+rebuilt at most once a second (`DateHeader`), as RFC 9110 §6.6.1 allows.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from email.utils import formatdate
+from http import HTTPStatus
+
+__all__ = ["status_line", "DATE", "header_block", "http_date", "REASONS"]
+
+REASONS: dict[int, str] = {s.value: s.phrase for s in HTTPStatus}
+REASONS.setdefault(425, "Too Early")
+
+SERVER_NAME = b"pageloan"
+
+_STATUS_LINES: dict[int, bytes] = {
+    code: f"HTTP/1.1 {code} {phrase}\r\nServer: pageloan\r\n".encode("latin-1")
+    for code, phrase in REASONS.items()
+}
+
+
+def status_line(code: int) -> bytes:
+    """`HTTP/1.1 <code> <reason>` plus the Server header, prebuilt."""
+    line = _STATUS_LINES.get(code)
+    if line is None:
+        line = f"HTTP/1.1 {code} Unknown\r\nServer: pageloan\r\n".encode("latin-1")
+        _STATUS_LINES[code] = line
+    return line
+
+
+def http_date(timestamp: float) -> str:
+    """An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`)."""
+    return formatdate(timestamp, usegmt=True)
+
+
+class DateHeader:
+    """`Date: ...\\r\\n`, recomputed only when the second changes."""
+
+    __slots__ = ("_second", "_line")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._line = b""
+
+    def line(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._line = b"Date: " + http_date(now).encode("ascii") + b"\r\n"
+        return self._line
+
+
+DATE = DateHeader()
+
+
+def header_block(headers: Iterable[tuple[str, str]], *, end: bool = True) -> bytes:
+    """Encode header fields as one slice; `end` appends the blank line closing the head.
+
+    Values are checked for CR/LF: a handler must never be able to split a response.
+    """
+    out = []
+    for name, value in headers:
+        value = str(value)
+        if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
+            raise ValueError(f"invalid header field {name!r}")
+        out.append(f"{name}: {value}\r\n")
+    if end:
+        out.append("\r\n")
+    return "".join(out).encode("latin-1")

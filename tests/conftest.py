@@ -1,0 +1,133 @@
+"""Shared fixtures: a real pageloan server on 127.0.0.1, in-process or as a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from server.app import Application
+from server.config import ServerConfig
+from server.filecache import OpenFileCache
+from server.server import Server
+from server.static import StaticSite
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Running:
+    """A started in-process server: address, the Server object, and its context."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.host = "127.0.0.1"
+        self.port = server.port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+@pytest.fixture
+async def serve() -> Any:
+    """Start servers in this test's loop: `await serve(app=..., root=..., **config)`."""
+    started: list[Server] = []
+
+    async def start(app: Callable | None = None, root: Path | None = None, **options: Any) -> Running:
+        config = ServerConfig(host="127.0.0.1", port=0, root=root, **options)
+        if app is None:
+            static = StaticSite(root, cache=OpenFileCache(map_max=config.gather_max)) if root else None
+            app = Application(static)
+        server = Server(config, app, asyncio.get_running_loop())
+        await server.start()
+        started.append(server)
+        return Running(server)
+
+    yield start
+    for server in started:
+        await server.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 10.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited early with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {port}")
+
+
+class ServerProcess:
+    def __init__(self, proc: subprocess.Popen, port: int) -> None:
+        self.proc = proc
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def server_process() -> Any:
+    """Start `python -m server serve ...` as a subprocess: `server_process(args, prefix=[...])`."""
+    procs: list[ServerProcess] = []
+
+    def start(args: list[str], prefix: list[str] | None = None, env: dict | None = None,
+              stdout: Any = subprocess.DEVNULL, stderr: Any = None) -> ServerProcess:
+        port = free_port()
+        cmd = (prefix or []) + [sys.executable, "-m", "server", "serve", *args,
+                                "--host", "127.0.0.1", "--port", str(port)]
+        full_env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
+        proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=stdout,
+                                stderr=stderr if stderr is not None else subprocess.PIPE)
+        running = ServerProcess(proc, port)
+        procs.append(running)
+        wait_for_port(port, proc=proc)
+        return running
+
+    yield start
+    for running in procs:
+        running.stop(signal.SIGKILL if running.proc.poll() is None else signal.SIGTERM)
+
+
+def raw_exchange(port: int, data: bytes, *, timeout: float = 5.0, until_close: bool = True) -> bytes:
+    """Send raw bytes, read until the server closes (or timeout)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        try:
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                if not until_close:
+                    break
+        except socket.timeout:
+            pass
+        return b"".join(chunks)
