@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import re
 import logging
+import re
 import traceback
 from collections import deque
 from collections.abc import Callable
@@ -251,8 +251,13 @@ class HttpSession:
         """Answer queued requests in order, as long as loans allow."""
         pipeline = self._pipeline
         while pipeline and self._active is None and not self.closed and not self._closing:
-            if self.transmitter.outstanding > self.config.connection_loan_budget \
-                    or self.ctx.ledger.full:
+            outstanding = self.transmitter.outstanding
+            # Over the connection budget, or the global ledger full while this
+            # connection already has bytes on loan: wait for the transmitter to drain.
+            # A connection with nothing on loan may always send one message, so a few
+            # slow readers holding the global budget cannot starve everybody else.
+            if outstanding > self.config.connection_loan_budget \
+                    or (outstanding and self.ctx.ledger.full):
                 self._wait_for_room()
                 return
             item = pipeline.popleft()
@@ -406,12 +411,6 @@ class HttpSession:
             return
         self._waiting_room = True
         self.driver.pause_reading()
-        if self.ctx.ledger.full and self.transmitter.idle:
-            self.loop.create_task(self._wait_for_ledger())
-
-    async def _wait_for_ledger(self) -> None:
-        await self.ctx.ledger.wait_for_room()
-        self.on_transmit_idle()
 
     async def _room(self) -> None:
         """Wait until the transmitter has drained (for streaming producers)."""

@@ -150,7 +150,23 @@ class Server:
             deadline = session.deadline
             if deadline is not None and now >= deadline:
                 session.on_deadline()
+                continue
+            self._check_stall(conn, now)
         self._sweeper = self.loop.call_later(1.0, self._sweep)
+
+    def _check_stall(self, conn: Any, now: float) -> None:
+        """A client that stops reading holds loans: cut it off after send_timeout."""
+        transmitter = conn.transmitter
+        if transmitter.idle:
+            conn.stall_mark = None
+            return
+        mark = getattr(conn, "stall_mark", None)
+        if mark is None or mark[0] != transmitter.accepted:
+            conn.stall_mark = (transmitter.accepted, now)
+        elif now - mark[1] >= self.config.send_timeout:
+            log.warning("closing connection from %s: no send progress for %.0f s",
+                        conn.session.client, now - mark[1])
+            conn.abort()
 
     def stop_accepting(self) -> None:
         if self._accepting and self.listener is not None:

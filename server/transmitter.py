@@ -122,6 +122,7 @@ class SocketTransmitter:
         self._flushing = False
         self._resume_scheduled = False
         self.outstanding = 0     # bytes on loan through this transmitter
+        self.accepted = 0        # bytes the kernel has taken, ever (stall detection)
         self.closed = False
 
     # -- queueing --------------------------------------------------------------------
@@ -231,6 +232,7 @@ class SocketTransmitter:
         except (BlockingIOError, InterruptedError):
             return -1
         self._metrics.bytes_gather += sent
+        self.accepted += sent
         self._advance(sent)
         # A short write means the socket buffer is full: the next call would EAGAIN.
         return sent if sent == wanted else -1
@@ -245,6 +247,7 @@ class SocketTransmitter:
         if sent == 0:
             raise TruncatedFileError(errno.EIO, f"file shrank during send ({region.count} bytes owed)")
         self._metrics.bytes_sendfile += sent
+        self.accepted += sent
         if sent == region.count:
             entry.slices.pop(0)
         else:
@@ -364,6 +367,7 @@ class CopyTransmitter:
         self._writable.set()
         self._pump: asyncio.Task | None = None
         self.outstanding = 0
+        self.accepted = 0
         self.closed = False
 
     @property
@@ -407,6 +411,7 @@ class CopyTransmitter:
                     else:
                         self._transport.write(bytes(s))   # the counted copy
                         self._metrics.bytes_copy += len(s)
+                        self.accepted += len(s)
                     await self._writable.wait()
                 self._queue.popleft()
                 self.outstanding -= charge
@@ -433,6 +438,7 @@ class CopyTransmitter:
                 raise TruncatedFileError(errno.EIO, f"file shrank during send ({left} bytes owed)")
             self._transport.write(block)
             self._metrics.bytes_copy += len(block)
+            self.accepted += len(block)
             offset += len(block)
             left -= len(block)
             await self._writable.wait()

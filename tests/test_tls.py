@@ -1,0 +1,60 @@
+"""TLS: the copy path (DESIGN.md rule 5) serves the same bytes, and counts them."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+import ssl
+import subprocess
+
+import pytest
+
+pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI not installed")
+
+
+@pytest.fixture(scope="module")
+def cert_pair(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tls")
+    cert, key = d / "cert.pem", d / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
+async def test_tls_serves_files_through_the_counted_copy_path(serve, tmp_path, cert_pair):
+    cert, key = cert_pair
+    small = b"<h1>secure</h1>"
+    big = os.urandom(3 << 20)
+    (tmp_path / "index.html").write_bytes(small)
+    (tmp_path / "big.bin").write_bytes(big)
+    srv = await serve(root=tmp_path, tls_cert=cert, tls_key=key)
+    metrics = srv.server.ctx.metrics
+    copied_before = metrics.bytes_copy
+    client = ssl.create_default_context(cafile=str(cert))
+    reader, writer = await asyncio.open_connection(srv.host, srv.port, ssl=client,
+                                                   server_hostname="localhost", limit=1 << 20)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert b"200 OK" in head and b"Content-Length: 15" in head
+    assert await reader.readexactly(len(small)) == small
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert f"Content-Length: {len(big)}".encode() in head
+    body = await asyncio.wait_for(reader.readexactly(len(big)), 20)
+    assert hashlib.sha256(body).digest() == hashlib.sha256(big).digest()
+    assert metrics.bytes_copy - copied_before >= len(big) + len(small)
+    writer.close()
+
+
+def test_curl_over_tls(server_process, tmp_path, cert_pair):
+    if shutil.which("curl") is None:
+        pytest.skip("curl not installed")
+    cert, key = cert_pair
+    (tmp_path / "index.html").write_text("hello over tls\n")
+    srv = server_process([str(tmp_path), "--tls-cert", str(cert), "--tls-key", str(key)])
+    out = subprocess.run(["curl", "-sS", "--cacert", str(cert), f"https://127.0.0.1:{srv.port}/"],
+                         capture_output=True, timeout=20)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == b"hello over tls\n"
