@@ -9,8 +9,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -128,6 +129,6 @@ def raw_exchange(port: int, data: bytes, *, timeout: float = 5.0, until_close: b
                 chunks.append(chunk)
                 if not until_close:
                     break
-        except socket.timeout:
+        except TimeoutError:
             pass
         return b"".join(chunks)

@@ -295,8 +295,8 @@ def test_stdlib_http_client_sees_a_valid_response(tmp_path):
     (tmp_path / "index.html").write_text("<p>hi</p>")
 
     async def main():
-        from server.server import Server
         from server.config import ServerConfig
+        from server.server import Server
         config = ServerConfig(port=0, root=tmp_path)
         server = Server(config, Application(StaticSite(tmp_path)), asyncio.get_running_loop())
         await server.start()

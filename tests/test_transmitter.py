@@ -143,7 +143,7 @@ async def test_global_ledger_full_makes_connections_wait(serve):
     await asyncio.sleep(0.5)
     # bounded: at most one message per connection over the global budget
     assert ctx.ledger.outstanding <= (400 << 10) + 4 * (len(payload) + 4096)
-    for reader, writer in conns:
+    for _reader, writer in conns:
         writer.transport.resume_reading()
     for reader, writer in conns:
         for _ in range(40):
