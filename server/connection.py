@@ -33,7 +33,7 @@ __all__ = ["SocketConnection", "TlsConnection"]
 
 log = logging.getLogger("pageloan.connection")
 
-RECV_SIZE = 256 << 10
+RECV_SIZE = 64 << 10
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 1 << 20
 

@@ -17,10 +17,12 @@ I/O *driver* (a raw socket, or a TLS transport) only reads, pauses and closes.
 * Limits: head over `max_header_bytes` → 431 (414 for a long URL); body over
   `max_body_bytes` → 413; parse error → 400; method llhttp does not know → 501.  An
   error response closes the connection (the byte stream can no longer be trusted).
-* Timeouts: `deadline` is read by the server's once-a-second sweeper.  It is the
-  head deadline from a request's first byte (not reset by later bytes: a slowloris
-  client dribbling a header a byte at a time is still cut off), the body deadline
-  while a body is owed, and the keep-alive deadline while idle.
+* Timeouts: the session keeps no clocks.  `progress()` names the phase it is in and
+  a token that changes only on real progress; the server's once-a-second sweeper
+  notes when it first saw a token and fires `on_timeout(phase)` once the same token
+  has stood for that phase's limit.  In the head phase the token is the request
+  count, so it does not move while a slowloris client dribbles header bytes; in the
+  body phase it is the bytes received; while idle, the responses sent.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ log = logging.getLogger("pageloan.http")
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _REQUEST_LINE = re.compile(rb"(?:^|\n)[!#$%&'*+.^_`|~0-9A-Za-z-]+ [^ \r\n]+ HTTP/1\.[01]\r?\n")
 _NO_BODY_STATUSES = frozenset({204, 304})
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
 
 
 class _Reject(Exception):
@@ -103,8 +106,11 @@ class HttpSession:
         self._room_waiter: asyncio.Future | None = None
         self.closed = False
         self.draining = False
-        self.deadline: float | None = self.loop.time() + self.config.keepalive_timeout
-        self.deadline_kind = "idle"
+        self._metrics = ctx.metrics
+        self._max_head = ctx.config.max_header_bytes
+        self.requests_started = 0
+        self._content_length: int | None = None
+        self._chunked = False
 
     # -- input -------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
@@ -156,49 +162,58 @@ class HttpSession:
         self._raw_headers = []
         self._head_bytes = 0
         self._expect_continue = False
+        self._content_length = None
+        self._chunked = False
         self._in_head = True
-        self.deadline = self.loop.time() + self.config.header_timeout
-        self.deadline_kind = "head"
+        self.requests_started += 1
 
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._head_bytes += len(url)
-        if self._head_bytes > self.config.max_header_bytes:
+        if self._head_bytes > self._max_head:
             raise _Reject(414, "request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_bytes += len(name) + len(value) + 4
-        if self._head_bytes > self.config.max_header_bytes:
+        if self._head_bytes > self._max_head:
             raise _Reject(431, "request header block too large")
-        if len(name) == 6 and name.lower() == b"expect":
+        size = len(name)
+        if size == 14 or size == 17 or size == 6:
+            self._framing_header(name.lower(), value)
+        self._raw_headers.append((name, value))
+
+    def _framing_header(self, name: bytes, value: bytes) -> None:
+        """Headers the session itself needs: body framing and expectations."""
+        if name == b"content-length":
+            try:
+                self._content_length = int(value)
+            except ValueError:
+                raise _Reject(400, "bad Content-Length") from None
+        elif name == b"transfer-encoding":
+            self._chunked = b"chunked" in value.lower()
+        elif name == b"expect":
             if value.lower() != b"100-continue":
                 raise _Reject(417, f"unsupported expectation {value!r}")
             self._expect_continue = True
-        self._raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         parser = self._parser
-        method = parser.get_method().decode("ascii")
-        version = parser.get_http_version()
+        raw_method = parser.get_method()
+        method = _METHODS.get(raw_method) or raw_method.decode("ascii")
         keep_alive = parser.should_keep_alive() and not self.draining
-        length = _content_length(self._raw_headers)
-        if length is not None and length > self.config.max_body_bytes:
-            raise _Reject(413, f"declared body of {length} bytes is over the limit")
-        has_body = length is not None and length > 0 or _is_chunked(self._raw_headers)
+        length = self._content_length
         body = None
-        if has_body:
+        if length or self._chunked:
+            if length is not None and length > self.config.max_body_bytes:
+                raise _Reject(413, f"declared body of {length} bytes is over the limit")
             body = RequestBody(self.config.max_body_bytes, self.driver.pause_reading,
                                self._resume_reading,
                                self._send_continue if self._expect_continue else None)
-            self.deadline = self.loop.time() + self.config.body_timeout
-            self.deadline_kind = "body"
-        else:
-            self.deadline = None
-        request = Request(method, self._url, version, self._raw_headers, keep_alive,
-                          self.client, body)
+        request = Request(method, self._url, parser.get_http_version(), self._raw_headers,
+                          keep_alive, self.client, body)
         request.app = self.ctx.app
-        request.expect_continue = self._expect_continue and has_body
+        request.expect_continue = self._expect_continue and body is not None
         self._current = request
         self._pipeline.append(request)
 
@@ -206,7 +221,6 @@ class HttpSession:
         request = self._current
         if request is None or request.body_stream is None:
             return
-        self.deadline = self.loop.time() + self.config.body_timeout
         try:
             request.body_stream.feed(chunk)
         except BodyTooLarge as exc:
@@ -221,13 +235,11 @@ class HttpSession:
                 request.body_stream.finish()
             if not request.keep_alive:
                 self._stop_parsing = True
-        if self.deadline_kind in ("head", "body"):
-            self.deadline = None
 
     # -- refusing ------------------------------------------------------------------------
     def _reject(self, status: int, reason: str) -> None:
         """Answer `status` after the answers already owed, then close."""
-        self.ctx.metrics.requests_rejected += 1
+        self._metrics.requests_rejected += 1
         peer = self.client[0] if self.client else "-"
         log.warning("%s: %d %s", peer, status, reason)
         self._stop_parsing = True
@@ -327,17 +339,18 @@ class HttpSession:
                 close = True   # we never said 100 Continue: the body is not coming
             if not streaming:
                 request.body_stream.discard()
+        stack = msg._stack
         if close:
-            msg.push(DATE.line() + b"Connection: close\r\n")
+            stack.append(DATE.line() + b"Connection: close\r\n")
         elif version == "1.0":
-            msg.push(DATE.line() + b"Connection: keep-alive\r\n")
+            stack.append(DATE.line() + b"Connection: keep-alive\r\n")
         else:
-            msg.push(DATE.line())
+            stack.append(DATE.line())
         status = msg.status
-        msg.push(status_line(status))
+        stack.append(status_line(status))
         if status in _NO_BODY_STATUSES or (request is not None and request.method == "HEAD"):
             msg.head_only = True
-        self.ctx.metrics.responses_total += 1
+        self._metrics.responses_total += 1
         if self.ctx.access_log is not None:
             self.ctx.access_log(request, msg, self.client)
         if close:
@@ -432,40 +445,40 @@ class HttpSession:
             self._resume_reading()
             self._dispatch()
             self.transmitter.flush()
-        if self._active is None and not self._pipeline and self._current is None \
-                and not self._in_head:
-            if self.draining or self._closing:
-                if self._closing:
-                    return     # the close-after callback closes us
-                self.driver.close()
-                return
-            self.deadline = self.loop.time() + self.config.keepalive_timeout
-            self.deadline_kind = "idle"
+        if self.draining and not self._closing and self._active is None \
+                and not self._pipeline and self._current is None and not self._in_head:
+            self.driver.close()
 
     def _resume_reading(self) -> None:
         if not self._waiting_room and not self.closed:
             self.driver.resume_reading()
 
     # -- lifecycle -------------------------------------------------------------------------
-    def on_deadline(self) -> None:
-        """The sweeper found `deadline` passed."""
-        kind = self.deadline_kind
-        self.deadline = None
-        if kind == "idle":
+    def progress(self) -> tuple | None:
+        """(phase, token) for the sweeper, or None while the server owes the next move."""
+        if self._in_head:
+            return ("head", self.requests_started)
+        current = self._current
+        if current is not None and current.body_stream is not None:
+            return ("body", self.requests_started, current.body_stream.received)
+        if self._active is None and not self._pipeline and self.transmitter.idle:
+            return ("idle", self.requests_started)
+        return None
+
+    def on_timeout(self, phase: str) -> None:
+        """The sweeper saw no progress in `phase` for that phase's limit."""
+        if phase == "idle":
             log.debug("closing idle keep-alive connection from %s", self.client)
             self.driver.close()
             return
-        if kind == "send":
-            log.warning("closing connection from %s: client stopped reading", self.client)
-            self.driver.abort()
-            return
-        log.warning("closing connection from %s: %s timeout", self.client, kind)
-        self.ctx.metrics.requests_rejected += 1
+        log.warning("closing connection from %s: %s timeout", self.client, phase)
+        self._metrics.requests_rejected += 1
         if self._current is not None and self._current.body_stream is not None:
             self._current.body_stream.fail(TimeoutError("request body timeout"))
         if self._active is None and self.transmitter.idle:
             self._stop_parsing = True
-            self._send(None, error_response(408, f"{kind} timeout", close=True), "1.1")
+            self._pipeline.clear()
+            self._send(None, error_response(408, f"{phase} timeout", close=True), "1.1")
             self.transmitter.flush()
         else:
             self.driver.abort()
@@ -491,23 +504,6 @@ class HttpSession:
     @property
     def busy(self) -> bool:
         return self._active is not None or bool(self._pipeline) or not self.transmitter.idle
-
-
-def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
-    for name, value in headers:
-        if len(name) == 14 and name.lower() == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
-
-
-def _is_chunked(headers: list[tuple[bytes, bytes]]) -> bool:
-    for name, value in headers:
-        if len(name) == 17 and name.lower() == b"transfer-encoding":
-            return b"chunked" in value.lower()
-    return False
 
 
 Callback = Callable[[], None]

@@ -142,16 +142,25 @@ class Server:
                 conn.transmitter.flush()
 
     def _sweep(self) -> None:
+        """Once a second: fire timeouts for connections that made no progress."""
         now = self.loop.time()
+        limits = {"head": self.config.header_timeout, "body": self.config.body_timeout,
+                  "idle": self.config.keepalive_timeout}
         for conn in list(self.ctx.connections):
             session = getattr(conn, "session", None)
-            if session is None:
+            if session is None or conn.closed:
                 continue
-            deadline = session.deadline
-            if deadline is not None and now >= deadline:
-                session.on_deadline()
+            token = session.progress()
+            if token is None:
+                conn.progress_mark = None
+                self._check_stall(conn, now)
                 continue
-            self._check_stall(conn, now)
+            mark = getattr(conn, "progress_mark", None)
+            if mark is None or mark[0] != token:
+                conn.progress_mark = (token, now)
+            elif now - mark[1] >= limits[token[0]]:
+                conn.progress_mark = None
+                session.on_timeout(token[0])
         self._sweeper = self.loop.call_later(1.0, self._sweep)
 
     def _check_stall(self, conn: Any, now: float) -> None:

@@ -68,33 +68,16 @@ class TruncatedFileError(OSError):
     """The file shrank while it was being sent: the promised length cannot be kept."""
 
 
-class _Entry:
-    """One queued Message: the slices still owed to the kernel and their loan charge."""
-
-    __slots__ = ("slices", "done", "charge")
-
-    def __init__(self, slices: list, done: Done | None, charge: int) -> None:
-        self.slices = slices
-        self.done = done
-        self.charge = charge
-
-
-def _charge_of(slices: list, step: int) -> int:
-    """Bytes on loan for these slices: memory in full, a file region one step at a time."""
-    total = 0
-    for s in slices:
-        total += min(s.count, step) if type(s) is FileRegion else len(s)
-    return total
-
-
-def _window_of(region: FileRegion) -> memoryview | None:
-    """An mmap window for a small region, if its owner keeps the file mapped."""
-    window = getattr(region.owner, "window", None)
-    return window(region.offset, region.count) if window is not None else None
-
-
 class SocketTransmitter:
-    """Gather/sendfile transmitter over a non-blocking socket it does not own."""
+    """Gather/sendfile transmitter over a non-blocking socket it does not own.
+
+    The queue is one flat list of slices in wire order (header slices of a message
+    followed by its payload, then the next message), so a flush can hand a run of
+    neighbouring memory slices to one sendmsg without rebuilding anything.  Progress
+    is kept as stream positions: `_queued` bytes ever queued and `accepted` bytes the
+    kernel has taken; a message's completion callback fires when `accepted` passes the
+    position where that message ended.
+    """
 
     def __init__(
         self,
@@ -113,7 +96,9 @@ class SocketTransmitter:
         self._loop = loop
         self._metrics = metrics or METRICS
         self._ledger = ledger or self._metrics.ledger
-        self._queue: deque[_Entry] = deque()
+        self._slices: list = []                         # owed to the kernel, front first
+        self._marks: deque[tuple[int, Done]] = deque()  # (end position, completion callback)
+        self._queued = 0
         self._on_error = on_error
         self._on_idle = on_idle
         self._step = sendfile_step
@@ -122,7 +107,7 @@ class SocketTransmitter:
         self._flushing = False
         self._resume_scheduled = False
         self.outstanding = 0     # bytes on loan through this transmitter
-        self.accepted = 0        # bytes the kernel has taken, ever (stall detection)
+        self.accepted = 0        # bytes the kernel has taken, ever
         self.closed = False
 
     # -- queueing --------------------------------------------------------------------
@@ -132,28 +117,44 @@ class SocketTransmitter:
             if done is not None:
                 done(ConnectionError("transmitter closed"))
             return
-        slices: list = []
-        gather_max = self._gather_max
-        for s in message.wire_slices():
-            if type(s) is FileRegion:
-                if not s.count:
-                    continue          # sendfile/mmap of 0 bytes fail; nothing to send anyway
-                if s.count <= gather_max:
-                    window = _window_of(s)
-                    if window is not None:
-                        slices.append(window)
-                        continue
-            elif not len(s):
-                continue
-            slices.append(s)
-        charge = _charge_of(slices, self._step)
+        slices = self._slices
+        size = 0
+        for header in reversed(message._stack):    # top of the stack goes first
+            slices.append(header)
+            size += len(header)
+        charge = size
+        if not message.head_only:
+            step = self._step
+            for s in message.payload:
+                if type(s) is FileRegion:
+                    n = s.count
+                    if not n:
+                        continue          # sendfile/mmap of 0 bytes fail; nothing to send anyway
+                    size += n
+                    if n <= self._gather_max:
+                        window = getattr(s.owner, "window", None)
+                        view = window(s.offset, n) if window is not None else None
+                        if view is not None:
+                            slices.append(view)
+                            charge += n
+                            continue
+                    slices.append(s)
+                    charge += n if n < step else step
+                else:
+                    n = len(s)
+                    if n:
+                        slices.append(s)
+                        size += n
+                        charge += n
+        self._queued += size
         self.outstanding += charge
         self._ledger.lend(charge)
-        self._queue.append(_Entry(slices, done, charge))
+        if done is not None:
+            self._marks.append((self._queued, done))
 
     @property
     def idle(self) -> bool:
-        return not self._queue
+        return not self._slices
 
     async def send(self, message: Message) -> None:
         """Queue, flush, and wait until the kernel has accepted the whole message."""
@@ -168,13 +169,15 @@ class SocketTransmitter:
                 fut.set_exception(exc)
 
         self.enqueue(message, done)
+        if not self._slices and self._marks and self._marks[-1][0] <= self.accepted:
+            self._fire_marks()            # an empty message: nothing to wait for
         self.flush()
         await fut
 
     # -- moving bytes ----------------------------------------------------------------
     def flush(self) -> None:
         """Hand the kernel as much of the queue as it takes now; wait only on EAGAIN."""
-        if self._flushing or self._waiting_writable or self.closed or not self._queue:
+        if self._flushing or self._waiting_writable or self.closed or not self._slices:
             return
         self._flushing = True
         try:
@@ -183,17 +186,13 @@ class SocketTransmitter:
             self._fail(exc)
         finally:
             self._flushing = False
-        if not self._queue and not self.closed and self._on_idle is not None:
+        if not self._slices and not self.closed and self._on_idle is not None:
             self._on_idle()
 
     def _flush_some(self) -> None:
         quota = FLUSH_QUOTA
-        queue = self._queue
-        while queue:
-            entry = queue[0]
-            if not entry.slices:
-                self._complete_front()
-                continue
+        slices = self._slices
+        while slices:
             if quota <= 0:
                 # One fast client must not starve the others (nginx's sendfile_max_chunk):
                 # yield to the loop and continue on the next iteration.
@@ -201,8 +200,8 @@ class SocketTransmitter:
                     self._resume_scheduled = True
                     self._loop.call_soon(self._resume)
                 return
-            if type(entry.slices[0]) is FileRegion:
-                sent = self._send_file_step(entry)
+            if type(slices[0]) is FileRegion:
+                sent = self._send_file_step(slices[0])
             else:
                 sent = self._send_gathered()
             if sent < 0:
@@ -211,84 +210,77 @@ class SocketTransmitter:
             quota -= sent
 
     def _send_gathered(self) -> int:
-        """One sendmsg of neighbouring memory slices; returns bytes sent, -1 on EAGAIN."""
-        iov: list = []
-        more = 0
-        for entry in self._queue:
-            for s in entry.slices:
-                if type(s) is FileRegion:
-                    more = MSG_MORE   # hold the header back for the file data behind it
-                    break
-                iov.append(s)
-                if len(iov) >= IOV_LIMIT:
-                    break
-            else:
-                if len(iov) < IOV_LIMIT:
-                    continue
-            break
-        wanted = sum(map(len, iov))
+        """One sendmsg of the run of memory slices at the front; -1 when the kernel is full."""
+        slices = self._slices
+        count = len(slices)
+        end = 0
+        limit = min(count, IOV_LIMIT)
+        while end < limit and type(slices[end]) is not FileRegion:
+            end += 1
+        iov = slices if end == count else slices[:end]
         try:
-            sent = self._sock.sendmsg(iov, (), more) if more else self._sock.sendmsg(iov)
+            if end < count and type(slices[end]) is FileRegion:
+                # Hold the header back so it shares a segment with the file data behind it.
+                sent = self._sock.sendmsg(iov, (), MSG_MORE)
+            else:
+                sent = self._sock.sendmsg(iov)
         except (BlockingIOError, InterruptedError):
             return -1
         self._metrics.bytes_gather += sent
-        self.accepted += sent
-        self._advance(sent)
+        # Retire what the kernel took, slice by slice; a partly taken slice is re-viewed.
+        left = sent
+        i = 0
+        while i < end:
+            size = len(slices[i])
+            if left < size:
+                break
+            left -= size
+            i += 1
+        if i == count:
+            slices.clear()
+        elif i:
+            del slices[:i]
+        if i < end and left:
+            slices[0] = memoryview(slices[0])[left:]
+        self._accept(sent, sent)
         # A short write means the socket buffer is full: the next call would EAGAIN.
-        return sent if sent == wanted else -1
+        return sent if i == end else -1
 
-    def _send_file_step(self, entry: _Entry) -> int:
-        region: FileRegion = entry.slices[0]
-        count = min(region.count, self._step)
+    def _send_file_step(self, region: FileRegion) -> int:
+        step = self._step
+        total = region.count
         try:
-            sent = os.sendfile(self._fd, region.fd, region.offset, count)
+            sent = os.sendfile(self._fd, region.fd, region.offset, total if total < step else step)
         except (BlockingIOError, InterruptedError):
             return -1
         if sent == 0:
-            raise TruncatedFileError(errno.EIO, f"file shrank during send ({region.count} bytes owed)")
+            raise TruncatedFileError(errno.EIO, f"file shrank during send ({total} bytes owed)")
         self._metrics.bytes_sendfile += sent
-        self.accepted += sent
-        if sent == region.count:
-            entry.slices.pop(0)
+        left = total - sent
+        if left:
+            self._slices[0] = FileRegion(region.fd, region.offset + sent, left, region.owner)
         else:
-            entry.slices[0] = FileRegion(region.fd, region.offset + sent, region.count - sent, region.owner)
-        self._recharge(entry)
+            del self._slices[0]
+        # The region was charged one step; charge what is left of it the same way.
+        repaid = min(total, step) - min(left, step)
+        self._accept(sent, repaid)
         # Linux may return early from sendfile (signals, 4.3+); only EAGAIN means "full".
         return sent
 
-    def _advance(self, nbytes: int) -> None:
-        """Retire `nbytes` from the front of the queue, slice by slice."""
-        queue = self._queue
-        while nbytes and queue:
-            entry = queue[0]
-            slices = entry.slices
-            while nbytes and slices:
-                size = len(slices[0])
-                if nbytes >= size:
-                    nbytes -= size
-                    slices.pop(0)
-                else:
-                    slices[0] = memoryview(slices[0])[nbytes:]
-                    nbytes = 0
-            if not slices:
-                self._complete_front()
-            else:
-                self._recharge(entry)
+    def _accept(self, nbytes: int, repaid: int) -> None:
+        """The kernel took `nbytes`: repay their loan and complete finished messages."""
+        self.accepted += nbytes
+        if repaid:
+            self.outstanding -= repaid
+            self._ledger.repay(repaid)
+        if self._marks and self._marks[0][0] <= self.accepted:
+            self._fire_marks()
 
-    def _recharge(self, entry: _Entry) -> None:
-        charge = _charge_of(entry.slices, self._step)
-        repaid = entry.charge - charge
-        entry.charge = charge
-        self.outstanding -= repaid
-        self._ledger.repay(repaid)
-
-    def _complete_front(self) -> None:
-        entry = self._queue.popleft()
-        self.outstanding -= entry.charge
-        self._ledger.repay(entry.charge)
-        entry.charge = 0
-        if entry.done is not None:
-            entry.done(None)
+    def _fire_marks(self) -> None:
+        marks = self._marks
+        accepted = self.accepted
+        while marks and marks[0][0] <= accepted:
+            marks.popleft()[1](None)
 
     # -- waiting ---------------------------------------------------------------------
     def _wait_writable(self) -> None:
@@ -326,12 +318,12 @@ class SocketTransmitter:
                 self._loop.remove_writer(self._fd)
             except (ValueError, OSError):
                 pass
-        queue, self._queue = self._queue, deque()
-        for entry in queue:
-            self.outstanding -= entry.charge
-            self._ledger.repay(entry.charge)
-            if entry.done is not None:
-                entry.done(exc or ConnectionError("connection closed"))
+        self._slices = []
+        self._ledger.repay(self.outstanding)
+        self.outstanding = 0
+        marks, self._marks = self._marks, deque()
+        for _end, done in marks:
+            done(exc or ConnectionError("connection closed"))
 
 
 class CopyTransmitter:
