@@ -104,6 +104,13 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         handlers = BUNDLED_HANDLERS
     if (args.tls_cert is None) != (args.tls_key is None):
         raise SystemExit("pageloan: --tls-cert and --tls-key go together")
+    extra: dict[str, Any] = {"args": args}
+    if getattr(args, "ftp_port", None) is not None:
+        from .ftp import ftp_config_from_args
+        try:
+            extra["ftp"] = ftp_config_from_args(args, root)
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"pageloan: FTP: {exc}") from None
     return ServerConfig(
         root=root, host=args.host, port=args.port, workers=max(1, args.workers),
         handlers=handlers, reload=args.reload, access_log=args.access_log,
@@ -113,7 +120,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         body_timeout=args.body_timeout, keepalive_timeout=args.keepalive_timeout,
         drain_timeout=args.drain_timeout, connection_loan_budget=args.connection_loan_budget,
         global_loan_budget=args.global_loan_budget, sendfile_step=args.sendfile_step,
-        gather_max=args.gather_max, extra={"args": args},
+        gather_max=args.gather_max, extra=extra,
     )
 
 
@@ -158,14 +165,12 @@ def run_worker(config: ServerConfig, ready: Callable[[int], None] | None = None)
         startup = getattr(app, "startup", None)
         if startup is not None:
             await startup()
-        args = config.extra.get("args")
-        if args is not None and getattr(args, "ftp_port", None) is not None:
-            from .ftp import ftp_config_from_args, start_ftp
-            ftp_config = ftp_config_from_args(args, config.root)
-            if ftp_config is not None:
-                service = await start_ftp(ftp_config)
-                extras.append(service)
-                log.info("pageloan: FTP on %s port %s", config.host, service.port)
+        ftp_config = config.extra.get("ftp")
+        if ftp_config is not None:
+            from .ftp import start_ftp
+            service = await start_ftp(ftp_config)
+            extras.append(service)
+            log.info("pageloan: FTP on %s port %s", ftp_config.host, service.port)
 
     loop.run_until_complete(start())
     for sig in (signal.SIGTERM, signal.SIGINT):

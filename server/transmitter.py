@@ -98,7 +98,8 @@ class SocketTransmitter:
         self._ledger = ledger or self._metrics.ledger
         self._slices: list = []                         # owed to the kernel, front first
         self._marks: deque[tuple[int, Done]] = deque()  # (end position, completion callback)
-        self._queued = 0
+        self._queued = 0                                # stream position: bytes ever queued
+        self._regions = 0                               # FileRegions among _slices
         self._on_error = on_error
         self._on_idle = on_idle
         self._step = sendfile_step
@@ -139,6 +140,7 @@ class SocketTransmitter:
                             charge += n
                             continue
                     slices.append(s)
+                    self._regions += 1
                     charge += n if n < step else step
                 else:
                     n = len(s)
@@ -213,6 +215,20 @@ class SocketTransmitter:
         """One sendmsg of the run of memory slices at the front; -1 when the kernel is full."""
         slices = self._slices
         count = len(slices)
+        if not self._regions and count <= IOV_LIMIT:
+            # Common case: only memory queued — gather all of it, retire all of it.
+            try:
+                sent = self._sock.sendmsg(slices)
+            except (BlockingIOError, InterruptedError):
+                return -1
+            self._metrics.bytes_gather += sent
+            if sent == self._queued - self.accepted:
+                slices.clear()
+                self._accept(sent, sent)
+                return sent
+            self._retire(sent, count)
+            self._accept(sent, sent)
+            return -1
         end = 0
         limit = min(count, IOV_LIMIT)
         while end < limit and type(slices[end]) is not FileRegion:
@@ -227,24 +243,29 @@ class SocketTransmitter:
         except (BlockingIOError, InterruptedError):
             return -1
         self._metrics.bytes_gather += sent
-        # Retire what the kernel took, slice by slice; a partly taken slice is re-viewed.
-        left = sent
+        complete = self._retire(sent, end)
+        self._accept(sent, sent)
+        # A short write means the socket buffer is full: the next call would EAGAIN.
+        return sent if complete else -1
+
+    def _retire(self, nbytes: int, end: int) -> bool:
+        """Drop what the kernel took from the first `end` slices; True if all of them went."""
+        slices = self._slices
         i = 0
         while i < end:
             size = len(slices[i])
-            if left < size:
+            if nbytes < size:
                 break
-            left -= size
+            nbytes -= size
             i += 1
-        if i == count:
+        if i == len(slices):
             slices.clear()
         elif i:
             del slices[:i]
-        if i < end and left:
-            slices[0] = memoryview(slices[0])[left:]
-        self._accept(sent, sent)
-        # A short write means the socket buffer is full: the next call would EAGAIN.
-        return sent if i == end else -1
+        if i < end and nbytes:
+            # A partly taken slice is re-viewed, never copied.
+            slices[0] = memoryview(slices[0])[nbytes:]
+        return i == end
 
     def _send_file_step(self, region: FileRegion) -> int:
         step = self._step
@@ -261,6 +282,7 @@ class SocketTransmitter:
             self._slices[0] = FileRegion(region.fd, region.offset + sent, left, region.owner)
         else:
             del self._slices[0]
+            self._regions -= 1
         # The region was charged one step; charge what is left of it the same way.
         repaid = min(total, step) - min(left, step)
         self._accept(sent, repaid)
@@ -319,6 +341,7 @@ class SocketTransmitter:
             except (ValueError, OSError):
                 pass
         self._slices = []
+        self._regions = 0
         self._ledger.repay(self.outstanding)
         self.outstanding = 0
         marks, self._marks = self._marks, deque()

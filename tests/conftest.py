@@ -83,13 +83,30 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{port}"
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        """Signal the whole process group: a wrapper (strace) and the server both stop."""
         if self.proc.poll() is None:
-            self.proc.send_signal(sig)
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+        # strace exits on the signal without waiting for its tracee: reap the group too
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self.proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         return self.proc.returncode
 
 
@@ -104,8 +121,8 @@ def server_process() -> Any:
         cmd = (prefix or []) + [sys.executable, "-m", "server", "serve", *args,
                                 "--host", "127.0.0.1", "--port", str(port)]
         full_env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
-        proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=stdout,
-                                stderr=stderr if stderr is not None else subprocess.PIPE)
+        proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=stdout, start_new_session=True,
+                                stderr=stderr if stderr is not None else subprocess.DEVNULL)
         running = ServerProcess(proc, port)
         procs.append(running)
         wait_for_port(port, proc=proc)
@@ -113,7 +130,7 @@ def server_process() -> Any:
 
     yield start
     for running in procs:
-        running.stop(signal.SIGKILL if running.proc.poll() is None else signal.SIGTERM)
+        running.stop(signal.SIGKILL)
 
 
 def raw_exchange(port: int, data: bytes, *, timeout: float = 5.0, until_close: bool = True) -> bytes:

@@ -66,14 +66,16 @@ def test_small_in_memory_response_is_one_gather_call(traced_server):
     lines = trace.read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if "recvfrom(" in line and "GET /metrics" in line)
     pid = lines[start].split()[0]
+    conn_fd = lines[start].split("(", 1)[1].split(",", 1)[0]
     sends = []
     for line in lines[start + 1:]:
-        if line.split()[0] != pid:
+        fields = line.split()
+        if fields[0] != pid or "(" not in fields[1]:
             continue
-        call = line.split()[1].split("(")[0]
+        call, args = fields[1].split("(", 1)
         if call == "recvfrom":
             break
-        if call in SEND_CALLS:
+        if call in SEND_CALLS and args.split(",", 1)[0] == conn_fd:
             sends.append(line)
     assert len(sends) == 1, sends
     assert sends[0].split()[1].startswith(("sendmsg(", "writev("))

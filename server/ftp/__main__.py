@@ -1,0 +1,68 @@
+"""`python -m server.ftp ROOT --ftp-port N ...`: the FTP service alone, for tests and tools.
+
+Theory of operation: the same options the pageloan CLI adds, plus --host and a choice
+of event loop (uvloop when installed, else asyncio).  Once listening it prints one
+line, `ftp port N`, on stdout, so a parent process that asked for port 0 learns the
+port; SIGTERM and SIGINT close the service cleanly (partial uploads are deleted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from . import add_ftp_arguments, ftp_config_from_args, start_ftp
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m server.ftp",
+                                     description="Serve ROOT over FTP (pageloan bulk mode).")
+    parser.add_argument("root", type=Path, help="directory clients see as /")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
+                        help="event loop (uvloop falls back to asyncio if missing)")
+    parser.add_argument("--log-level", default="INFO")
+    add_ftp_arguments(parser)
+    return parser
+
+
+async def _serve(config) -> None:
+    service = await start_ftp(config)
+    print(f"ftp port {service.port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await service.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.ftp_port is None:
+        args.ftp_port = 0
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        config = ftp_config_from_args(args, args.root)
+    except (OSError, ValueError) as exc:
+        parser.error(str(exc))
+    if args.loop == "uvloop":
+        try:
+            import uvloop
+            uvloop.install()
+        except ImportError:
+            pass
+    asyncio.run(_serve(config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
