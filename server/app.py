@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from .handler_results import NotAResponse, to_response
-from .hooks import Hooks, call_maybe_async
+from .hooks import Hooks, call_lifecycle_hook, call_maybe_async
 from .http_errors import HTTPError
 from .message import Message
 from .metrics import METRICS
@@ -119,7 +119,7 @@ class Application:
     # -- lifecycle -------------------------------------------------------------------------
     async def startup(self) -> None:
         for hook in self.hooks.on_startup:
-            await call_maybe_async(hook)
+            await call_lifecycle_hook(hook, self)
         if self.reloader is not None:
             self.reloader.start()
 
@@ -128,7 +128,7 @@ class Application:
             self.reloader.stop()
         for hook in reversed(self.hooks.on_shutdown):
             try:
-                await call_maybe_async(hook)
+                await call_lifecycle_hook(hook, self)
             except Exception:  # noqa: BLE001 - one failing hook must not skip the others
                 log.exception("on_shutdown hook %r failed", hook)
 

@@ -64,19 +64,26 @@ _INM, _IMS, _IM, _IUS, _RANGE, _IF_RANGE, _AE = range(7)
 _WANTED = {b"if-none-match": _INM, b"if-modified-since": _IMS, b"if-match": _IM,
            b"if-unmodified-since": _IUS, b"range": _RANGE, b"if-range": _IF_RANGE,
            b"accept-encoding": _AE}
+_WANTED_LENGTHS = frozenset(map(len, _WANTED))
+_CONDITIONAL = 7          # extra slot: set when any field other than Accept-Encoding is present
 
 
-def _fields_of(raw_headers: list[tuple[bytes, bytes]]) -> list[bytes | None] | None:
+def _fields_of(raw_headers: list[tuple[bytes, bytes]]) -> list | None:
     """One pass over the header list: the fields we care about, or None if none."""
-    found: list[bytes | None] | None = None
+    found: list | None = None
     for name, value in raw_headers:
+        # The length test skips Host, User-Agent, Accept, Cookie... without lowering them.
+        if len(name) not in _WANTED_LENGTHS:
+            continue
         slot = _WANTED.get(name.lower())
         if slot is not None:
             if found is None:
-                found = [None] * 7
+                found = [None] * 8
             previous = found[slot]
             # Repeated fields are one comma-separated list (RFC 9110 §5.3).
             found[slot] = value if previous is None else previous + b", " + value
+            if slot != _AE:
+                found[_CONDITIONAL] = True
     return found
 
 
@@ -142,7 +149,8 @@ def _whole(f: OpenFile, built: _Prebuilt) -> Message:
 class _Route:
     """What a raw URL path resolved to: the file path and its presentations."""
 
-    __slots__ = ("path", "url_path", "plain", "plain_vary", "encoded", "siblings", "checked_at")
+    __slots__ = ("path", "url_path", "plain", "plain_vary", "encoded", "siblings", "codings",
+                 "checked_at")
 
     def __init__(self, path: str, url_path: str) -> None:
         self.path = path
@@ -151,6 +159,7 @@ class _Route:
         self.plain_vary: _Presentation
         self.encoded: dict[str, _Presentation] = {}
         self.siblings: tuple[tuple[str, str], ...] = ()
+        self.codings: tuple[str, ...] = ()
         self.checked_at = 0.0
 
 
@@ -172,7 +181,8 @@ class StaticSite:
         self.root = Path(os.path.realpath(root))
         self._root_text = str(self.root)
         self._root_prefix = self._root_text.rstrip("/") + "/"
-        self.cache = cache or OpenFileCache()
+        # Not `cache or ...`: an empty OpenFileCache has len() 0 and is falsy.
+        self.cache = cache if cache is not None else OpenFileCache()
         self.autoindex = autoindex
         self.follow_symlinks = follow_symlinks
         self.show_dotfiles = show_dotfiles
@@ -212,17 +222,18 @@ class StaticSite:
         fields = _fields_of(request.raw_headers)
         if fields is None:
             p = route.plain_vary if route.siblings else route.plain
-            built = f.extra.get(p) or _prebuilt(f, p)
-            return _whole(f, built)
-        accept = fields[_AE]
+            return _whole(f, f.extra.get(p) or _prebuilt(f, p))
         chosen = None
+        accept = fields[_AE]
         if accept is not None and self.precompressed:
             chosen = self._pick_sibling(route, accept)
         if chosen is not None:
             f, p = chosen
         else:
             p = route.plain_vary if route.siblings else route.plain
-        built = _prebuilt(f, p)
+        built = f.extra.get(p) or _prebuilt(f, p)
+        if fields[_CONDITIONAL] is None:
+            return _whole(f, built)           # only Accept-Encoding: a browser's plain GET
         verdict = None
         if fields[_INM] is not None or fields[_IMS] is not None \
                 or fields[_IM] is not None or fields[_IUS] is not None:
@@ -267,7 +278,7 @@ class StaticSite:
             self._look_for_siblings(route, now)
         if not route.siblings:
             return None
-        coding = choose_coding(accept, tuple(c for c, _path in route.siblings))
+        coding = choose_coding(accept, route.codings)
         if coding is None:
             return None
         path = next(path for c, path in route.siblings if c == coding)
@@ -282,6 +293,7 @@ class StaticSite:
 
     def _look_for_siblings(self, route: _Route, now: float) -> None:
         route.siblings = find_siblings(route.path, self._inside_root) if self.precompressed else ()
+        route.codings = tuple(coding for coding, _path in route.siblings)
         route.checked_at = now
 
     # -- the slow path ---------------------------------------------------------------------

@@ -105,6 +105,7 @@ class SocketTransmitter:
         self._step = sendfile_step
         self._gather_max = gather_max
         self._waiting_writable = False
+        self._writer_registered = False
         self._flushing = False
         self._resume_scheduled = False
         self.outstanding = 0     # bytes on loan through this transmitter
@@ -307,12 +308,18 @@ class SocketTransmitter:
     # -- waiting ---------------------------------------------------------------------
     def _wait_writable(self) -> None:
         self._waiting_writable = True
-        self._loop.add_writer(self._fd, self._on_writable)
+        if not self._writer_registered:
+            self._writer_registered = True
+            self._loop.add_writer(self._fd, self._on_writable)
 
     def _on_writable(self) -> None:
-        self._loop.remove_writer(self._fd)
         self._waiting_writable = False
         self.flush()
+        # Stay registered while a long send keeps hitting EAGAIN: re-arming the poll
+        # every round would cost two epoll_ctl calls per socket-buffer's worth of data.
+        if not self._waiting_writable and self._writer_registered:
+            self._writer_registered = False
+            self._loop.remove_writer(self._fd)
 
     def _resume(self) -> None:
         self._resume_scheduled = False
@@ -334,8 +341,9 @@ class SocketTransmitter:
         if self.closed:
             return
         self.closed = True
-        if self._waiting_writable:
-            self._waiting_writable = False
+        self._waiting_writable = False
+        if self._writer_registered:
+            self._writer_registered = False
             try:
                 self._loop.remove_writer(self._fd)
             except (ValueError, OSError):
