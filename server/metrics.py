@@ -17,7 +17,7 @@ class Metrics:
     __slots__ = (
         "responses_total", "bytes_sendfile", "bytes_gather", "bytes_copy",
         "connections_open", "connections_total", "requests_rejected",
-        "send_errors", "ledger",
+        "send_errors", "bytes_received_splice", "bytes_received_copy", "ledger",
     )
 
     def __init__(self, ledger: LoanLedger | None = None) -> None:
@@ -29,6 +29,8 @@ class Metrics:
         self.connections_total = 0
         self.requests_rejected = 0
         self.send_errors = 0
+        self.bytes_received_splice = 0   # uploads moved socket → file inside the kernel
+        self.bytes_received_copy = 0     # uploads that passed through a user buffer
         self.ledger = ledger or LoanLedger(64 << 20)
 
     def snapshot(self) -> dict[str, int]:
@@ -41,6 +43,8 @@ class Metrics:
             "connections_total": self.connections_total,
             "requests_rejected": self.requests_rejected,
             "send_errors": self.send_errors,
+            "bytes_received_splice": self.bytes_received_splice,
+            "bytes_received_copy": self.bytes_received_copy,
             "loans_outstanding": self.ledger.outstanding,
             "loans_peak": self.ledger.peak,
         }
@@ -57,6 +61,10 @@ class Metrics:
             f'pageloan_bytes_sent_total{{path="sendfile"}} {self.bytes_sendfile}',
             f'pageloan_bytes_sent_total{{path="gather"}} {self.bytes_gather}',
             f'pageloan_bytes_sent_total{{path="copy"}} {self.bytes_copy}',
+            "# HELP pageloan_bytes_received_total Upload bytes written to files, by receive path.",
+            "# TYPE pageloan_bytes_received_total counter",
+            f'pageloan_bytes_received_total{{path="splice"}} {self.bytes_received_splice}',
+            f'pageloan_bytes_received_total{{path="copy"}} {self.bytes_received_copy}',
             "# HELP pageloan_loans_outstanding Payload bytes lent to transmitters, not yet accepted.",
             "# TYPE pageloan_loans_outstanding gauge",
             f"pageloan_loans_outstanding {led.outstanding}",

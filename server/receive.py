@@ -51,6 +51,8 @@ import socket
 import stat
 from pathlib import Path
 
+from .metrics import METRICS
+
 __all__ = ["receive_to_file", "IncompleteReceive", "ResumeOffsetError", "is_partial_name",
            "splice_available", "PARTIAL_MARK", "PARTIAL_SUFFIX"]
 
@@ -299,6 +301,10 @@ async def _pump(sock: socket.socket, fd: int, pos: int, want: int | None,
             pos += n
             received += n
             since_yield += n
+            if isinstance(mover, _SpliceMover):
+                METRICS.bytes_received_splice += n
+            else:
+                METRICS.bytes_received_copy += n
             if since_yield >= YIELD_EVERY:
                 since_yield = 0
                 await asyncio.sleep(0)
