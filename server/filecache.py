@@ -14,6 +14,11 @@ one writev; the pages are read by the kernel only.  The size is taken from `fsta
 of the open descriptor, never from the path, so the mapping never extends past what
 the file held when it was opened; a later truncation makes the kernel's copy fail
 with EFAULT for that one send instead of raising SIGBUS in this process.
+
+The cache is bounded by `max_entries`; when full, an eighth is evicted by the clock
+(second-chance) rule, so files in use stay open.  Each mapped file costs two
+descriptors (Python's mmap keeps a dup of the fd), so plan on up to 2 × max_entries
+descriptors, plus those of evicted files still being sent.
 """
 
 from __future__ import annotations

@@ -193,6 +193,7 @@ class StaticSite:
         self.cache_control = cache_control
         self.precompressed = precompressed
         self._routes: dict[bytes, _Route] = {}
+        self._file_routes: dict[tuple[str, str], _Route] = {}     # serve_file's
         self._route_limit = max(1024, 4 * self.cache.max_entries)
         self._presentations: dict[tuple, _Presentation] = {}
 
@@ -412,6 +413,27 @@ class StaticSite:
                 return False
         f.vetted = True
         return True
+
+    # -- one file, for handlers --------------------------------------------------------------
+    def serve_file(self, request: Request, path: str | os.PathLike, url_path: str | None = None) -> Message:
+        """Answer `request` with the file at `path`, with this site's semantics.
+
+        Validators, conditionals, ranges, precompressed siblings (inside the root) and
+        the Cache-Control rule for `url_path` (default: the request's path) — whatever
+        URL asked.  No confinement: the caller chose the path.  Raises OSError
+        (FileNotFoundError, IsADirectoryError, PermissionError) if it cannot be opened.
+        """
+        file_path = os.path.abspath(os.fspath(path))
+        f = self.cache.open(file_path)
+        if url_path is None:
+            url_path = request.path
+        key = (file_path, url_path)
+        route = self._file_routes.get(key)
+        if route is None:
+            if len(self._file_routes) >= self._route_limit:
+                self._file_routes.clear()
+            route = self._file_routes[key] = self._route_for(file_path, url_path)
+        return self._serve(request, route, f)
 
     # -- error pages -----------------------------------------------------------------------
     def error_page(self, status: int) -> Message | None:
