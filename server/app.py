@@ -146,6 +146,8 @@ class Application:
                 found = router.match(request.method, request.raw_path)
                 if type(found) is tuple:
                     route, params = found
+                    if params:   # (an empty match shares one dict: never hand it out)
+                        request.route_params = params   # for hooks and middleware
                     result = route.handler(request, **params)
                     if route.is_async:
                         return self._finish(request, result)
@@ -192,7 +194,7 @@ class Application:
         return call_next
 
     async def _dispatch_with_hooks(self, request: Request) -> Answer:
-        hooks = self.hooks
+        hooks, chain = self.hooks, self._chain     # one set throughout, even across a reload
         try:
             answer = None
             for hook in hooks.before_request:
@@ -201,7 +203,7 @@ class Application:
                     answer = to_response(early)
                     break
             if answer is None:
-                answer = await self._chain(request)
+                answer = await chain(request)
             for hook in hooks.after_request:
                 replaced = await call_maybe_async(hook, request, answer)
                 if replaced is not None:
@@ -222,6 +224,12 @@ class Application:
             return self.error(request, 400, str(exc), cause=exc)
         if isinstance(exc, BodyTooLarge):
             return self.error(request, 413, str(exc), cause=exc)
+        if _is_body_failure(request, exc):
+            # The client hung up or stalled mid-body: its failure, not a server error,
+            # so no traceback.  The answer is moot if the connection is gone.
+            log.info("%s %r: request body failed: %s", request.method, request.target, exc)
+            status = 408 if isinstance(exc, TimeoutError) else 400
+            return error_response(status, close=True)
         text = "".join(traceback.format_exception(exc))
         log.error("error answering %s %r\n%s", request.method, request.target, text)
         return self.error(request, 500, text if self.debug else None, cause=exc)
@@ -268,6 +276,14 @@ class Application:
         log.error("error hook failed while answering %s %r (%r)\n%s", request.method,
                   request.target, error, text)
         return error_response(500, text if self.debug else None)
+
+
+def _is_body_failure(request: Request, exc: Exception) -> bool:
+    """Whether `exc` is the request body's own failure (disconnect, body timeout)."""
+    body = request.body_stream
+    # RequestBody keeps the exception it was failed with; a handler's own
+    # ConnectionError (a database refusing, say) is a different object.
+    return body is not None and exc is getattr(body, "error", None)
 
 
 def _wrap_middleware(mw: Callable, call_next: Callable[[Request], Any]) -> Callable[[Request], Any]:

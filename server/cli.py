@@ -161,10 +161,12 @@ def run_worker(config: ServerConfig, ready: Callable[[int], None] | None = None)
     extras: list[Any] = []
 
     async def start() -> None:
-        await server.start()
+        # Start-up hooks run before the first connection is accepted, so no handler
+        # can see state that does not exist yet.
         startup = getattr(app, "startup", None)
         if startup is not None:
             await startup()
+        await server.start()
         ftp_config = config.extra.get("ftp")
         if ftp_config is not None:
             from .ftp import start_ftp
@@ -172,7 +174,12 @@ def run_worker(config: ServerConfig, ready: Callable[[int], None] | None = None)
             extras.append(service)
             log.info("pageloan: FTP on %s port %s", ftp_config.host, service.port)
 
-    loop.run_until_complete(start())
+    try:
+        loop.run_until_complete(start())
+    except Exception as exc:  # noqa: BLE001 - a failing start-up hook or bind stops start-up
+        log.error("pageloan: cannot start: %s", exc, exc_info=not isinstance(exc, OSError))
+        loop.close()
+        return 2
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     scheme = "https" if config.tls_cert else "http"
@@ -200,9 +207,20 @@ def run_worker(config: ServerConfig, ready: Callable[[int], None] | None = None)
 
 
 def run_workers(config: ServerConfig) -> int:
-    """Fork `config.workers` workers and keep that many alive until told to stop."""
+    """Fork `config.workers` workers and keep that many alive until told to stop.
+
+    The application is built once here first, so a handler module that cannot be
+    imported stops start-up with one clear message instead of a restart loop; a
+    worker that exits with status 2 (cannot start) is not restarted either.
+    """
+    try:
+        build_app(config)
+    except Exception as exc:  # noqa: BLE001
+        log.error("pageloan: cannot start: %s", exc)
+        return 2
     children: dict[int, int] = {}
     stopping = False
+    status_code = 0
 
     def spawn(slot: int) -> None:
         pid = os.fork()
@@ -237,15 +255,21 @@ def run_workers(config: ServerConfig) -> int:
         if slot is None or stopping:
             continue
         code = os.waitstatus_to_exitcode(status)
+        if code == 2:
+            log.error("pageloan: worker %d cannot start; stopping", pid)
+            status_code = 2
+            on_stop(signal.SIGTERM, None)
+            continue
         log.warning("pageloan: worker %d exited (%d); restarting", pid, code)
         now = time.monotonic()
         recent_deaths = [t for t in recent_deaths if now - t < 10] + [now]
         if len(recent_deaths) > 5 * config.workers:
             log.error("pageloan: workers keep dying; giving up")
+            status_code = 1
             on_stop(signal.SIGTERM, None)
             continue
         spawn(slot)
-    return 0
+    return status_code
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -124,6 +124,11 @@ class RequestBody:
         self._error = exc
         self._wake()
 
+    @property
+    def error(self) -> BaseException | None:
+        """Why the body ended early (ConnectionError: the client left), or None."""
+        return self._error
+
     def discard(self) -> None:
         """The handler has answered: drop what is queued and whatever still arrives."""
         self.consumed = True
@@ -210,9 +215,17 @@ class Request:
     @property
     def raw_path(self) -> bytes:
         """The path exactly as sent, still percent-encoded."""
-        if self._raw_path is None:
-            self._split_target()
-        return self._raw_path  # type: ignore[return-value]
+        raw = self._raw_path
+        if raw is None:
+            target = self.target
+            if target[:1] == b"/" and b"?" not in target and b"#" not in target:
+                # The common origin-form target with no query: it is the path.
+                self._raw_path = raw = target
+                self._query_string = ""
+            else:
+                self._split_target()
+                raw = self._raw_path
+        return raw  # type: ignore[return-value]
 
     @property
     def path(self) -> str:
