@@ -33,7 +33,6 @@ import logging
 import re
 import traceback
 from collections import deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import httptools
@@ -505,5 +504,3 @@ class HttpSession:
     def busy(self) -> bool:
         return self._active is not None or bool(self._pipeline) or not self.transmitter.idle
 
-
-Callback = Callable[[], None]

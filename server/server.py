@@ -1,13 +1,14 @@
-"""One server process: listening sockets, accepting, the deadline sweeper, draining.
+"""One server process: listening sockets, accepting, the timeout sweeper, draining.
 
 Data flows straight down from here: accept → SocketConnection (read) → HttpSession
 (parse, order) → the application (route, handler) → Message → transmitter → kernel.
 
 `ServerContext` is what every connection shares: the config, the application, the
 loan ledger and metrics, the access logger, the set of open connections.  The
-sweeper runs once a second and closes connections whose deadline has passed (head,
-body and keep-alive timeouts; see http_protocol.py); one timer for all connections
-is cheaper than a timer per request.
+sweeper runs once a second and closes connections that made no progress for too
+long (head, body and keep-alive timeouts, see HttpSession.progress; a client that
+stopped reading what we send); one timer for all connections is cheaper than a
+timer, or even a clock read, per request.
 """
 
 from __future__ import annotations
