@@ -1,0 +1,69 @@
+"""One request before the load, to check that a server answers what was asked.
+
+A server that answers a Range request with the whole file, or a missing handler with a
+404, would otherwise post numbers for different work. The probe's verdict goes into the
+record and the report flags it; the measurement still runs.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+from pathlib import Path
+
+from loadtest.docroot import SITE_PAGES
+from loadtest.scenarios import Scenario
+
+
+def _get(port: int, path: str, headers: dict[str, str]) -> tuple[int, str, bytes | int]:
+    """GET path; return (status, content-type, body or body length for big bodies)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request("GET", path, headers=headers)
+        resp = conn.getresponse()
+        ctype = resp.getheader("Content-Type", "")
+        if path.endswith("256m.bin"):
+            size = 0
+            for _ in range(100_000):  # 256 reads of 1 MiB; bounded anyway
+                chunk = resp.read(1 << 20)
+                if not chunk:
+                    break
+                size += len(chunk)
+            return resp.status, ctype, size
+        return resp.status, ctype, resp.read()
+    finally:
+        conn.close()
+
+
+def _size(body: bytes | int) -> int:
+    return body if isinstance(body, int) else len(body)
+
+
+def probe_http(port: int, scenario: Scenario, docroot: Path) -> dict:
+    """Return {"ok": bool, "status": int, "bytes": int, "note": str}."""
+    if scenario.expect == "site":
+        for page in SITE_PAGES:
+            status, _, body = _get(port, "/" + page, {})
+            want = (docroot / page).stat().st_size
+            if status != 200 or _size(body) != want:
+                return _verdict(False, status, body, f"/{page}: expected 200 with {want} bytes")
+        return _verdict(True, status, body, "")
+    headers = {"Range": scenario.script_args[0]} if scenario.expect == "ranges" else {}
+    status, ctype, body = _get(port, scenario.path, headers)
+    if scenario.expect == "ranges":
+        ok = status == 206 and ctype.startswith("multipart/byteranges")
+        return _verdict(ok, status, body, "" if ok else
+                        f"expected 206 multipart/byteranges, got {status} {ctype or '-'}")
+    if scenario.expect == "json":
+        try:
+            ok = status == 200 and json.loads(body) == {"message": "Hello, World!"}
+        except ValueError:
+            ok = False
+        return _verdict(ok, status, body, "" if ok else "expected 200 with the JSON message")
+    want = (docroot / scenario.path.lstrip("/")).stat().st_size
+    ok = status == 200 and _size(body) == want
+    return _verdict(ok, status, body, "" if ok else f"expected 200 with {want} bytes")
+
+
+def _verdict(ok: bool, status: int, body: bytes | int, note: str) -> dict:
+    return {"ok": ok, "status": status, "bytes": _size(body), "note": note}

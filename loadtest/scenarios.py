@@ -1,0 +1,52 @@
+"""The scenarios: what is requested, over how many connections, and what counts.
+
+Each scenario is data: a path (or FTP transfer), a connection count, an optional wrk Lua
+script from this directory, the headline metric (req/s, or MB/s for bulk transfers) and
+what a correct response looks like, so a server that answers differently (a 200 where a
+206 was asked) is flagged instead of silently winning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+RANGES = "bytes=0-99,1000-1999,50000-59999,500000-500999"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    summary: str
+    protocol: str = "http"          # "http" (wrk) or "ftp" (curl)
+    path: str = "/1k.bin"
+    connections: int = 64
+    script: str | None = None       # a Lua script in loadtest/
+    script_args: tuple[str, ...] = ()
+    metric: str = "req_per_s"       # the figure the ratio is taken on
+    expect: str = "file"            # file | ranges | json | site | retr | stor
+    timeout_s: int = 8              # wrk --timeout
+    big_file: bool = False          # needs 256m.bin
+
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario("1k", "GET /1k.bin: per-request overhead, tiny body", path="/1k.bin"),
+    Scenario("64k", "GET /64k.bin: a mid-size file", path="/64k.bin"),
+    Scenario("1m", "GET /1m.bin: a large file", path="/1m.bin", connections=16),
+    Scenario("256m", "GET /256m.bin: bulk transfer rate", path="/256m.bin", connections=4,
+             metric="mb_per_s", timeout_s=60, big_file=True),
+    Scenario("pipeline", "GET /1k.bin pipelined 16 deep: parsing and write batching",
+             path="/1k.bin", script="pipeline.lua", script_args=("16",)),
+    Scenario("multirange", f"GET /1m.bin with Range: {RANGES}: multipart/byteranges",
+             path="/1m.bin", script="ranges.lua", script_args=(RANGES,), expect="ranges"),
+    Scenario("smallsite", "GET cycling through a five-file site (html, css, js, png)",
+             path="/index.html", script="smallsite.lua", expect="site"),
+    Scenario("json", "GET /json from a handler: the framework's own overhead",
+             path="/json", expect="json"),
+    Scenario("ftp-retr", "FTP RETR of 256m.bin with curl, one transfer at a time",
+             protocol="ftp", path="/256m.bin", connections=1, metric="mb_per_s",
+             expect="retr", big_file=True),
+    Scenario("ftp-stor", "FTP STOR of a 256 MiB file with curl, one transfer at a time",
+             protocol="ftp", path="/upload.bin", connections=1, metric="mb_per_s",
+             expect="stor", big_file=True),
+)
+BY_NAME: dict[str, Scenario] = {s.name: s for s in SCENARIOS}
