@@ -72,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     tuning = serve.add_argument_group("send path")
     tuning.add_argument("--sendfile-step", type=_size, default=ServerConfig.sendfile_step)
     tuning.add_argument("--gather-max", type=_size, default=ServerConfig.gather_max,
-                        help="files up to this size leave as header + mmap window in one writev")
+                        help="file regions up to this size leave as mmap windows in the header's writev")
+    tuning.add_argument("--map-max", type=_size, default=ServerConfig.map_max,
+                        help="files up to this size are mapped, so their small ranges can be gathered")
     for provide in _option_providers():
         provide(serve)
     sub.add_parser("hash-password", help="read a password on stdin, print a hash for --ftp-users")
@@ -120,7 +122,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         body_timeout=args.body_timeout, keepalive_timeout=args.keepalive_timeout,
         drain_timeout=args.drain_timeout, connection_loan_budget=args.connection_loan_budget,
         global_loan_budget=args.global_loan_budget, sendfile_step=args.sendfile_step,
-        gather_max=args.gather_max, extra=extra,
+        gather_max=args.gather_max, map_max=args.map_max, extra=extra,
     )
 
 
@@ -140,7 +142,7 @@ def build_app(config: ServerConfig) -> Any:
         from .app import Application
         from .filecache import OpenFileCache
         from .static import StaticSite
-        static = StaticSite(config.root, cache=OpenFileCache(map_max=config.gather_max)) if config.root else None
+        static = StaticSite(config.root, cache=OpenFileCache(map_max=config.map_max)) if config.root else None
         return Application(static, metrics=config.metrics)
     return build_application(config)
 

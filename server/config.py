@@ -36,7 +36,8 @@ class ServerConfig:
     global_loan_budget: int = 64 << 20
     # send path tuning (chosen by measurement, see loadtest/)
     sendfile_step: int = 2 << 20
-    gather_max: int = 64 << 10
+    gather_max: int = 64 << 10        # regions up to this size leave as mmap windows in a writev
+    map_max: int = 16 << 20           # files up to this size are mapped (so small ranges gather)
     # features
     access_log: str | None = None      # "-" for stdout, or a file path
     metrics: bool = False              # GET /metrics

@@ -34,7 +34,7 @@ def static_site_for(config: ServerConfig) -> Any:
     try:
         from .static_options import static_site_from_config
     except ImportError:
-        return StaticSite(config.root, cache=OpenFileCache(map_max=config.gather_max))
+        return StaticSite(config.root, cache=OpenFileCache(map_max=config.map_max))
     return static_site_from_config(config)
 
 

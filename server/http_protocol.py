@@ -106,7 +106,9 @@ class HttpSession:
         self.closed = False
         self.draining = False
         self._metrics = ctx.metrics
+        self._app = ctx.app
         self._max_head = ctx.config.max_header_bytes
+        self._budget = ctx.config.connection_loan_budget
         self.requests_started = 0
         self._content_length: int | None = None
         self._chunked = False
@@ -267,8 +269,7 @@ class HttpSession:
             # connection already has bytes on loan: wait for the transmitter to drain.
             # A connection with nothing on loan may always send one message, so a few
             # slow readers holding the global budget cannot starve everybody else.
-            if outstanding > self.config.connection_loan_budget \
-                    or (outstanding and self.ctx.ledger.full):
+            if outstanding and (outstanding > self._budget or self.ctx.ledger.full):
                 self._wait_for_room()
                 return
             item = pipeline.popleft()
@@ -278,7 +279,7 @@ class HttpSession:
                 continue
             self._active = item
             try:
-                result = self.ctx.app(item)
+                result = self._app(item)
             except Exception as exc:  # noqa: BLE001 - the app's own error handling failed
                 result = self._internal_error(item, exc)
             if type(result) is Message:
@@ -422,6 +423,7 @@ class HttpSession:
         if self._waiting_room:
             return
         self._waiting_room = True
+        self.transmitter.wants_idle = True
         self.driver.pause_reading()
 
     async def _room(self) -> None:
@@ -429,13 +431,16 @@ class HttpSession:
         if self.transmitter.idle or self.closed:
             return
         self._room_waiter = self.loop.create_future()
+        self.transmitter.wants_idle = True
         try:
             await self._room_waiter
         finally:
             self._room_waiter = None
 
     def on_transmit_idle(self) -> None:
-        """Called by the transmitter each time it has handed everything to the kernel."""
+        """Called by the transmitter when it has handed everything to the kernel and
+        `wants_idle` is set (loan budget, streaming producer, drain)."""
+        self.transmitter.wants_idle = self.draining
         waiter = self._room_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -485,6 +490,7 @@ class HttpSession:
     def start_draining(self) -> None:
         """Graceful shutdown: finish what is in flight, then close."""
         self.draining = True
+        self.transmitter.wants_idle = True
         if self._active is None and not self._pipeline and self.transmitter.idle:
             self.driver.close()
 

@@ -273,6 +273,7 @@ class _Node:
 
 
 _NO_PARAMS: dict[str, Any] = {}
+_MISS_MEMO_LIMIT = 4096
 
 
 def _segments_of(raw_path: bytes) -> list[str] | None:
@@ -293,12 +294,15 @@ class Router:
     def __init__(self, routes: Iterable[Route] = ()) -> None:
         self._root = _Node()
         self._exact: dict[bytes, dict[str, Route]] = {}
+        # Raw paths no route can match (most of a static site): one set lookup next time.
+        self._misses: set[bytes] = set()
         self.routes: list[Route] = []
         self.visits = 0   # trie nodes entered by lookups: work done, for tests and tuning
         for r in routes:
             self.add(r)
 
     def add(self, new: Route) -> Route:
+        self._misses.clear()
         node = self._root
         path = [node]
         for kind, value in new.parts:
@@ -363,6 +367,16 @@ class Router:
             found = exact.get(method)
             if found is not None:
                 return found, _NO_PARAMS
+        elif raw_path in self._misses:
+            return None
+        found = self._match_walk(method, raw_path)
+        if found is None:
+            if len(self._misses) >= _MISS_MEMO_LIMIT:
+                self._misses.clear()
+            self._misses.add(raw_path)
+        return found
+
+    def _match_walk(self, method: str, raw_path: bytes) -> tuple[Route, dict[str, Any]] | frozenset[str] | None:
         segments = _segments_of(raw_path)
         if segments is None:
             return None
@@ -396,7 +410,7 @@ class Router:
         methods = node.methods
         found = methods.get(method)
         if found is not None:
-            return found, dict(zip(found.param_names, values))  # noqa: B905 if values else _NO_PARAMS
+            return found, (dict(zip(found.param_names, values, strict=False)) if values else _NO_PARAMS)
         return frozenset(methods) if methods else None
 
     def _search(self, node: _Node, segments: list[str], i: int, method: str,
@@ -404,7 +418,7 @@ class Router:
         wrong_method: list[dict[str, Route]] = []
         found = self._find(node, segments, i, method, values, wrong_method)
         if found is not None:
-            return found, dict(zip(found.param_names, values))  # noqa: B905 if values else _NO_PARAMS
+            return found, (dict(zip(found.param_names, values, strict=False)) if values else _NO_PARAMS)
         if wrong_method:
             return frozenset(m for methods in wrong_method for m in methods)
         return None

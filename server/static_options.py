@@ -76,7 +76,7 @@ def static_site_from_config(config: Any) -> StaticSite:
         return getattr(args, name, default) if args is not None else default
 
     cache = OpenFileCache(max_entries=option("open_file_cache", DEFAULT_OPEN_FILES),
-                          map_max=config.gather_max)
+                          map_max=config.map_max)
     return StaticSite(
         config.root, cache=cache,
         autoindex=option("autoindex", False),

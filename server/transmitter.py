@@ -102,6 +102,9 @@ class SocketTransmitter:
         self._regions = 0                               # FileRegions among _slices
         self._on_error = on_error
         self._on_idle = on_idle
+        # Set by the owner while it waits for the queue to empty (loan budget, drain,
+        # a streaming producer); otherwise an empty queue is not worth a call.
+        self.wants_idle = False
         self._step = sendfile_step
         self._gather_max = gather_max
         self._waiting_writable = False
@@ -120,11 +123,9 @@ class SocketTransmitter:
                 done(ConnectionError("transmitter closed"))
             return
         slices = self._slices
-        size = 0
-        for header in reversed(message._stack):    # top of the stack goes first
-            slices.append(header)
-            size += len(header)
-        charge = size
+        stack = message._stack
+        slices.extend(stack[::-1])                  # top of the stack goes first
+        size = charge = sum(map(len, stack))
         if not message.head_only:
             step = self._step
             for s in message.payload:
@@ -151,7 +152,10 @@ class SocketTransmitter:
                         charge += n
         self._queued += size
         self.outstanding += charge
-        self._ledger.lend(charge)
+        ledger = self._ledger
+        ledger.outstanding += charge
+        if ledger.outstanding > ledger.peak:
+            ledger.peak = ledger.outstanding
         if done is not None:
             self._marks.append((self._queued, done))
 
@@ -180,7 +184,31 @@ class SocketTransmitter:
     # -- moving bytes ----------------------------------------------------------------
     def flush(self) -> None:
         """Hand the kernel as much of the queue as it takes now; wait only on EAGAIN."""
-        if self._flushing or self._waiting_writable or self.closed or not self._slices:
+        slices = self._slices
+        if not slices or self._flushing or self._waiting_writable or self.closed:
+            return
+        if not self._regions and len(slices) <= IOV_LIMIT:
+            # The common case, inline: only memory queued (one response, or a batch
+            # of pipelined ones) — one sendmsg, and usually the kernel takes it all.
+            try:
+                sent = self._sock.sendmsg(slices)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self._fail(exc)
+                return
+            if sent and sent == self._queued - self.accepted:
+                self._metrics.bytes_gather += sent
+                slices.clear()
+                self._accept(sent, sent)
+                if self.wants_idle and not self.closed:
+                    self._on_idle()
+                return
+            if sent:
+                self._metrics.bytes_gather += sent
+                self._retire(sent, len(slices))
+                self._accept(sent, sent)
+            self._wait_writable()
             return
         self._flushing = True
         try:
@@ -189,7 +217,7 @@ class SocketTransmitter:
             self._fail(exc)
         finally:
             self._flushing = False
-        if not self._slices and not self.closed and self._on_idle is not None:
+        if self.wants_idle and not self._slices and not self.closed:
             self._on_idle()
 
     def _flush_some(self) -> None:
@@ -385,6 +413,9 @@ class CopyTransmitter:
         self._ledger = ledger or self._metrics.ledger
         self._on_error = on_error
         self._on_idle = on_idle
+        # Set by the owner while it waits for the queue to empty (loan budget, drain,
+        # a streaming producer); otherwise an empty queue is not worth a call.
+        self.wants_idle = False
         self._queue: deque[tuple[list, Done | None, int]] = deque()
         self._writable = asyncio.Event()
         self._writable.set()
@@ -450,7 +481,7 @@ class CopyTransmitter:
                 self._on_error(exc)
             return
         self._pump = None
-        if not self._queue and not self.closed and self._on_idle is not None:
+        if self.wants_idle and not self._queue and not self.closed:
             self._on_idle()
 
     async def _copy_region(self, region: FileRegion) -> None:

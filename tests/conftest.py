@@ -45,7 +45,7 @@ async def serve() -> Any:
     async def start(app: Callable | None = None, root: Path | None = None, **options: Any) -> Running:
         config = ServerConfig(host="127.0.0.1", port=0, root=root, **options)
         if app is None:
-            static = StaticSite(root, cache=OpenFileCache(map_max=config.gather_max)) if root else None
+            static = StaticSite(root, cache=OpenFileCache(map_max=config.map_max)) if root else None
             app = Application(static)
         server = Server(config, app, asyncio.get_running_loop())
         await server.start()

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_defaults_from_plain_config(tmp_path):
-    site = static_site_from_config(ServerConfig(root=tmp_path, gather_max=4096))
+    site = static_site_from_config(ServerConfig(root=tmp_path, map_max=4096))
     assert not site.autoindex and not site.follow_symlinks and not site.show_dotfiles
     assert site.precompressed
     assert site.cache.map_max == 4096 and site.cache.max_entries == 1024
