@@ -55,6 +55,8 @@ from .wire import header_block, http_date
 __all__ = ["StaticSite", "INDEX_FILES"]
 
 INDEX_FILES = ("index.html", "index.htm")
+_RANGE_MEMO = "range-answers"     # f.extra key: (presentation, Range header) → (head, slices)
+_RANGE_MEMO_SIZE = 32
 
 # A percent-encoded "/" or "\" names no file on a POSIX file system; refuse it.
 _ENCODED_SEPARATOR = re.compile(rb"%(?:2[fF]|5[cC])")
@@ -255,6 +257,22 @@ class StaticSite:
 
     def _ranged(self, f: OpenFile, built: _Prebuilt, header: bytes) -> Message | None:
         """206 (one part or multipart/byteranges), 416, or None to send the whole."""
+        # The same Range asked of the same file (a download manager's or a player's
+        # repeated request) gets the same head and slices: memoised with the file,
+        # so they vanish when it changes.  FileRegions are immutable, safe to share.
+        memo = f.extra.get(_RANGE_MEMO)
+        if memo is None:
+            memo = f.extra[_RANGE_MEMO] = {}
+        key = (built, header)
+        hit = memo.get(key)
+        if hit is not None:
+            return Message(206, (hit[0],), hit[1])
+        answer = self._ranged_answer(f, built, header)
+        if answer is not None and answer.status == 206 and len(memo) < _RANGE_MEMO_SIZE:
+            memo[key] = (answer.header_slices()[0], answer.payload)
+        return answer
+
+    def _ranged_answer(self, f: OpenFile, built: _Prebuilt, header: bytes) -> Message | None:
         size = f.size
         ranges = parse_range(header, size)
         if ranges is None:
