@@ -72,7 +72,7 @@ class Message:
         self.status = status
         # Bottom of the stack first: the last element is the top (first on the wire).
         self._stack: list[bytes] = list(headers)
-        self.payload: tuple[Slice, ...] = tuple(payload)
+        self.payload: tuple[Slice, ...] = payload if type(payload) is tuple else tuple(payload)
         self.close = close
         self.head_only = False
 

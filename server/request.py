@@ -16,14 +16,16 @@ from __future__ import annotations
 import asyncio
 import json as _json
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from http.cookies import SimpleCookie
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
 __all__ = ["Headers", "Request", "RequestBody", "BodyTooLarge", "BadRequest"]
 
 PAUSE_ABOVE = 64 << 10
+_NO_PARAMS: Mapping[str, Any] = MappingProxyType({})   # shared, read-only: no dict per request
 
 
 class BodyTooLarge(Exception):
@@ -169,7 +171,7 @@ class Request:
     """One HTTP request, as handed to the application."""
 
     __slots__ = ("method", "target", "version", "raw_headers", "keep_alive", "client",
-                 "body_stream", "app", "state", "route_params", "expect_continue",
+                 "body_stream", "app", "_state", "route_params", "expect_continue",
                  "_headers", "_path", "_raw_path", "_query_string", "_query", "_cookies",
                  "__weakref__")
 
@@ -184,8 +186,8 @@ class Request:
         self.client = client
         self.body_stream = body_stream
         self.app: Any = None
-        self.state: dict[str, Any] = {}
-        self.route_params: dict[str, Any] = {}
+        self._state: dict[str, Any] | None = None
+        self.route_params: Mapping[str, Any] = _NO_PARAMS
         self.expect_continue = False
         self._headers: Headers | None = None
         self._path: str | None = None
@@ -193,6 +195,13 @@ class Request:
         self._query_string: str | None = None
         self._query: dict[str, list[str]] | None = None
         self._cookies: dict[str, str] | None = None
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """Per-request scratch space for hooks and handlers (made on first use)."""
+        if self._state is None:
+            self._state = {}
+        return self._state
 
     # -- the target --------------------------------------------------------------------
     def _split_target(self) -> None:

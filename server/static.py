@@ -223,9 +223,11 @@ class StaticSite:
 
     def _serve(self, request: Request, route: _Route, f: OpenFile) -> Message:
         fields = _fields_of(request.raw_headers)
-        if fields is None:
+        if fields is None:      # the plain GET: prebuilt entity block + the whole file
             p = route.plain_vary if route.siblings else route.plain
-            return _whole(f, f.extra.get(p) or _prebuilt(f, p))
+            built = f.extra.get(p) or _prebuilt(f, p)
+            size = f.size
+            return Message(200, (built.entity,), (FileRegion(f.fd, 0, size, f),) if size else ())
         chosen = None
         accept = fields[_AE]
         if accept is not None and self.precompressed:
