@@ -189,20 +189,49 @@ def _pwrite_all(fd: int, data: bytes | memoryview, pos: int) -> None:
 
 # -- waiting -------------------------------------------------------------------------------
 
-async def _readable(loop: asyncio.AbstractEventLoop, fd: int, timeout: float | None) -> None:
-    waiter = loop.create_future()
+class _Readiness:
+    """Readability of one socket, watched for a whole transfer.
 
-    def wake() -> None:
-        if not waiter.done():
+    One epoll registration for the transfer, not one per wait: a fast sender makes
+    us wait after nearly every socket-buffer's worth, and re-arming each time would
+    cost two epoll_ctl calls a round.  The stall timeout is a single repeating timer
+    that checks for progress, instead of a timer per wait.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, timeout: float | None) -> None:
+        self._loop = loop
+        self._fd = fd
+        self._waiter: asyncio.Future | None = None
+        self._timeout = timeout
+        self.progress = 0            # bumped by the mover; read by the stall check
+        self._seen = -1
+        self._timer = loop.call_later(timeout, self._check_stall) if timeout else None
+        loop.add_reader(fd, self._wake)
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    loop.add_reader(fd, wake)
-    try:
-        await asyncio.wait_for(waiter, timeout)
-    except TimeoutError:
-        raise TimeoutError(f"no data received for {timeout} s") from None
-    finally:
-        loop.remove_reader(fd)
+    def _check_stall(self) -> None:
+        if self.progress == self._seen:
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(TimeoutError(f"no data received for {self._timeout} s"))
+        self._seen = self.progress
+        self._timer = self._loop.call_later(self._timeout, self._check_stall)  # type: ignore[arg-type]
+
+    async def wait(self) -> None:
+        self._waiter = self._loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._loop.remove_reader(self._fd)
 
 
 # -- the two movers ------------------------------------------------------------------------
@@ -268,6 +297,7 @@ async def _pump(sock: socket.socket, fd: int, pos: int, want: int | None,
                 loop: asyncio.AbstractEventLoop) -> int:
     """Move bytes until EOF (want None) or `want` bytes; return the count moved."""
     mover: _SpliceMover | _BufferMover = _SpliceMover() if use_splice else _BufferMover()
+    readiness = _Readiness(loop, sock.fileno(), stall_timeout)
     received = 0
     since_yield = 0
     try:
@@ -278,7 +308,7 @@ async def _pump(sock: socket.socket, fd: int, pos: int, want: int | None,
                 n = mover.take(sock, asked)
             except (BlockingIOError, InterruptedError):
                 since_yield = 0
-                await _readable(loop, sock.fileno(), stall_timeout)
+                await readiness.wait()
                 continue
             except OSError as exc:
                 if isinstance(mover, _SpliceMover) and exc.errno in _NO_KERNEL_PATH and not received:
@@ -301,6 +331,7 @@ async def _pump(sock: socket.socket, fd: int, pos: int, want: int | None,
             pos += n
             received += n
             since_yield += n
+            readiness.progress = received
             if isinstance(mover, _SpliceMover):
                 METRICS.bytes_received_splice += n
             else:
@@ -309,6 +340,7 @@ async def _pump(sock: socket.socket, fd: int, pos: int, want: int | None,
                 since_yield = 0
                 await asyncio.sleep(0)
     finally:
+        readiness.close()
         mover.close()
     return received
 
