@@ -54,7 +54,8 @@ from pathlib import Path
 from .metrics import METRICS
 
 __all__ = ["receive_to_file", "IncompleteReceive", "ResumeOffsetError", "is_partial_name",
-           "splice_available", "PARTIAL_MARK", "PARTIAL_SUFFIX"]
+           "splice_available", "PARTIAL_MARK", "PARTIAL_SUFFIX",
+           "replace_in_background"]
 
 # Temporary names are `.NAME` + PARTIAL_MARK + 8 hex digits + PARTIAL_SUFFIX; other
 # writers (the HTTP upload handler) use the same shape so listings hide theirs too.
@@ -88,6 +89,26 @@ def is_partial_name(name: str) -> bool:
 
 # -- the temporary file ------------------------------------------------------------------
 
+def replace_in_background(src: Path | str, dest: Path | str, loop: asyncio.AbstractEventLoop) -> None:
+    """`os.replace(src, dest)`, leaving the freeing of the old `dest` to a thread.
+
+    Renaming over a large file frees its page cache and blocks inside the rename
+    (about 0.1 s for 256 MiB on ext4 here), which would stall every connection on
+    the loop.  Holding the old file open across the rename turns the rename into a
+    name change only; the freeing happens when that descriptor is closed, in the
+    default executor.  Readers that had the old file open keep reading it either way.
+    """
+    try:
+        old = os.open(dest, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        old = -1              # nothing there (or unreadable): a plain rename
+    try:
+        os.replace(src, dest)
+    finally:
+        if old >= 0:
+            loop.run_in_executor(None, os.close, old)
+
+
 class _PartialFile:
     """A temporary sibling of `dest` that becomes `dest` only on commit."""
 
@@ -104,10 +125,10 @@ class _PartialFile:
             return
         raise FileExistsError(errno.EEXIST, "no free temporary name", str(dest.parent))
 
-    def commit(self) -> None:
+    def commit(self, loop: asyncio.AbstractEventLoop) -> None:
         os.close(self.fd)
         self.fd = -1
-        os.replace(self.path, self.dest)
+        replace_in_background(self.path, self.dest, loop)
 
     def discard(self) -> None:
         if self.fd >= 0:
@@ -394,7 +415,7 @@ async def receive_to_file(
             raise IncompleteReceive(f"connection ended after {received} of {want} bytes")
         if fsync:
             await loop.run_in_executor(None, _fsync_owned, os.dup(partial.fd))
-        partial.commit()
+        partial.commit(loop)
     except BaseException:
         partial.discard()
         raise

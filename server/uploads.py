@@ -31,7 +31,7 @@ import secrets
 from pathlib import Path
 
 from .http_errors import HTTPError
-from .receive import PARTIAL_MARK, PARTIAL_SUFFIX
+from .receive import PARTIAL_MARK, PARTIAL_SUFFIX, replace_in_background
 from .request import BodyTooLarge, Request
 from .safepath import UnsafePath, confine, virtual_parts
 
@@ -133,7 +133,7 @@ async def save_upload(request: Request, dest: os.PathLike | str, *, max_bytes: i
             await asyncio.wrap_future(in_thread)
         os.close(fd)
         fd = -1
-        os.replace(temp, dest)
+        replace_in_background(temp, dest, asyncio.get_running_loop())
         committed = True
         return saved
     finally:

@@ -11,6 +11,13 @@ threads, so a flood of logins from many addresses queues up instead of asking fo
 16 MiB per thread of the shared default executor.  An unknown user name costs the
 same scrypt against a dummy hash: the reply time does not tell which names exist.
 
+Bulk clients log in once per transfer (curl opens a new session for every file),
+so a successful check is remembered for a few minutes (`_VerifiedLogins`): as an
+HMAC of name, password and stored hash under a key made at start-up, never the
+password itself.  A repeat login with the same password is then one HMAC instead
+of 40 ms of scrypt; a wrong password, or an account whose hash changed, still goes
+through scrypt.
+
 `LoginThrottle` counts failed logins per client address and hands out a delay that
 doubles with each failure (base, 2*base, 4*base ... capped), served before the 530
 reply.  It is per address, not per session, so opening a new connection does not
@@ -20,6 +27,10 @@ reset it; it forgets an address after a success or once it holds too many.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import secrets
+import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -79,13 +90,49 @@ def _check(account: Account | None, password: str) -> bool:
     return verify_password(password, account.password_hash)
 
 
+class _VerifiedLogins:
+    """Recently verified (name, password, hash) triples, as keyed HMACs, for a while."""
+
+    def __init__(self, ttl: float = 300.0, limit: int = 256) -> None:
+        self._key = secrets.token_bytes(32)
+        self._seen: OrderedDict[bytes, float] = OrderedDict()
+        self.ttl = ttl
+        self.limit = limit
+
+    def _token(self, account: Account, password: str) -> bytes:
+        message = "\0".join((account.name, password, account.password_hash or "")).encode("utf-8")
+        return hmac.new(self._key, message, hashlib.sha256).digest()
+
+    def known(self, account: Account, password: str) -> bool:
+        token = self._token(account, password)
+        expires = self._seen.get(token)
+        if expires is None:
+            return False
+        if expires < time.monotonic():
+            del self._seen[token]
+            return False
+        return True
+
+    def remember(self, account: Account, password: str) -> None:
+        self._seen[self._token(account, password)] = time.monotonic() + self.ttl
+        while len(self._seen) > self.limit:
+            self._seen.popitem(last=False)
+
+
+_VERIFIED = _VerifiedLogins()
+
+
 async def authenticate(accounts: Mapping[str, Account], anonymous: bool,
                        name: str, password: str) -> Account | None:
     """The account `name`/`password` logs in as, or None."""
     account = accounts.get(name)
     if account is None and anonymous and name.lower() in ANONYMOUS_NAMES:
         return ANONYMOUS
+    if account is not None and _VERIFIED.known(account, password):
+        return account
     ok = await asyncio.get_running_loop().run_in_executor(_PASSWORD_CHECKERS, _check, account, password)
+    if ok and account is not None:
+        _VERIFIED.remember(account, password)
     return account if ok else None
 
 
