@@ -39,7 +39,7 @@ _O_FLAGS = (os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 
 class OpenFile:
     """An open regular file, its identity at open time, and an optional mapping."""
 
-    __slots__ = ("fd", "size", "mtime_ns", "mtime", "ino", "dev", "path", "_map",
+    __slots__ = ("fd", "size", "mtime_ns", "mtime", "ino", "dev", "path", "_view",
                  "extra", "vetted", "used", "__weakref__")
 
     def __init__(self, path: str, map_max: int) -> None:
@@ -48,9 +48,12 @@ class OpenFile:
             st = os.fstat(fd)
             if not stat_mod.S_ISREG(st.st_mode):
                 raise IsADirectoryError(path) if stat_mod.S_ISDIR(st.st_mode) else PermissionError(path)
-            self._map: mmap.mmap | None = None
+            # One read-only view of the whole mapping, made once: whole-file answers lend
+            # this very object, ranges lend slices of it (no copy either way).  The view
+            # keeps the mapping alive for as long as any response still holds it.
+            self._view: memoryview | None = None
             if 0 < st.st_size <= map_max:
-                self._map = mmap.mmap(fd, st.st_size, prot=mmap.PROT_READ)
+                self._view = memoryview(mmap.mmap(fd, st.st_size, prot=mmap.PROT_READ))
         except BaseException:
             os.close(fd)
             raise
@@ -75,9 +78,12 @@ class OpenFile:
 
     def window(self, offset: int, count: int) -> memoryview | None:
         """A view of the mapped pages (for the kernel to read), or None if unmapped."""
-        if self._map is None or offset + count > self.size:
+        view = self._view
+        if view is None or offset + count > self.size:
             return None
-        return memoryview(self._map)[offset:offset + count]
+        if offset == 0 and count == self.size:
+            return view
+        return view[offset:offset + count]
 
     def __del__(self) -> None:
         # Last reference gone: no response is sending from us any more.

@@ -200,7 +200,12 @@ class SocketTransmitter:
             if sent and sent == self._queued - self.accepted:
                 self._metrics.bytes_gather += sent
                 slices.clear()
-                self._accept(sent, sent)
+                # _accept(sent, sent), inline: everything queued was memory, all taken.
+                self.accepted += sent
+                self.outstanding = 0
+                self._ledger.repay(sent)
+                if self._marks:
+                    self._fire_marks()
                 if self.wants_idle and not self.closed:
                     self._on_idle()
                 return
