@@ -33,6 +33,8 @@ import logging
 import re
 import traceback
 from collections import deque
+from functools import partial
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any
 
 import httptools
@@ -284,21 +286,26 @@ class HttpSession:
                 result = self._internal_error(item, exc)
             if type(result) is Message:
                 self._send(item, result, item.version)
-            elif inspect.isawaitable(result):
-                self._task = self.loop.create_task(self._answer_later(item, result))
+            elif type(result) is CoroutineType or inspect.isawaitable(result):
+                # The answer's own coroutine becomes the task (no wrapper frame); the
+                # session picks its result up in a done-callback.
+                task = self.loop.create_task(
+                    result if type(result) is CoroutineType else _awaited(result))
+                task.add_done_callback(partial(self._answered_later, item))
+                self._task = task
                 return
             else:
                 self._respond_other(item, result)
                 if self._active is not None:
                     return
 
-    async def _answer_later(self, request: Request, awaitable: Any) -> None:
-        try:
-            result = await awaitable
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            result = self._internal_error(request, exc)
+    def _answered_later(self, request: Request, task: asyncio.Task) -> None:
+        if task.cancelled():          # the connection went away under the handler
+            self._task = None
+            self._active = None
+            return
+        exc = task.exception()
+        result = self._internal_error(request, exc) if exc is not None else task.result()
         self._task = None
         if self.closed:
             self._active = None
@@ -510,3 +517,7 @@ class HttpSession:
     def busy(self) -> bool:
         return self._active is not None or bool(self._pipeline) or not self.transmitter.idle
 
+
+async def _awaited(awaitable: Any) -> Any:
+    """Wrap a non-coroutine awaitable so it can run as a task."""
+    return await awaitable
