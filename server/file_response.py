@@ -96,7 +96,7 @@ def file_region(request: Request | None, path: os.PathLike | str, offset: int = 
         count = f.size - offset
     if offset < 0 or count < 0 or offset + count > f.size:
         raise ValueError(f"region {offset}+{count} is outside {Path(f.path).name} ({f.size} bytes)")
-    return FileRegion(f.fd, offset, count, f)
+    return FileRegion(f.fd, offset, count, f.handle)
 
 
 def gather_response(slices: Iterable[Slice], content_type: str = "application/octet-stream",

@@ -6,9 +6,13 @@ In the manner of nginx's open_file_cache, but checked on every use: a hit costs 
 rename therefore misses at once, and the new file is opened; the old descriptor stays
 open exactly as long as a response still sending from it holds a reference.
 
-`OpenFile` is the loan owner of file regions (rule 3): a FileRegion keeps its
-OpenFile alive, and the OpenFile closes its descriptor and unmaps its pages only
-when the last reference is gone — never under a send in progress.  Small files are
+`OpenDescriptor` is the loan owner of file regions (rule 3): the fd and its mapping,
+closed and unmapped only when the last reference is gone — the OpenFile that cached
+it, or any FileRegion still being sent — never under a send in progress.  It is a
+separate object from the OpenFile so that answers cached *on* an OpenFile (whole-
+file and range payloads) can hold their regions without a reference cycle, which
+would leave a replaced file's descriptor open until the garbage collector's next
+full pass.  Small files are
 mapped once (`window()`), so the transmitter can gather them with their header in
 one writev; the pages are read by the kernel only.  The size is taken from `fstat`
 of the open descriptor, never from the path, so the mapping never extends past what
@@ -28,7 +32,7 @@ import os
 import stat as stat_mod
 from typing import Any
 
-__all__ = ["OpenFile", "OpenFileCache"]
+__all__ = ["OpenDescriptor", "OpenFile", "OpenFileCache"]
 
 # O_NONBLOCK: if a path is swapped for a FIFO between our stat() and open(), open must
 # not block the event loop waiting for a writer (it has no effect on regular files).
@@ -36,10 +40,40 @@ _O_FLAGS = (os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 
             | getattr(os, "O_NONBLOCK", 0))
 
 
+class OpenDescriptor:
+    """An open fd and its optional read-only mapping: the owner of file regions."""
+
+    __slots__ = ("fd", "size", "_view", "__weakref__")
+
+    def __init__(self, fd: int, size: int, view: memoryview | None) -> None:
+        self.fd = fd
+        self.size = size
+        self._view = view
+
+    def window(self, offset: int, count: int) -> memoryview | None:
+        """A view of the mapped pages (for the kernel to read), or None if unmapped."""
+        view = self._view
+        if view is None or offset + count > self.size:
+            return None
+        if offset == 0 and count == self.size:
+            return view
+        return view[offset:offset + count]
+
+    def __del__(self) -> None:
+        # Last reference gone: no response is sending from this descriptor any more.
+        fd = getattr(self, "fd", -1)
+        if fd >= 0:
+            self.fd = -1
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
 class OpenFile:
     """An open regular file, its identity at open time, and an optional mapping."""
 
-    __slots__ = ("fd", "size", "mtime_ns", "mtime", "ino", "dev", "path", "_view",
+    __slots__ = ("fd", "handle", "size", "mtime_ns", "mtime", "ino", "dev", "path",
                  "extra", "vetted", "used", "__weakref__")
 
     def __init__(self, path: str, map_max: int) -> None:
@@ -51,12 +85,14 @@ class OpenFile:
             # One read-only view of the whole mapping, made once: whole-file answers lend
             # this very object, ranges lend slices of it (no copy either way).  The view
             # keeps the mapping alive for as long as any response still holds it.
-            self._view: memoryview | None = None
+            view: memoryview | None = None
             if 0 < st.st_size <= map_max:
-                self._view = memoryview(mmap.mmap(fd, st.st_size, prot=mmap.PROT_READ))
+                view = memoryview(mmap.mmap(fd, st.st_size, prot=mmap.PROT_READ))
         except BaseException:
             os.close(fd)
             raise
+        # The descriptor's owner: regions lend it, not this OpenFile (see the header).
+        self.handle = OpenDescriptor(fd, st.st_size, view)
         self.fd = fd
         self.path = path
         self.size = st.st_size
@@ -78,22 +114,7 @@ class OpenFile:
 
     def window(self, offset: int, count: int) -> memoryview | None:
         """A view of the mapped pages (for the kernel to read), or None if unmapped."""
-        view = self._view
-        if view is None or offset + count > self.size:
-            return None
-        if offset == 0 and count == self.size:
-            return view
-        return view[offset:offset + count]
-
-    def __del__(self) -> None:
-        # Last reference gone: no response is sending from us any more.
-        fd = getattr(self, "fd", -1)
-        if fd >= 0:
-            self.fd = -1
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        return self.handle.window(offset, count)
 
     def __repr__(self) -> str:
         return f"<OpenFile {self.path!r} fd={self.fd} size={self.size}>"

@@ -28,9 +28,12 @@ class FileRegion:
 
     `owner` is whatever keeps `fd` open (an OpenFile of the file cache, usually): the
     region holds a reference to it so the descriptor cannot be closed under a send.
+    `view` is the transmitter's memo of the owner's mmap window for this region, so a
+    region reused across responses (a cached whole-file or range answer) is windowed
+    once; only the kernel ever reads through it.
     """
 
-    __slots__ = ("fd", "offset", "count", "owner")
+    __slots__ = ("fd", "offset", "count", "owner", "view")
 
     def __init__(self, fd: int, offset: int, count: int, owner: object = None) -> None:
         if offset < 0 or count < 0:
@@ -39,6 +42,7 @@ class FileRegion:
         self.offset = offset
         self.count = count
         self.owner = owner
+        self.view: memoryview | None = None
 
     def __len__(self) -> int:
         return self.count

@@ -110,7 +110,7 @@ class _Prebuilt:
     """The header blocks one (file, presentation) pair needs, built once."""
 
     __slots__ = ("entity", "not_modified", "shared", "content_type", "etag",
-                 "last_modified", "last_modified_text")
+                 "last_modified", "last_modified_text", "whole")
 
     def __init__(self, f: OpenFile, p: _Presentation) -> None:
         # The ETag comes from identity, never from content: inode, size and mtime (ns).
@@ -134,6 +134,9 @@ class _Prebuilt:
                        + self.shared + b"\r\n")
         # A 304 carries the validators and caching fields, no Content-Length/Type.
         self.not_modified = header_block(validators)
+        # The 200 payload: one region of the whole file, shared by every answer (regions
+        # are immutable).  A zero-length file has none: never a sendfile of 0 bytes.
+        self.whole = (FileRegion(f.fd, 0, f.size, f.handle),) if f.size else ()
 
 
 def _prebuilt(f: OpenFile, p: _Presentation) -> _Prebuilt:
@@ -145,7 +148,7 @@ def _prebuilt(f: OpenFile, p: _Presentation) -> _Prebuilt:
 
 def _whole(f: OpenFile, built: _Prebuilt) -> Message:
     # A zero-length file has no payload slice at all: never a sendfile of 0 bytes.
-    return Message(200, (built.entity,), (FileRegion(f.fd, 0, f.size, f),) if f.size else ())
+    return Message(200, (built.entity,), built.whole)
 
 
 class _Route:
@@ -226,8 +229,7 @@ class StaticSite:
         if fields is None:      # the plain GET: prebuilt entity block + the whole file
             p = route.plain_vary if route.siblings else route.plain
             built = f.extra.get(p) or _prebuilt(f, p)
-            size = f.size
-            return Message(200, (built.entity,), (FileRegion(f.fd, 0, size, f),) if size else ())
+            return Message(200, (built.entity,), built.whole)
         chosen = None
         accept = fields[_AE]
         if accept is not None and self.precompressed:
@@ -286,9 +288,9 @@ class StaticSite:
             count = last - first + 1
             head = (f"Content-Type: {built.content_type}\r\nContent-Length: {count}\r\n"
                     f"Content-Range: {content_range(first, last, size)}\r\n").encode("latin-1")
-            return Message(206, (head + built.shared + b"\r\n",), (FileRegion(f.fd, first, count, f),))
+            return Message(206, (head + built.shared + b"\r\n",), (FileRegion(f.fd, first, count, f.handle),))
         boundary = new_boundary()
-        slices, length = multipart_slices(f.fd, f, ranges, size, built.content_type, boundary)
+        slices, length = multipart_slices(f.fd, f.handle, ranges, size, built.content_type, boundary)
         head = (f"Content-Type: multipart/byteranges; boundary={boundary}\r\n"
                 f"Content-Length: {length}\r\n").encode("latin-1")
         return Message(206, (head + built.shared + b"\r\n",), slices)
@@ -476,7 +478,7 @@ class StaticSite:
         if entity is None:
             entity = f.extra[key] = header_block([("Content-Type", "text/html; charset=utf-8"),
                                                   ("Content-Length", str(f.size))])
-        return Message(status, (entity,), (FileRegion(f.fd, 0, f.size, f),) if f.size else ())
+        return Message(status, (entity,), (FileRegion(f.fd, 0, f.size, f.handle),) if f.size else ())
 
     def not_found(self, request: Request) -> Message:
         """A 404 answer: the site's 404.html when it has one (for Application.not_found)."""

@@ -135,8 +135,10 @@ class SocketTransmitter:
                         continue          # sendfile/mmap of 0 bytes fail; nothing to send anyway
                     size += n
                     if n <= self._gather_max:
-                        window = getattr(s.owner, "window", None)
-                        view = window(s.offset, n) if window is not None else None
+                        view = s.view
+                        if view is None:
+                            window = getattr(s.owner, "window", None)
+                            view = s.view = window(s.offset, n) if window is not None else None
                         if view is not None:
                             slices.append(view)
                             charge += n

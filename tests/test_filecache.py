@@ -108,3 +108,34 @@ def test_directories_and_fifos_refused_without_blocking(tmp_path, cache):
     # O_NONBLOCK: opening a FIFO with no writer returns at once (then it is refused).
     with pytest.raises(PermissionError):
         OpenFile(str(fifo), 0)
+
+
+def test_replaced_file_descriptor_closes_without_the_garbage_collector(tmp_path):
+    """Answers cached on an OpenFile must not form a cycle that keeps the old fd open."""
+    import gc
+
+    from server.request import Request
+    from server.static import StaticSite
+
+    path = tmp_path / "a.txt"
+    path.write_bytes(b"x" * 5000)
+    site = StaticSite(tmp_path)
+
+    def get(headers=()):
+        return site.respond(Request("GET", b"/a.txt", "1.1", list(headers), True, None, None))
+
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        first = get()
+        ranged = get([(b"Range", b"bytes=0-9,20-29")])     # memoised on the OpenFile
+        old_fd = first.payload[0].fd
+        del first, ranged
+        path.rename(tmp_path / "a.txt.old")
+        path.write_bytes(b"y" * 10)
+        assert get().payload[0].count == 10               # the new file is served
+        assert not os.path.exists(f"/proc/self/fd/{old_fd}") or \
+            os.readlink(f"/proc/self/fd/{old_fd}") != str(tmp_path / "a.txt.old")
+    finally:
+        if was_enabled:
+            gc.enable()
