@@ -53,7 +53,7 @@ class Metrics:
         """Prometheus text exposition format (version 0.0.4)."""
         led = self.ledger
         lines = [
-            "# HELP pageloan_responses_total Responses fully handed to the kernel.",
+            "# HELP pageloan_responses_total Responses answered (status line queued for the kernel).",
             "# TYPE pageloan_responses_total counter",
             f"pageloan_responses_total {self.responses_total}",
             "# HELP pageloan_bytes_sent_total Bytes accepted by the kernel, by send path.",
