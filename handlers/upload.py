@@ -8,7 +8,11 @@ worker process, so set the variable when running with --workers.  The size of on
 is bounded by the server's body limit (--max-body-size).
 
     curl -T photo.jpg http://127.0.0.1:8080/upload/photo.jpg
+    curl --data-binary @photo.jpg http://127.0.0.1:8080/upload/photo.jpg
     curl http://127.0.0.1:8080/upload/photo.jpg -o copy.jpg
+
+The body is the file: a browser form's multipart/form-data envelope is refused
+(415) rather than saved with its boundaries — this example does not parse forms.
 """
 
 import os
@@ -19,6 +23,7 @@ from pathlib import Path
 from server import route
 from server.file_response import file_response
 from server.hooks import on_shutdown
+from server.http_errors import HTTPError
 from server.uploads import save_upload, upload_path
 
 
@@ -41,6 +46,8 @@ def remove_temporary_upload_directory(app):
 
 @route("/upload/{name}", methods=["POST", "PUT"])
 async def receive(request, name):
+    if (request.headers.get("content-type") or "").lower().startswith("multipart/"):
+        raise HTTPError(415, "send the file itself as the body (curl -T or --data-binary)")
     dest = upload_path(upload_directory(request.app), name)   # refuses "..", "/", dotfiles
     size = await save_upload(request, dest)
     return {"saved": dest.name, "bytes": size}, 201

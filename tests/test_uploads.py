@@ -125,3 +125,13 @@ async def test_per_upload_limit(handler_site, tmp_path: Path):
     assert (await site.fetch("POST", "/small/no.bin", body=b"a" * 101)).status == 413
     assert not (tmp_path / "no.bin").exists()
     assert _leftovers(tmp_path) == []
+
+
+async def test_browser_form_upload_is_refused_not_saved_with_its_envelope(uploads):
+    site, target = uploads
+    envelope = (b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.txt\"\r\n\r\n"
+                b"hello\r\n--XyZ--\r\n")
+    reply = await site.fetch("POST", "/upload/a.txt", body=envelope,
+                             headers={"Content-Type": "multipart/form-data; boundary=XyZ"})
+    assert reply.status == 415
+    assert os.listdir(target) == []
