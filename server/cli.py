@@ -27,8 +27,20 @@ __all__ = ["main", "build_parser", "config_from_args", "run_worker"]
 log = logging.getLogger("pageloan")
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-BUNDLED_STATIC = PACKAGE_DIR.parent / "static"
-BUNDLED_HANDLERS = PACKAGE_DIR.parent / "handlers"
+
+
+def _bundled(name: str) -> Path:
+    """The bundled `static/` or `handlers/`: beside the package (a checkout or an
+    editable install), else where a wheel install put its data files."""
+    beside = PACKAGE_DIR.parent / name
+    if beside.is_dir():
+        return beside
+    installed = Path(sys.prefix) / "share" / "pageloan" / name
+    return installed if installed.is_dir() else beside
+
+
+BUNDLED_STATIC = _bundled("static")
+BUNDLED_HANDLERS = _bundled("handlers")
 
 # Other modules add their own options here (name → add_arguments(parser)); kept as a
 # list so a capability can plug in without this file knowing its flags.
