@@ -150,14 +150,18 @@ class HttpSession:
         self._stop_parsing = True
         if self._current is not None and self._current.body_stream is not None:
             self._current.body_stream.fail(ConnectionError("client closed before the body ended"))
-        if self._active is None and not self._pipeline and self.transmitter.idle:
-            self.driver.close()
-        else:
-            self._closing = True
-            if self._pipeline and isinstance(self._pipeline[-1], Request):
-                self._pipeline[-1].keep_alive = False
-            elif self._active is not None:
-                self._active.keep_alive = False
+        last = self._pipeline[-1] if self._pipeline else None
+        if isinstance(last, Request):
+            last.keep_alive = False          # its answer closes the connection
+        elif last is None and self._active is not None:
+            self._active.keep_alive = False
+        elif last is None and not self._closing:
+            # Nothing left to answer: close once what is queued has been sent.
+            if self.transmitter.idle:
+                self.driver.close()
+            else:
+                self._closing = True
+                self.transmitter.enqueue(Message(0, ()), self._closed_after_send)
 
     # -- httptools callbacks -------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -416,6 +420,10 @@ class HttpSession:
         if request.body_stream is not None and not request.body_stream.complete:
             request.body_stream.discard()
         self._active = None
+        if not request.keep_alive and not self._closing and not self.closed:
+            # The client half-closed during the stream: close once it is all sent.
+            self._closing = True
+            self.transmitter.enqueue(Message(0, ()), self._closed_after_send)
         if not self.closed:
             self._dispatch()
             self.transmitter.flush()

@@ -336,3 +336,23 @@ async def test_socket_closed_mid_request_does_not_disturb_the_server(serve):
     writer.write(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
     assert (await read_response(reader))[0] == 200
     writer.close()
+
+
+@pytest.mark.parametrize("slow", [False, True])
+async def test_client_half_close_after_pipelined_requests_gets_every_answer(serve, slow):
+    async def later(request):
+        await asyncio.sleep(0.05)
+        return text_response(f"late {request.path}")
+
+    def app(request):
+        return later(request) if slow else text_response(f"now {request.path}")
+
+    srv = await serve(app=app)
+    reader, writer = await asyncio.open_connection(srv.host, srv.port)
+    writer.write(b"".join(f"GET /h{i} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for i in range(3)))
+    writer.write_eof()                                     # the client is done sending
+    bodies = [(await asyncio.wait_for(read_response(reader), 5))[2] for _ in range(3)]
+    word = b"late" if slow else b"now"
+    assert bodies == [word + b" /h0", word + b" /h1", word + b" /h2"]
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # and then the server closes
+    writer.close()
