@@ -32,6 +32,7 @@ import inspect
 import logging
 import traceback
 from collections.abc import Callable, Iterable
+from contextvars import copy_context
 from typing import Any
 
 from .handler_results import NotAResponse, to_response
@@ -149,6 +150,15 @@ class Application:
                     if params:   # (an empty match shares one dict: never hand it out)
                         request.route_params = params   # for hooks and middleware
                     result = route.handler(request, **params)
+                    if route.never_suspends:
+                        # No await in the body: one step runs it to the end.  It runs in
+                        # a copy of the context, as a task would, so context variables a
+                        # handler sets do not leak into the next request.
+                        try:
+                            copy_context().run(result.send, None)
+                        except StopIteration as done:
+                            return self._convert_sync(request, done.value)
+                        raise RuntimeError(f"{route.name} suspended with no await in its body")
                     if route.is_async:
                         return self._finish(request, result)
                     return self._convert_sync(request, result)

@@ -37,6 +37,7 @@ prefix, beside the handlers.
 
 from __future__ import annotations
 
+import dis
 import inspect
 import os
 import re
@@ -145,11 +146,23 @@ def _parse_pattern(pattern: str) -> list[tuple[str, str]]:
     return parts
 
 
+_SUSPENDING_OPS = frozenset({"YIELD_VALUE", "SEND", "GET_AWAITABLE", "BEFORE_ASYNC_WITH",
+                             "GET_AITER", "GET_ANEXT", "ASYNC_GEN_WRAP"})
+
+
+def _can_suspend(function: Callable[..., Any]) -> bool:
+    """Whether a coroutine function's own body has any point where it could suspend."""
+    code = getattr(inspect.unwrap(function), "__code__", None)
+    if code is None:
+        return True
+    return any(op.opname in _SUSPENDING_OPS for op in dis.get_instructions(code))
+
+
 class Route:
     """A pattern, the methods it answers, and the handler: `handler(request, **params)`."""
 
     __slots__ = ("pattern", "handler", "methods", "name", "parts", "param_names",
-                 "is_async", "origin", "implied_head")
+                 "is_async", "never_suspends", "origin", "implied_head")
 
     def __init__(self, pattern: str, handler: Callable[..., Any],
                  methods: Iterable[str] | str | None = None, *, name: str | None = None) -> None:
@@ -171,6 +184,11 @@ class Route:
         # plain `def` is answered inline, without creating a task.
         self.is_async = inspect.iscoroutinefunction(handler) or (
             callable(handler) and inspect.iscoroutinefunction(type(handler).__call__))
+        # An `async def` with no suspension point in its body (no await, async for or
+        # async with) finishes in one step: it is run to completion inline, like a
+        # `def`, instead of paying for a task.
+        self.never_suspends = self.is_async and inspect.iscoroutinefunction(handler) \
+            and not _can_suspend(handler)
         self.origin = "<unknown>"   # the handler module that declared it (set by the loader)
 
     @property

@@ -6,6 +6,8 @@ talks to it with http.client (in a thread) or a raw socket.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import hashlib
 import http.client
 import inspect
@@ -104,26 +106,48 @@ async def test_return_values_become_responses(handler_site):
     assert reply.status == 500 and b"object" not in reply.body
 
 
-def test_sync_handlers_answer_inline_async_ones_return_a_coroutine():
-    """A `def` handler's answer is a Message at once: the session creates no task."""
+def test_handlers_that_cannot_suspend_answer_inline_others_return_a_coroutine():
+    """A `def`, or an `async def` with no await in its body, is answered at once (the
+    session creates no task); an `async def` that awaits comes back as a coroutine."""
     def sync_hello(request, name):
         return {"hello": name}
 
     async def async_hello(request, name):
         return {"hello": name}
 
+    async def awaiting_hello(request, name):
+        await asyncio.sleep(0)
+        return {"hello": name}
+
     registry = Registry()
-    registry.routes += [Route("/s/{name}", sync_hello), Route("/a/{name}", async_hello)]
+    registry.routes += [Route("/s/{name}", sync_hello), Route("/a/{name}", async_hello),
+                        Route("/w/{name}", awaiting_hello)]
     app = Application.from_registries([registry])
 
-    answer = app(Request("GET", b"/s/x", "1.1", [], True, None, None))
-    assert type(answer) is Message and answer.payload == (b'{"hello":"x"}',)
+    for path in (b"/s/x", b"/a/x"):
+        answer = app(Request("GET", path, "1.1", [], True, None, None))
+        assert type(answer) is Message and answer.payload == (b'{"hello":"x"}',)
 
-    pending = app(Request("GET", b"/a/x", "1.1", [], True, None, None))
+    pending = app(Request("GET", b"/w/x", "1.1", [], True, None, None))
     assert inspect.iscoroutine(pending)
-    with pytest.raises(StopIteration) as done:
-        pending.send(None)
-    assert done.value.value.payload == (b'{"hello":"x"}',)
+    assert asyncio.run(pending).payload == (b'{"hello":"x"}',)
+
+
+def test_inline_async_handler_context_variables_do_not_leak():
+    marker: contextvars.ContextVar[str] = contextvars.ContextVar("marker", default="unset")
+
+    async def setter(request):
+        before = marker.get()
+        marker.set("set by the handler")
+        return {"before": before}
+
+    registry = Registry()
+    registry.routes += [Route("/c", setter)]
+    app = Application.from_registries([registry])
+    for _ in range(2):
+        answer = app(Request("GET", b"/c", "1.1", [], True, None, None))
+        assert answer.payload == (b'{"before":"unset"}',)
+    assert marker.get() == "unset"
 
 
 def test_to_response_table():
