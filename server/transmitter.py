@@ -128,28 +128,30 @@ class SocketTransmitter:
         size = charge = sum(map(len, stack))
         if not message.head_only:
             step = self._step
+            gather_max = self._gather_max
+            append = slices.append
             for s in message.payload:
                 if type(s) is FileRegion:
                     n = s.count
                     if not n:
                         continue          # sendfile/mmap of 0 bytes fail; nothing to send anyway
                     size += n
-                    if n <= self._gather_max:
+                    if n <= gather_max:
                         view = s.view
                         if view is None:
                             window = getattr(s.owner, "window", None)
                             view = s.view = window(s.offset, n) if window is not None else None
                         if view is not None:
-                            slices.append(view)
+                            append(view)
                             charge += n
                             continue
-                    slices.append(s)
+                    append(s)
                     self._regions += 1
                     charge += n if n < step else step
                 else:
                     n = len(s)
                     if n:
-                        slices.append(s)
+                        append(s)
                         size += n
                         charge += n
         self._queued += size
