@@ -253,20 +253,6 @@ class SocketTransmitter:
         """One sendmsg of the run of memory slices at the front; -1 when the kernel is full."""
         slices = self._slices
         count = len(slices)
-        if not self._regions and count <= IOV_LIMIT:
-            # Common case: only memory queued — gather all of it, retire all of it.
-            try:
-                sent = self._sock.sendmsg(slices)
-            except (BlockingIOError, InterruptedError):
-                return -1
-            self._metrics.bytes_gather += sent
-            if sent == self._queued - self.accepted:
-                slices.clear()
-                self._accept(sent, sent)
-                return sent
-            self._retire(sent, count)
-            self._accept(sent, sent)
-            return -1
         end = 0
         limit = min(count, IOV_LIMIT)
         while end < limit and type(slices[end]) is not FileRegion:
