@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable
 from contextvars import copy_context
 from typing import Any
 
+from .answer_memo import AnswerMemo
 from .handler_results import NotAResponse, to_response
 from .hooks import Hooks, call_lifecycle_hook, call_maybe_async
 from .http_errors import HTTPError
@@ -94,6 +95,9 @@ class Application:
         self.debug = debug
         self.state = State()
         self.reloader: Any = None    # handler_loader.Reloader, started by startup()
+        # Byte-identical repeats of static requests, answered again without a rebuild
+        # (answer_memo.py); enabled by `install` only when nothing wraps requests.
+        self.answer_memo = AnswerMemo(static.cache) if static is not None else None
         self.install(router, hooks)
 
     @classmethod
@@ -116,6 +120,12 @@ class Application:
         if self.hooks.wraps_requests:
             self._chain = self._build_chain(self.hooks.middleware)
             self._entry = self._dispatch_with_hooks
+        if self.answer_memo is not None:
+            # New routes may claim paths the static site answered: forget those answers.
+            # With hooks or an opaque router, a static answer may depend on more than
+            # the request's bytes (a hook's verdict, the peer): never replay one.
+            self.answer_memo.reset(enabled=self._entry == self._dispatch
+                                   and self._router_callable is None)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def startup(self) -> None:
@@ -170,7 +180,7 @@ class Application:
                     return answer
             static = self.static
             if static is not None:
-                answer = static.respond(request)
+                answer = static.respond(request, replayable=True)
                 if answer is not None:
                     return answer
                 if request.method not in ("GET", "HEAD"):

@@ -38,6 +38,7 @@ class ServerConfig:
     sendfile_step: int = 2 << 20
     gather_max: int = 64 << 10        # regions up to this size leave as mmap windows in a writev
     map_max: int = 16 << 20           # files up to this size are mapped (so small ranges gather)
+    answer_memo: bool = True          # replay static answers to byte-identical requests
     # features
     access_log: str | None = None      # "-" for stdout, or a file path
     metrics: bool = False              # GET /metrics

@@ -60,6 +60,8 @@ class SocketConnection:
             on_error=self._send_failed, on_idle=self.session.on_transmit_idle,
             sendfile_step=config.sendfile_step, gather_max=config.gather_max)
         self.session.transmitter = self.transmitter
+        # Replayed answers are laid out for this transmitter (windows, gather).
+        self.session.memo = ctx.answer_memo
         self._reading = True
         self._lingering = False
         self.closed = False

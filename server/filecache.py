@@ -127,6 +127,8 @@ class OpenFileCache:
         self.max_entries = max_entries
         self.map_max = map_max
         self._files: dict[str, OpenFile] = {}
+        # Read-only for others: the answer memo checks an OpenFile is still cached.
+        self.by_path = self._files
         self.hits = 0
         self.misses = 0
 

@@ -11,6 +11,9 @@ I/O *driver* (a raw socket, or a TLS transport) only reads, pauses and closes.
   synchronous answer (the static fast path) is queued on the transmitter at once, so
   twenty pipelined requests that arrive in one read are answered by twenty Messages
   that leave in one gather call, flushed when the read has been fully parsed.
+* Replay: when a read is exactly one whole request, byte-identical to one answered
+  before from the static site, and its files are unchanged, the answer laid out last
+  time goes out again without parsing (answer_memo.py says what may be replayed).
 * Loans: before dispatching another request the session checks the bytes its
   transmitter still has on loan against the per-connection budget, and the global
   ledger; over budget it stops reading and dispatching until the transmitter drains.
@@ -45,6 +48,7 @@ from .responses import StreamResponse, error_response, header_block
 from .wire import DATE, status_line
 
 if TYPE_CHECKING:
+    from .answer_memo import AnswerMemo
     from .server import ServerContext
 
 __all__ = ["HttpSession"]
@@ -114,11 +118,34 @@ class HttpSession:
         self.requests_started = 0
         self._content_length: int | None = None
         self._chunked = False
+        # Static answers replayed for byte-identical requests; set by the raw-socket
+        # driver, whose transmitter the layouts are made for (answer_memo.py).
+        self.memo: AnswerMemo | None = None
+        self._memo_candidate: tuple[Message, float] | None = None
 
     # -- input -------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
         if self._stop_parsing or self.closed:
             return
+        memo = self.memo
+        # At rest: between requests, nothing owed — a read that is one whole request
+        # may be answered by replay, and a new answer may be remembered for replay.
+        at_rest = (memo is not None and self._current is None and not self._in_head
+                   and self._active is None and not self._pipeline and not self._closing
+                   and not self.draining)
+        if at_rest:
+            layout = memo.lookup(data)
+            if layout is not None:
+                outstanding = self.transmitter.outstanding
+                if not outstanding or (outstanding <= self._budget and not self.ctx.ledger.full):
+                    # A byte-identical repeat of a static request whose files have not
+                    # changed: the answer laid out last time goes out again, unparsed.
+                    self.requests_started += 1
+                    self._metrics.responses_total += 1
+                    self.transmitter.replay(layout)
+                    return
+            started = self.requests_started
+            self._memo_candidate = None
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -144,6 +171,17 @@ class HttpSession:
             self._reject(400, f"malformed request ({exc})")
         self._dispatch()
         self.transmitter.flush()
+        if at_rest and self._memo_candidate is not None:
+            self._remember(data, started)
+
+    def _remember(self, data: bytes, started: int) -> None:
+        """Keep the answer just sent for replay, if `data` was that one request, whole."""
+        msg, stale_at = self._memo_candidate
+        self._memo_candidate = None
+        if (self.requests_started == started + 1 and self._current is None
+                and not self._in_head and self._active is None and not self._pipeline
+                and not self._closing and not self._stop_parsing):
+            self.memo.store(data, msg, stale_at, self.transmitter)
 
     def eof_received(self) -> None:
         """The client finished sending; answer what is in hand, then close."""
@@ -351,12 +389,14 @@ class HttpSession:
             if not streaming:
                 request.body_stream.discard()
         stack = msg._stack
+        date = DATE.line()
         if close:
-            stack.append(DATE.line() + b"Connection: close\r\n")
-        elif version == "1.0":
-            stack.append(DATE.line() + b"Connection: keep-alive\r\n")
+            stack.append(date + b"Connection: close\r\n")
         else:
-            stack.append(DATE.line())
+            stack.append(date + b"Connection: keep-alive\r\n" if version == "1.0" else date)
+            if msg.depends_on is not None and self.memo is not None \
+                    and request.body_stream is None:
+                self._memo_candidate = (msg, DATE.until)
         status = msg.status
         stack.append(status_line(status))
         if status in _NO_BODY_STATUSES or (request is not None and request.method == "HEAD"):

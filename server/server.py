@@ -45,6 +45,12 @@ class ServerContext:
         self.ledger: LoanLedger = self.metrics.ledger
         self.connections: set[Any] = set()
         self.access_log = _access_logger() if config.access_log else None
+        # A replayed answer has no Request to log: with an access log, every request
+        # takes the full path (answer_memo.py).
+        memo = getattr(app, "answer_memo", None)
+        self.answer_memo = memo if config.answer_memo and self.access_log is None else None
+        if self.answer_memo is not None:
+            self.answer_memo.loop = loop
 
     def connection_opened(self, conn: Any) -> None:
         self.connections.add(conn)

@@ -206,8 +206,15 @@ class StaticSite:
         return self.respond(request)
 
     # -- the fast path -------------------------------------------------------------------
-    def respond(self, request: Request) -> Message | None:
-        """A response for the request, or None if the path names nothing here."""
+    def respond(self, request: Request, *, replayable: bool = False) -> Message | None:
+        """A response for the request, or None if the path names nothing here.
+
+        `replayable` (the Application's own static branch only) marks the answer with
+        the open files it depends on (`Message.depends_on`), so that the HTTP session
+        may replay it for a byte-identical request while those files stay current
+        (answer_memo.py).  Handlers that call this must leave it off: their answer
+        may depend on more than the request's bytes.
+        """
         method = request.method
         if method != "GET" and method != "HEAD":
             return None
@@ -219,17 +226,33 @@ class StaticSite:
             except OSError:
                 f = None
             if f is not None and f.vetted:
-                return self._serve(request, route, f)
+                return self._serve(request, route, f, replayable)
             # Gone, or replaced by a file not yet checked: resolve the URL again.
             del self._routes[raw]
-        return self._resolve(request)
+        return self._resolve(request, replayable)
 
-    def _serve(self, request: Request, route: _Route, f: OpenFile) -> Message:
+    def _serve(self, request: Request, route: _Route, f: OpenFile,
+               replayable: bool = False) -> Message:
         fields = _fields_of(request.raw_headers)
         if fields is None:      # the plain GET: prebuilt entity block + the whole file
             p = route.plain_vary if route.siblings else route.plain
             built = f.extra.get(p) or _prebuilt(f, p)
-            return Message(200, (built.entity,), built.whole)
+            msg = Message(200, (built.entity,), built.whole)
+            if replayable:
+                msg.depends_on = (f,)
+            return msg
+        msg, served = self._negotiated(request, route, f, fields)
+        if replayable:
+            # Every answer below is a pure function of the request's fields and of the
+            # identity of the files it looked at: the route's file, and the sibling it
+            # chose (whose existence is re-checked once a second, as here).
+            msg.depends_on = (f,) if served is f else (f, served)
+        return msg
+
+    def _negotiated(self, request: Request, route: _Route, f: OpenFile,
+                    fields: list) -> tuple[Message, OpenFile]:
+        """The answer when the request has fields that can change it, and the file
+        (the route's own, or a precompressed sibling) it describes."""
         chosen = None
         accept = fields[_AE]
         if accept is not None and self.precompressed:
@@ -239,6 +262,10 @@ class StaticSite:
         else:
             p = route.plain_vary if route.siblings else route.plain
         built = f.extra.get(p) or _prebuilt(f, p)
+        return self._negotiated_for(request, f, built, fields), f
+
+    def _negotiated_for(self, request: Request, f: OpenFile, built: _Prebuilt,
+                        fields: list) -> Message:
         if fields[_CONDITIONAL] is None:
             return _whole(f, built)           # only Accept-Encoding: a browser's plain GET
         verdict = None
@@ -320,7 +347,7 @@ class StaticSite:
         route.checked_at = now
 
     # -- the slow path ---------------------------------------------------------------------
-    def _resolve(self, request: Request) -> Message | None:
+    def _resolve(self, request: Request, replayable: bool = False) -> Message | None:
         raw = request.raw_path
         if _ENCODED_SEPARATOR.search(raw):
             return error_response(400, "bad path")
@@ -375,7 +402,7 @@ class StaticSite:
         if len(self._routes) >= self._route_limit:
             self._routes.clear()
         self._routes[raw] = route
-        return self._serve(request, route, f)
+        return self._serve(request, route, f, replayable)
 
     def _route_for(self, file_path: str, url_path: str) -> _Route:
         route = _Route(file_path, url_path)

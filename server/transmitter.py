@@ -127,33 +127,10 @@ class SocketTransmitter:
         slices.extend(stack[::-1])                  # top of the stack goes first
         size = charge = sum(map(len, stack))
         if not message.head_only:
-            step = self._step
-            gather_max = self._gather_max
-            append = slices.append
-            for s in message.payload:
-                if type(s) is FileRegion:
-                    n = s.count
-                    if not n:
-                        continue          # sendfile/mmap of 0 bytes fail; nothing to send anyway
-                    size += n
-                    if n <= gather_max:
-                        view = s.view
-                        if view is None:
-                            window = getattr(s.owner, "window", None)
-                            view = s.view = window(s.offset, n) if window is not None else None
-                        if view is not None:
-                            append(view)
-                            charge += n
-                            continue
-                    append(s)
-                    self._regions += 1
-                    charge += n if n < step else step
-                else:
-                    n = len(s)
-                    if n:
-                        append(s)
-                        size += n
-                        charge += n
+            n, lent, regions = self._lay_payload(message.payload, slices.append)
+            size += n
+            charge += lent
+            self._regions += regions
         self._queued += size
         self.outstanding += charge
         ledger = self._ledger
@@ -162,6 +139,105 @@ class SocketTransmitter:
             ledger.peak = ledger.outstanding
         if done is not None:
             self._marks.append((self._queued, done))
+
+    def _lay_payload(self, payload: tuple, append: Callable) -> tuple[int, int, int]:
+        """Append the wire slices of `payload`; return (bytes, loan charge, file regions).
+
+        A region small enough to gather, of a file its owner keeps mapped, becomes a
+        memoryview window of the mapping (memoised on the region, which is immutable
+        and may be shared by many answers); any other region stays a FileRegion for
+        sendfile, charged one sendfile step at a time.
+        """
+        size = charge = regions = 0
+        step = self._step
+        gather_max = self._gather_max
+        for s in payload:
+            if type(s) is FileRegion:
+                n = s.count
+                if not n:
+                    continue          # sendfile/mmap of 0 bytes fail; nothing to send anyway
+                size += n
+                if n <= gather_max:
+                    view = s.view
+                    if view is None:
+                        window = getattr(s.owner, "window", None)
+                        view = s.view = window(s.offset, n) if window is not None else None
+                    if view is not None:
+                        append(view)
+                        charge += n
+                        continue
+                append(s)
+                regions += 1
+                charge += n if n < step else step
+            else:
+                n = len(s)
+                if n:
+                    append(s)
+                    size += n
+                    charge += n
+        return size, charge, regions
+
+    def lay_out(self, message: Message) -> tuple[tuple, int, int, int]:
+        """`message` as `replay` takes it: (slices, bytes, loan charge, file regions).
+
+        The head is joined into one slice; the payload is laid out as `enqueue` would.
+        For an answer sent many times over (answer_memo.py), so the work is done once.
+        """
+        head = b"".join(message._stack[::-1])
+        slices = [head]
+        size = charge = len(head)
+        regions = 0
+        if not message.head_only:
+            n, lent, regions = self._lay_payload(message.payload, slices.append)
+            size += n
+            charge += lent
+        return tuple(slices), size, charge, regions
+
+    def replay(self, layout: tuple[tuple, int, int, int]) -> None:
+        """Queue and flush a laid-out answer (see `lay_out`).
+
+        When nothing is queued and it is all memory, it goes straight to one sendmsg:
+        if the kernel takes it all, the slices were on loan only for that call, so
+        there is nothing to charge or repay.  Otherwise it is queued like any message.
+        """
+        slices, size, charge, regions = layout
+        if self.closed:
+            return
+        if not regions and not self._slices and not self._waiting_writable \
+                and not self._flushing:
+            try:
+                sent = self._sock.sendmsg(slices)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self._fail(exc)
+                return
+            self._queued += size
+            ledger = self._ledger
+            if ledger.outstanding + charge > ledger.peak:
+                ledger.peak = ledger.outstanding + charge
+            self._metrics.bytes_gather += sent
+            if sent == size:
+                self.accepted += sent
+                return
+            # The socket buffer is full: the rest waits for writability, on loan.
+            self._slices.extend(slices)
+            self.outstanding += charge
+            ledger.outstanding += charge
+            if sent:
+                self._retire(sent, len(slices))
+                self._accept(sent, sent)
+            self._wait_writable()
+            return
+        self._slices.extend(slices)
+        self._regions += regions
+        self._queued += size
+        self.outstanding += charge
+        ledger = self._ledger
+        ledger.outstanding += charge
+        if ledger.outstanding > ledger.peak:
+            ledger.peak = ledger.outstanding
+        self.flush()
 
     @property
     def idle(self) -> bool:

@@ -40,19 +40,24 @@ def http_date(timestamp: float) -> str:
 
 
 class DateHeader:
-    """`Date: ...\\r\\n`, recomputed only when the second changes."""
+    """`Date: ...\r\n`, recomputed only when the second changes.
 
-    __slots__ = ("_second", "_line")
+    `until` is when the current line goes stale (the next whole second); an answer
+    that embeds the line can be reused until then (answer_memo.py).
+    """
+
+    __slots__ = ("until", "_line")
 
     def __init__(self) -> None:
-        self._second = -1
+        self.until = 0.0
         self._line = b""
 
     def line(self) -> bytes:
-        now = int(time.time())
-        if now != self._second:
-            self._second = now
-            self._line = b"Date: " + http_date(now).encode("ascii") + b"\r\n"
+        now = time.time()
+        if now >= self.until:
+            second = int(now)
+            self.until = second + 1.0
+            self._line = b"Date: " + http_date(second).encode("ascii") + b"\r\n"
         return self._line
 
 

@@ -1,0 +1,134 @@
+"""The answer memo: a byte-identical repeat of a request gets the answer built last time.
+
+Theory of operation.  Browsers and load generators repeat themselves: over a
+keep-alive connection the request for `/style.css` is the same bytes every time.  A
+static answer is a pure function of those bytes, of the identity of the files it
+looked at, and of the second (through `Date`).  So the process keeps a map from
+request bytes to the answer's wire layout (the transmitter's slices: one head with
+status line and Date, then mmap windows or file regions), with the OpenFiles it
+depends on.  A repeat is answered without parsing, routing or building anything: a
+dictionary lookup, the same one `stat()` per file that the full path makes (so a file
+changed or replaced by rename is still seen at once), and one gather call.
+
+What may be replayed is decided narrowly, elsewhere:
+
+* only answers that the Application's static branch marked (`Message.depends_on`),
+  never a handler's, whose answer may depend on time, state or the peer;
+* only while the Application wraps requests in no hooks or middleware and has no
+  old-style router callable, and no access log is written (a replay builds no
+  Request to log); reinstalling routes (a handler reload) empties the memo;
+* only a request that arrived whole in one read, with no body, answered at once by
+  one Message on a connection that stays open (the session checks this).
+
+One stat per file per event-loop turn.  A repeat is answered only when one read
+holds exactly that one request, and each connection is read once per turn.  Its
+socket was reported readable by the poll that began the turn, so the request had
+been sent before the poll returned: any change to a file made before the client sent
+it was made before any stat taken during the turn.  So a file found current by one
+replay may be trusted by the other replays of the same turn (the set is emptied
+before the next turn's I/O callbacks), and a rename is still seen by every request
+sent after it.  The cheap half of the check — is this still the file the open-file
+cache holds — is made on every replay, so a change the full path noticed earlier in
+the turn is never replayed over.
+
+An entry is dropped when the Date second changes (the slow path then re-renders it,
+and re-checks precompressed siblings as it does once a second), or when a file it
+depends on has changed, been replaced or left the open-file cache.  The memo is
+bounded in entries and key size; when full it is emptied, which only costs rebuilds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from time import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .filecache import OpenFile, OpenFileCache
+    from .message import Message
+    from .transmitter import SocketTransmitter
+
+__all__ = ["AnswerMemo"]
+
+MAX_ENTRIES = 256
+MAX_REQUEST_BYTES = 4096
+
+Layout = tuple[tuple, int, int, int]
+_stat = os.stat
+
+
+class AnswerMemo:
+    """request bytes → (stale-at time, files depended on, wire layout)."""
+
+    __slots__ = ("cache", "enabled", "max_entries", "loop", "_entries", "_files", "_seen",
+                 "replays")
+
+    def __init__(self, cache: OpenFileCache, *, max_entries: int = MAX_ENTRIES) -> None:
+        self.cache = cache
+        self._files = cache.by_path
+        self.enabled = True
+        self.max_entries = max_entries
+        self._entries: dict[bytes, tuple] = {}
+        # Set by the server: with a loop, a file found current is trusted for the
+        # rest of the event-loop turn (`_seen`), see the header.
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._seen: set[OpenFile] = set()
+        self.replays = 0
+
+    def lookup(self, request: bytes) -> Layout | None:
+        """The layout to send for this exact request, if its answer is still current."""
+        entry = self._entries.get(request)
+        if entry is None:
+            return None
+        if time() < entry[0]:         # its Date line is still this second's
+            files = self._files
+            seen = self._seen
+            for f, path in entry[1]:
+                # The open-file cache's own hit test, inline: still the cached file, and
+                # the path still names it (one stat; a bytes path skips the encoding).
+                if files.get(f.path) is not f:
+                    break
+                if f in seen:
+                    continue          # stat'ed after this turn's poll: see the header
+                try:
+                    st = _stat(path)
+                except OSError:
+                    break
+                if (st.st_ino != f.ino or st.st_mtime_ns != f.mtime_ns
+                        or st.st_size != f.size or st.st_dev != f.dev):
+                    break
+                f.used = True
+                if self.loop is not None:
+                    if not seen:
+                        # Forget before the next turn's I/O callbacks (call_soon runs
+                        # ahead of them, on uvloop and on asyncio's own loop alike).
+                        self.loop.call_soon(seen.clear)
+                    seen.add(f)
+            else:
+                self.replays += 1
+                return entry[2]
+        del self._entries[request]
+        return None
+
+    def store(self, request: bytes, message: Message, stale_at: float,
+              transmitter: SocketTransmitter) -> None:
+        """Remember `message` (already sent for `request`, its head pushed) for repeats.
+
+        `stale_at` is when the Date line in its head stops being current.
+        """
+        depends_on = message.depends_on
+        if not self.enabled or len(request) > MAX_REQUEST_BYTES or depends_on is None:
+            return
+        entries = self._entries
+        if len(entries) >= self.max_entries:
+            entries.clear()
+        checks = tuple((f, os.fsencode(f.path)) for f in depends_on)
+        entries[request] = (stale_at, checks, transmitter.lay_out(message))
+
+    def reset(self, *, enabled: bool) -> None:
+        self._entries.clear()
+        self.enabled = enabled
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,0 +1,265 @@
+"""Replayed static answers (answer_memo.py): same bytes out, and never stale or unsafe.
+
+A byte-identical repeat of a static request is answered from the memo.  These tests
+check, over real sockets, that a replay is the answer the full path would give, that
+a file changed in place, replaced by rename or deleted is seen by the very next
+request, and that nothing whose answer may depend on more than the request's bytes
+(handlers, hooks, an access log) is ever replayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+
+import handler_fixtures
+import pytest
+from handler_fixtures import fetch_on
+from static_fixtures import RawClient, ThreadedServer, serve_site
+
+from server.app import Application
+from server.filecache import OpenFileCache
+from server.loans import LoanLedger
+from server.message import Message
+from server.metrics import Metrics
+from server.routing import Route, Router
+from server.static import StaticSite
+from server.transmitter import SocketTransmitter
+
+SMALL = bytes(range(256)) * 40          # 10 KiB: mapped, gathered with its head
+
+handler_site = handler_fixtures.handler_site   # the fixture
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "a.txt").write_bytes(b"hello\n")
+    (site / "small.bin").write_bytes(SMALL)
+    (site / "index.html").write_text("<p>home</p>\n")
+    (site / "style.css").write_text("p { color: red }\n" * 40)
+    (site / "style.css.gz").write_bytes(b"\x1f\x8b pretend gzip")
+    return site
+
+
+def memo_of(running) -> object:
+    return running.app.answer_memo
+
+
+def without_date(r) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in r.header_list if k.lower() != "date"]
+
+
+def test_repeat_is_replayed_and_identical(root):
+    with serve_site(root) as running, RawClient(running.port) as c:
+        memo = memo_of(running)
+        first = c.request("GET", "/small.bin")
+        assert memo.replays == 0
+        again = [c.request("GET", "/small.bin") for _ in range(5)]
+        assert memo.replays == 5
+        for r in again:
+            assert (r.status, without_date(r), r.body) == (first.status, without_date(first), first.body)
+        assert first.body == SMALL
+        assert c.pending() == b""           # nothing beyond what the framing promised
+
+
+def test_replay_sees_a_rename_an_edit_and_a_delete_at_once(root):
+    with serve_site(root) as running, RawClient(running.port) as c:
+        memo = memo_of(running)
+        assert c.request("GET", "/a.txt").body == b"hello\n"
+        assert c.request("GET", "/a.txt").body == b"hello\n"
+        assert memo.replays == 1
+        # Deploy-style replacement: write aside, rename over.
+        (root / "a.txt.tmp").write_bytes(b"fresh!\n")
+        os.rename(root / "a.txt.tmp", root / "a.txt")
+        r = c.request("GET", "/a.txt")
+        assert r.body == b"fresh!\n" and r.header("content-length") == "7"
+        assert c.request("GET", "/a.txt").body == b"fresh!\n"
+        # An edit in place that keeps the size: only the mtime tells.
+        path = root / "a.txt"
+        before = path.stat().st_mtime_ns
+        path.write_bytes(b"FRESH!\n")
+        os.utime(path, ns=(before + 5_000_000, before + 5_000_000))
+        assert c.request("GET", "/a.txt").body == b"FRESH!\n"
+        path.unlink()
+        assert c.request("GET", "/a.txt").status == 404
+
+
+def test_head_range_conditional_and_precompressed_replays(root):
+    with serve_site(root) as running, RawClient(running.port) as c:
+        memo = memo_of(running)
+        for _ in range(3):
+            r = c.request("HEAD", "/small.bin")
+            assert r.status == 200 and r.body == b"" and r.header("content-length") == str(len(SMALL))
+        for _ in range(3):
+            r = c.request("GET", "/small.bin", {"Range": "bytes=10-19"})
+            assert r.status == 206 and r.body == SMALL[10:20]
+        multi = [c.request("GET", "/small.bin", {"Range": "bytes=0-1,100-101"}) for _ in range(3)]
+        assert {m.body for m in multi} == {multi[0].body} and multi[0].status == 206
+        assert SMALL[100:102] in multi[0].body
+        etag = c.request("GET", "/small.bin").header("etag")
+        for _ in range(3):
+            r = c.request("GET", "/small.bin", {"If-None-Match": etag})
+            assert r.status == 304 and r.body == b""
+        for _ in range(3):
+            r = c.request("GET", "/style.css", {"Accept-Encoding": "gzip"})
+            assert r.header("content-encoding") == "gzip" and r.body == b"\x1f\x8b pretend gzip"
+        assert memo.replays == 10
+        # The sibling is replaced: the replay of its answer must not survive that.
+        (root / "style.css.gz").write_bytes(b"\x1f\x8b new gzip, longer")
+        r = c.request("GET", "/style.css", {"Accept-Encoding": "gzip"})
+        assert r.body == b"\x1f\x8b new gzip, longer"
+        assert c.pending() == b""
+
+
+def test_replayed_date_is_current(root):
+    with serve_site(root) as running, RawClient(running.port) as c:
+        first = c.request("GET", "/a.txt").header("date")
+        time.sleep(1.1)
+        again = c.request("GET", "/a.txt")
+        assert again.header("date") != first
+        stamp = time.mktime(time.strptime(again.header("date"), "%a, %d %b %Y %H:%M:%S GMT"))
+        assert abs(stamp - time.mktime(time.gmtime())) <= 2
+
+
+def test_pipelined_repeats_are_answered_in_order(root):
+    with serve_site(root) as running, RawClient(running.port) as c:
+        c.request("GET", "/a.txt")
+        request = b"GET /a.txt HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        c.sock.sendall(request * 3 + b"GET /small.bin HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        bodies = [c.read_response().body for _ in range(4)]
+        assert bodies == [b"hello\n"] * 3 + [SMALL]
+        assert c.request("GET", "/a.txt").body == b"hello\n"
+        assert c.pending() == b""
+
+
+def test_connection_close_is_honoured_on_a_repeat(root):
+    with serve_site(root) as running, RawClient(running.port) as c:
+        c.request("GET", "/a.txt")
+        c.request("GET", "/a.txt")
+        r = c.request("GET", "/a.txt", {"Connection": "close"})
+        assert r.body == b"hello\n" and r.header("connection") == "close"
+        assert c.sock.recv(10) == b""
+
+
+def test_no_replay_when_an_access_log_is_written(root, caplog):
+    site = StaticSite(root, cache=OpenFileCache())
+    app = Application(site)
+    running = ThreadedServer(app, root=root, access_log="-").start()
+    try:
+        with caplog.at_level(logging.INFO, logger="pageloan.access"), RawClient(running.port) as c:
+            for _ in range(4):
+                assert c.request("GET", "/a.txt").body == b"hello\n"
+        lines = [r for r in caplog.records if r.name == "pageloan.access"]
+        assert len(lines) == 4 and app.answer_memo.replays == 0
+    finally:
+        running.stop()
+
+
+HOOKED = '''
+from server.hooks import before_request
+
+SEEN = []
+
+@before_request
+def count(request):
+    SEEN.append(request.path)
+'''
+
+HANDLERS = '''
+import os
+from server import route
+from server.file_response import file_response
+
+CALLS = []
+
+@route("/via-handler")
+def via_handler(request):
+    CALLS.append(1)
+    return file_response(request, os.path.join(request.app.static.root, "a.txt"))
+
+@route("/respond/{name}")
+def respond(request, name):
+    CALLS.append(2)
+    return request.app.static.respond(request)
+'''
+
+
+def _keep_alive_gets(port: int, paths: list[str]) -> list[bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        return [fetch_on(conn, "GET", path).body for path in paths]
+    finally:
+        conn.close()
+
+
+async def test_no_replay_behind_request_hooks(handler_site, root):
+    site = await handler_site({"hooked.py": HOOKED}, root=root)
+    bodies = await asyncio.to_thread(_keep_alive_gets, site.port, ["/a.txt"] * 4)
+    assert bodies == [b"hello\n"] * 4
+    module = next(m for name, m in __import__("sys").modules.items() if name.endswith("hooked"))
+    assert module.SEEN == ["/a.txt"] * 4
+    assert site.app.answer_memo.replays == 0
+
+
+async def test_handler_answers_are_never_replayed(handler_site, root):
+    site = await handler_site({"files_handlers.py": HANDLERS}, root=root)
+    bodies = await asyncio.to_thread(_keep_alive_gets, site.port,
+                                     ["/via-handler"] * 3 + ["/respond/a.txt"] * 3)
+    assert bodies[:3] == [b"hello\n"] * 3
+    module = next(m for name, m in __import__("sys").modules.items() if name.endswith("files_handlers"))
+    assert module.CALLS == [1, 1, 1, 2, 2, 2]
+    assert site.app.answer_memo.replays == 0
+
+
+def test_new_routes_forget_replayed_answers(root):
+    site = StaticSite(root, cache=OpenFileCache())
+    app = Application(site)
+    running = ThreadedServer(app, root=root).start()
+    try:
+        with RawClient(running.port) as c:
+            c.request("GET", "/a.txt")
+            c.request("GET", "/a.txt")
+            assert app.answer_memo.replays == 1
+            router = Router()
+            router.add(Route("/a.txt", lambda request: "from a handler", "GET"))
+            running.loop.call_soon_threadsafe(app.install, router)
+            time.sleep(0.2)
+            assert c.request("GET", "/a.txt").body == b"from a handler"
+            assert c.request("GET", "/a.txt").body == b"from a handler"
+    finally:
+        running.stop()
+
+
+async def test_replay_larger_than_the_socket_buffer_waits_and_keeps_order(tmp_path):
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 << 10)
+    a.setblocking(False)
+    b.setblocking(False)
+    metrics = Metrics(LoanLedger(64 << 20))
+    tx = SocketTransmitter(a, asyncio.get_running_loop(), metrics=metrics)
+    body = os.urandom(1 << 20)
+    layout = tx.lay_out(Message(200, [b"HEAD\r\n\r\n"], [body]))
+    tx.replay(layout)
+    tx.replay(layout)
+    assert not tx.idle and tx.outstanding > 0       # the kernel could not take it all
+    got = bytearray()
+    want = (b"HEAD\r\n\r\n" + body) * 2
+    loop = asyncio.get_running_loop()
+    while len(got) < len(want):
+        try:
+            got += b.recv(1 << 20)
+        except BlockingIOError:
+            await asyncio.sleep(0.001)
+    assert bytes(got) == want
+    await asyncio.sleep(0.01)
+    assert tx.idle and tx.outstanding == 0 and metrics.ledger.outstanding == 0
+    assert loop.is_running()
+    a.close()
+    b.close()
