@@ -7,8 +7,9 @@ looked at, and of the second (through `Date`).  So the process keeps a map from
 request bytes to the answer's wire layout (the transmitter's slices: one head with
 status line and Date, then mmap windows or file regions), with the OpenFiles it
 depends on.  A repeat is answered without parsing, routing or building anything: a
-dictionary lookup, the same one `stat()` per file that the full path makes (so a file
-changed or replaced by rename is still seen at once), and one gather call.
+dictionary lookup, the open-file cache's identity check (a `stat()`, shared by the
+replays of one event-loop turn, see below: a file changed or replaced by rename is
+still seen at once), and one gather call.
 
 What may be replayed is decided narrowly, elsewhere:
 
@@ -27,14 +28,18 @@ been sent before the poll returned: any change to a file made before the client 
 it was made before any stat taken during the turn.  So a file found current by one
 replay may be trusted by the other replays of the same turn (the set is emptied
 before the next turn's I/O callbacks), and a rename is still seen by every request
-sent after it.  The cheap half of the check — is this still the file the open-file
+sent after it.  (One caveat makes this conditional: libuv polls again within the same
+turn when a poll returns its maximum of 1024 events, so sharing is on only while the
+loop serves fewer than TURN_SHARING_LIMIT connections and nothing else, i.e. no FTP.)  The cheap half of the check — is this still the file the open-file
 cache holds — is made on every replay, so a change the full path noticed earlier in
 the turn is never replayed over.
 
-An entry is dropped when the Date second changes (the slow path then re-renders it,
-and re-checks precompressed siblings as it does once a second), or when a file it
-depends on has changed, been replaced or left the open-file cache.  The memo is
-bounded in entries and key size; when full it is emptied, which only costs rebuilds.
+An entry is dropped when the Date second changes (the full path then renders it
+again, and re-checks precompressed siblings as it does once a second), or when a file
+it depends on has changed, been replaced or left the open-file cache.  The server's
+once-a-second sweep drops stale entries, so the descriptor of a replaced file is not
+held open by an entry nobody asks for again.  The memo is bounded in entries and key
+size; when full it is emptied, which only costs rebuilds.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ import asyncio
 import os
 from time import time
 from typing import TYPE_CHECKING
+
+from .metrics import METRICS
 
 if TYPE_CHECKING:
     from .filecache import OpenFile, OpenFileCache
@@ -53,6 +60,9 @@ __all__ = ["AnswerMemo"]
 
 MAX_ENTRIES = 256
 MAX_REQUEST_BYTES = 4096
+# libuv polls again, without returning to the loop's idle phase, when one epoll_wait
+# fills its 1024-event array; under that many open connections it never can.
+TURN_SHARING_LIMIT = 900
 
 Layout = tuple[tuple, int, int, int]
 _stat = os.stat
@@ -61,8 +71,8 @@ _stat = os.stat
 class AnswerMemo:
     """request bytes → (stale-at time, files depended on, wire layout)."""
 
-    __slots__ = ("cache", "enabled", "max_entries", "loop", "_entries", "_files", "_seen",
-                 "replays")
+    __slots__ = ("cache", "enabled", "max_entries", "loop", "metrics", "_entries", "_files",
+                 "_seen", "replays")
 
     def __init__(self, cache: OpenFileCache, *, max_entries: int = MAX_ENTRIES) -> None:
         self.cache = cache
@@ -73,6 +83,7 @@ class AnswerMemo:
         # Set by the server: with a loop, a file found current is trusted for the
         # rest of the event-loop turn (`_seen`), see the header.
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.metrics = METRICS
         self._seen: set[OpenFile] = set()
         self.replays = 0
 
@@ -99,7 +110,7 @@ class AnswerMemo:
                         or st.st_size != f.size or st.st_dev != f.dev):
                     break
                 f.used = True
-                if self.loop is not None:
+                if self.loop is not None and self.metrics.connections_open < TURN_SHARING_LIMIT:
                     if not seen:
                         # Forget before the next turn's I/O callbacks (call_soon runs
                         # ahead of them, on uvloop and on asyncio's own loop alike).
@@ -125,6 +136,13 @@ class AnswerMemo:
             entries.clear()
         checks = tuple((f, os.fsencode(f.path)) for f in depends_on)
         entries[request] = (stale_at, checks, transmitter.lay_out(message))
+
+    def drop_stale(self) -> None:
+        """Forget entries whose Date second has passed (they would miss anyway)."""
+        now = time()
+        entries = self._entries
+        for request in [r for r, entry in entries.items() if entry[0] <= now]:
+            del entries[request]
 
     def reset(self, *, enabled: bool) -> None:
         self._entries.clear()

@@ -50,7 +50,10 @@ class ServerContext:
         memo = getattr(app, "answer_memo", None)
         self.answer_memo = memo if config.answer_memo and self.access_log is None else None
         if self.answer_memo is not None:
-            self.answer_memo.loop = loop
+            self.answer_memo.metrics = self.metrics
+            # Share a stat within a loop turn only when HTTP is all this loop polls
+            # (answer_memo.py explains the bound on connections).
+            self.answer_memo.loop = None if "ftp" in config.extra else loop
 
     def connection_opened(self, conn: Any) -> None:
         self.connections.add(conn)
@@ -168,6 +171,10 @@ class Server:
             elif now - mark[1] >= limits[token[0]]:
                 conn.progress_mark = None
                 session.on_timeout(token[0])
+        if self.ctx.answer_memo is not None:
+            # Entries go stale with their Date second; dropping them here lets the
+            # descriptors of replaced or evicted files close within a second or two.
+            self.ctx.answer_memo.drop_stale()
         self._sweeper = self.loop.call_later(1.0, self._sweep)
 
     def _check_stall(self, conn: Any, now: float) -> None:

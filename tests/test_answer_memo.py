@@ -263,3 +263,39 @@ async def test_replay_larger_than_the_socket_buffer_waits_and_keeps_order(tmp_pa
     assert loop.is_running()
     a.close()
     b.close()
+
+
+def test_rename_under_load_is_seen_by_the_next_request(root):
+    """Other connections keep replaying the file while it is replaced, again and again:
+    a request sent after each rename returns must get the new file (the stat that
+    replays of one loop turn share is never older than the turn's requests)."""
+    import threading
+
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def hammer() -> None:
+        with RawClient(running.port) as c:
+            while not stop.is_set():
+                body = c.request("GET", "/a.txt").body
+                if not body.startswith(b"version "):
+                    errors.append(repr(body))
+
+    (root / "a.txt").write_bytes(b"version 0\n")
+    with serve_site(root) as running:
+        threads = [threading.Thread(target=hammer) for _ in range(6)]
+        for t in threads:
+            t.start()
+        try:
+            with RawClient(running.port) as c:
+                for n in range(1, 41):
+                    tmp = root / "a.txt.tmp"
+                    tmp.write_bytes(b"version %d\n" % n)
+                    os.rename(tmp, root / "a.txt")
+                    assert c.request("GET", "/a.txt").body == b"version %d\n" % n
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(10)
+        assert errors == []
+        assert memo_of(running).replays > 0
