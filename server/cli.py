@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="file regions up to this size leave as mmap windows in the header's writev")
     tuning.add_argument("--map-max", type=_size, default=ServerConfig.map_max,
                         help="files up to this size are mapped, so their small ranges can be gathered")
+    tuning.add_argument("--no-answer-memo", dest="answer_memo", action="store_false",
+                        help="parse and build every request, even byte-identical repeats of static ones")
     for provide in _option_providers():
         provide(serve)
     sub.add_parser("hash-password", help="read a password on stdin, print a hash for --ftp-users")
@@ -135,7 +137,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         body_timeout=args.body_timeout, keepalive_timeout=args.keepalive_timeout,
         drain_timeout=args.drain_timeout, connection_loan_budget=args.connection_loan_budget,
         global_loan_budget=args.global_loan_budget, sendfile_step=args.sendfile_step,
-        gather_max=args.gather_max, map_max=args.map_max, extra=extra,
+        gather_max=args.gather_max, map_max=args.map_max, answer_memo=args.answer_memo,
+        extra=extra,
     )
 
 

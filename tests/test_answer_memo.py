@@ -299,3 +299,22 @@ def test_rename_under_load_is_seen_by_the_next_request(root):
                 t.join(10)
         assert errors == []
         assert memo_of(running).replays > 0
+
+
+def test_no_answer_memo_option_answers_every_request_in_full(root):
+    from server.cli import build_parser, config_from_args
+
+    parser = build_parser()
+    assert config_from_args(parser.parse_args(["serve", str(root)])).answer_memo is True
+    config = config_from_args(parser.parse_args(["serve", str(root), "--no-answer-memo"]))
+    assert config.answer_memo is False
+    site = StaticSite(root, cache=OpenFileCache())
+    app = Application(site)
+    running = ThreadedServer(app, root=root, answer_memo=False).start()
+    try:
+        with RawClient(running.port) as c:
+            for _ in range(4):
+                assert c.request("GET", "/a.txt").body == b"hello\n"
+        assert app.answer_memo.replays == 0 and len(app.answer_memo) == 0
+    finally:
+        running.stop()
