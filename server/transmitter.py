@@ -131,14 +131,18 @@ class SocketTransmitter:
             size += n
             charge += lent
             self._regions += regions
+        self._lend(size, charge)
+        if done is not None:
+            self._marks.append((self._queued, done))
+
+    def _lend(self, size: int, charge: int) -> None:
+        """`size` more bytes queued; `charge` of them on loan until the kernel takes them."""
         self._queued += size
         self.outstanding += charge
         ledger = self._ledger
         ledger.outstanding += charge
         if ledger.outstanding > ledger.peak:
             ledger.peak = ledger.outstanding
-        if done is not None:
-            self._marks.append((self._queued, done))
 
     def _lay_payload(self, payload: tuple, append: Callable) -> tuple[int, int, int]:
         """Append the wire slices of `payload`; return (bytes, loan charge, file regions).
@@ -205,25 +209,20 @@ class SocketTransmitter:
             return
         if not regions and not self._slices and not self._waiting_writable \
                 and not self._flushing:
-            try:
-                sent = self._sock.sendmsg(slices)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError as exc:
-                self._fail(exc)
+            sent = self._gather(slices)
+            if sent < 0:
                 return
-            self._queued += size
-            ledger = self._ledger
-            if ledger.outstanding + charge > ledger.peak:
-                ledger.peak = ledger.outstanding + charge
             self._metrics.bytes_gather += sent
             if sent == size:
+                self._queued += size
                 self.accepted += sent
+                ledger = self._ledger
+                if ledger.outstanding + charge > ledger.peak:
+                    ledger.peak = ledger.outstanding + charge
                 return
             # The socket buffer is full: the rest waits for writability, on loan.
             self._slices.extend(slices)
-            self.outstanding += charge
-            ledger.outstanding += charge
+            self._lend(size, charge)
             if sent:
                 self._retire(sent, len(slices))
                 self._accept(sent, sent)
@@ -231,12 +230,7 @@ class SocketTransmitter:
             return
         self._slices.extend(slices)
         self._regions += regions
-        self._queued += size
-        self.outstanding += charge
-        ledger = self._ledger
-        ledger.outstanding += charge
-        if ledger.outstanding > ledger.peak:
-            ledger.peak = ledger.outstanding
+        self._lend(size, charge)
         self.flush()
 
     @property
@@ -270,12 +264,8 @@ class SocketTransmitter:
         if not self._regions and len(slices) <= IOV_LIMIT:
             # The common case, inline: only memory queued (one response, or a batch
             # of pipelined ones) — one sendmsg, and usually the kernel takes it all.
-            try:
-                sent = self._sock.sendmsg(slices)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError as exc:
-                self._fail(exc)
+            sent = self._gather(slices)
+            if sent < 0:
                 return
             if sent and sent == self._queued - self.accepted:
                 self._metrics.bytes_gather += sent
@@ -304,6 +294,17 @@ class SocketTransmitter:
             self._flushing = False
         if self.wants_idle and not self._slices and not self.closed:
             self._on_idle()
+
+    def _gather(self, slices: list | tuple) -> int:
+        """One sendmsg of memory slices: bytes taken, 0 if the socket is full, -1 if the
+        connection failed (already handled)."""
+        try:
+            return self._sock.sendmsg(slices)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as exc:
+            self._fail(exc)
+            return -1
 
     def _flush_some(self) -> None:
         quota = FLUSH_QUOTA
