@@ -30,6 +30,8 @@ class Scenario:
 
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario("1k", "GET /1k.bin: per-request overhead, tiny body", path="/1k.bin"),
+    Scenario("1k-unique", "GET /1k.bin?n=<counter>: no two requests alike, none replayed",
+             path="/1k.bin", script="unique.lua"),
     Scenario("64k", "GET /64k.bin: a mid-size file", path="/64k.bin"),
     Scenario("1m", "GET /1m.bin: a large file", path="/1m.bin", connections=16),
     Scenario("256m", "GET /256m.bin: bulk transfer rate", path="/256m.bin", connections=4,

@@ -39,7 +39,9 @@ again, and re-checks precompressed siblings as it does once a second), or when a
 it depends on has changed, been replaced or left the open-file cache.  The server's
 once-a-second sweep drops stale entries, so the descriptor of a replaced file is not
 held open by an entry nobody asks for again.  The memo is bounded in entries and key
-size; when full it is emptied, which only costs rebuilds.
+size; when full it is emptied, which only costs rebuilds.  An answer is remembered
+the second time its request is seen (`lookup` says when), so traffic that never
+repeats pays for a set entry per request, not for a layout.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ __all__ = ["AnswerMemo"]
 
 MAX_ENTRIES = 256
 MAX_REQUEST_BYTES = 4096
+ASKED_ONCE_MAX = 4096          # hashes of requests seen once, waiting for a repeat
 # libuv polls again, without returning to the loop's idle phase, when one epoll_wait
 # fills its 1024-event array; under that many open connections it never can.
 TURN_SHARING_LIMIT = 900
@@ -72,7 +75,7 @@ class AnswerMemo:
     """request bytes → (stale-at time, files depended on, wire layout)."""
 
     __slots__ = ("cache", "enabled", "max_entries", "loop", "metrics", "_entries", "_files",
-                 "_seen", "replays")
+                 "_seen", "_asked_once", "replays")
 
     def __init__(self, cache: OpenFileCache, *, max_entries: int = MAX_ENTRIES) -> None:
         self.cache = cache
@@ -85,13 +88,29 @@ class AnswerMemo:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.metrics = METRICS
         self._seen: set[OpenFile] = set()
+        self._asked_once: set[int] = set()
         self.replays = 0
 
-    def lookup(self, request: bytes) -> Layout | None:
-        """The layout to send for this exact request, if its answer is still current."""
+    def lookup(self, request: bytes) -> Layout | bool:
+        """The layout to send for this exact request, if its answer is still current.
+
+        Otherwise whether the answer about to be built is worth remembering: only from
+        the second time a request is seen, so traffic that never repeats (a changing
+        query string or cookie) costs a set entry per request, not a layout.  The
+        hash is the one the dictionary lookup has just computed (bytes keep theirs).
+        """
         entry = self._entries.get(request)
         if entry is None:
-            return None
+            if not self.enabled:
+                return False
+            key = hash(request)
+            asked = self._asked_once
+            if key in asked:
+                return True
+            if len(asked) >= ASKED_ONCE_MAX:
+                asked.clear()
+            asked.add(key)
+            return False
         if time() < entry[0]:         # its Date line is still this second's
             files = self._files
             seen = self._seen
@@ -119,8 +138,8 @@ class AnswerMemo:
             else:
                 self.replays += 1
                 return entry[2]
-        del self._entries[request]
-        return None
+        # Stale: the full path's answer will overwrite it (or the sweep drops it).
+        return True
 
     def store(self, request: bytes, message: Message, stale_at: float,
               transmitter: SocketTransmitter) -> None:
@@ -132,7 +151,7 @@ class AnswerMemo:
         if not self.enabled or len(request) > MAX_REQUEST_BYTES or depends_on is None:
             return
         entries = self._entries
-        if len(entries) >= self.max_entries:
+        if request not in entries and len(entries) >= self.max_entries:
             entries.clear()
         checks = tuple((f, os.fsencode(f.path)) for f in depends_on)
         entries[request] = (stale_at, checks, transmitter.lay_out(message))
@@ -146,6 +165,7 @@ class AnswerMemo:
 
     def reset(self, *, enabled: bool) -> None:
         self._entries.clear()
+        self._asked_once.clear()
         self.enabled = enabled
 
     def __len__(self) -> int:

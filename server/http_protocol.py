@@ -122,6 +122,7 @@ class HttpSession:
         # driver, whose transmitter the layouts are made for (answer_memo.py).
         self.memo: AnswerMemo | None = None
         self._memo_candidate: tuple[Message, float] | None = None
+        self._remembering = False         # this read's answer is to be remembered
 
     # -- input -------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
@@ -135,7 +136,7 @@ class HttpSession:
                    and not self.draining)
         if at_rest:
             layout = memo.lookup(data)
-            if layout is not None:
+            if layout.__class__ is tuple:
                 outstanding = self.transmitter.outstanding
                 if not outstanding or (outstanding <= self._budget and not self.ctx.ledger.full):
                     # A byte-identical repeat of a static request whose files have not
@@ -144,6 +145,9 @@ class HttpSession:
                     self._metrics.responses_total += 1
                     self.transmitter.replay(layout)
                     return
+                layout = False
+            # Else lookup said whether this request is worth remembering (asked before).
+            self._remembering = layout
             started = self.requests_started
             self._memo_candidate = None
         try:
@@ -171,8 +175,10 @@ class HttpSession:
             self._reject(400, f"malformed request ({exc})")
         self._dispatch()
         self.transmitter.flush()
-        if at_rest and self._memo_candidate is not None:
-            self._remember(data, started)
+        if at_rest:
+            self._remembering = False
+            if self._memo_candidate is not None:
+                self._remember(data, started)
 
     def _remember(self, data: bytes, started: int) -> None:
         """Keep the answer just sent for replay, if `data` was that one request, whole."""
@@ -394,7 +400,7 @@ class HttpSession:
             stack.append(date + b"Connection: close\r\n")
         else:
             stack.append(date + b"Connection: keep-alive\r\n" if version == "1.0" else date)
-            if msg.depends_on is not None and self.memo is not None \
+            if self._remembering and msg.depends_on is not None \
                     and request.body_stream is None:
                 self._memo_candidate = (msg, DATE.until)
         status = msg.status
