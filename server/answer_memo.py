@@ -74,11 +74,10 @@ _stat = os.stat
 class AnswerMemo:
     """request bytes → (stale-at time, files depended on, wire layout)."""
 
-    __slots__ = ("cache", "enabled", "max_entries", "loop", "metrics", "_entries", "_files",
+    __slots__ = ("enabled", "max_entries", "loop", "metrics", "_entries", "_files",
                  "_seen", "_asked_once", "replays")
 
     def __init__(self, cache: OpenFileCache, *, max_entries: int = MAX_ENTRIES) -> None:
-        self.cache = cache
         self._files = cache.by_path
         self.enabled = True
         self.max_entries = max_entries
