@@ -8,9 +8,7 @@ the server cancels the generator, and its `finally` would run.
 import asyncio
 import time
 
-from server import route
-from server.http_errors import HTTPError
-from server.sse import Event, sse_response
+from server import Event, HTTPError, route, sse_response
 
 
 @route("/clock")

@@ -9,9 +9,7 @@ kernel in the same writev as the header lines; no file byte passes through Pytho
 
 from pathlib import Path
 
-from server import route
-from server.file_response import file_region, gather_response
-from server.http_errors import HTTPError
+from server import HTTPError, file_region, gather_response, route
 
 BUNDLED_SITE = Path(__file__).resolve().parent.parent / "static"
 PARTS = ("style.css", "index.html")

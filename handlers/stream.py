@@ -6,8 +6,7 @@ as soon as it is produced, and the session waits while the client is slow to rea
 
 import asyncio
 
-from server import route
-from server.responses import StreamResponse
+from server import StreamResponse, route
 
 
 @route("/count/{n:int}")

@@ -20,11 +20,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from server import route
-from server.file_response import file_response
-from server.hooks import on_shutdown
-from server.http_errors import HTTPError
-from server.uploads import save_upload, upload_path
+from server import HTTPError, file_response, on_shutdown, route, save_upload, upload_path
 
 
 def upload_directory(app):

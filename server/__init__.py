@@ -1,26 +1,49 @@
 """pageloan: a minimal-copy HTTP/1.1 file and handler server on uvloop + httptools.
 
-The public API handlers use is re-exported here (`from server import route`).
+This namespace is the public handler API: a handler module imports what it needs
+from here (`from server import route, Request, json_response`) and never from the
+layer packages, whose insides may change.  The layers themselves (docs/design.md):
+
+    server.core       Message, loans, transmitter, open-file cache, receive, fan-out
+    server.http       HTTP/1.1 sessions, requests, responses, the listening server
+    server.static     a directory served the way nginx serves it
+    server.framework  routing, hooks, handler results, loader, uploads, SSE
+    server.ftp        bulk mode for stock FTP clients (on server.core only)
+    server.cli        the `pageloan` command; server.config puts the options together
 """
 
-from .message import FileRegion, Message
-from .request import Request
-from .responses import (
+from .core.message import FileRegion, Message
+from .framework.hooks import (
+    add_header,
+    after_request,
+    before_request,
+    error_handler,
+    middleware,
+    on_shutdown,
+    on_startup,
+)
+from .framework.routing import Mount, Route, add_converter, mount, route
+from .framework.sse import Event, sse_response
+from .framework.uploads import save_upload, upload_path
+from .http.errors import HTTPError
+from .http.request import BadRequest, BodyTooLarge, Headers, Request
+from .http.responses import (
     StreamResponse,
     bytes_response,
+    empty_response,
     error_response,
     json_response,
+    message_response,
     redirect_response,
     text_response,
 )
+from .static.file_response import file_region, file_response, gather_response, open_file
 
 __all__ = [
-    "FileRegion", "Message", "Request", "StreamResponse", "bytes_response",
-    "error_response", "json_response", "redirect_response", "text_response",
+    "BadRequest", "BodyTooLarge", "Event", "FileRegion", "HTTPError", "Headers", "Message",
+    "Mount", "Request", "Route", "StreamResponse", "add_converter", "add_header",
+    "after_request", "before_request", "bytes_response", "empty_response", "error_handler",
+    "error_response", "file_region", "file_response", "gather_response", "json_response",
+    "message_response", "middleware", "mount", "on_shutdown", "on_startup", "open_file",
+    "redirect_response", "route", "save_upload", "sse_response", "text_response", "upload_path",
 ]
-
-try:  # the handler framework (routing) is optional at this layer
-    from .routing import route  # noqa: F401
-    __all__.append("route")
-except ImportError:
-    pass

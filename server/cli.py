@@ -20,31 +20,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .config import ServerConfig
+from .config import Config, config_from_args
+from .framework.build import build_application
+from .ftp import add_ftp_arguments, start_ftp
+from .http.config import ServerConfig
+from .http.server import Server
+from .static.options import StaticOptions, add_static_arguments
 
 __all__ = ["main", "build_parser", "config_from_args", "run_worker"]
 
 log = logging.getLogger("pageloan")
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-
-
-def _bundled(name: str) -> Path:
-    """The bundled `static/` or `handlers/`: beside the package (a checkout or an
-    editable install), else where a wheel install put its data files."""
-    beside = PACKAGE_DIR.parent / name
-    if beside.is_dir():
-        return beside
-    installed = Path(sys.prefix) / "share" / "pageloan" / name
-    return installed if installed.is_dir() else beside
-
-
-BUNDLED_STATIC = _bundled("static")
-BUNDLED_HANDLERS = _bundled("handlers")
-
-# Other modules add their own options here (name → add_arguments(parser)); kept as a
-# list so a capability can plug in without this file knowing its flags.
-_OPTION_PROVIDERS: list[Callable[[argparse.ArgumentParser], None]] = []
+# Each layer adds its own `serve` flags, so this file does not know their meaning.
+OPTION_PROVIDERS: list[Callable[[argparse.ArgumentParser], None]] = [
+    add_static_arguments, add_ftp_arguments]
 
 
 def _size(text: str) -> int:
@@ -86,60 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     tuning.add_argument("--sendfile-step", type=_size, default=ServerConfig.sendfile_step)
     tuning.add_argument("--gather-max", type=_size, default=ServerConfig.gather_max,
                         help="file regions up to this size leave as mmap windows in the header's writev")
-    tuning.add_argument("--map-max", type=_size, default=ServerConfig.map_max,
+    tuning.add_argument("--map-max", type=_size, default=StaticOptions.map_max,
                         help="files up to this size are mapped, so their small ranges can be gathered")
     tuning.add_argument("--no-answer-memo", dest="answer_memo", action="store_false",
                         help="parse and build every request, even byte-identical repeats of static ones")
-    for provide in _option_providers():
+    for provide in OPTION_PROVIDERS:
         provide(serve)
     sub.add_parser("hash-password", help="read a password on stdin, print a hash for --ftp-users")
     return parser
-
-
-def _option_providers() -> list[Callable[[argparse.ArgumentParser], None]]:
-    providers = list(_OPTION_PROVIDERS)
-    try:
-        from .static_options import add_static_arguments
-        providers.append(add_static_arguments)
-    except ImportError:
-        pass
-    try:
-        from .ftp import add_ftp_arguments
-        providers.append(add_ftp_arguments)
-    except ImportError:
-        pass
-    return providers
-
-
-def config_from_args(args: argparse.Namespace) -> ServerConfig:
-    root_given = args.root is not None
-    root = (args.root if root_given else BUNDLED_STATIC).resolve()
-    if not root.is_dir():
-        raise SystemExit(f"pageloan: {root} is not a directory")
-    handlers = args.handlers
-    if handlers is None and not root_given and BUNDLED_HANDLERS.is_dir():
-        handlers = BUNDLED_HANDLERS
-    if (args.tls_cert is None) != (args.tls_key is None):
-        raise SystemExit("pageloan: --tls-cert and --tls-key go together")
-    extra: dict[str, Any] = {"args": args}
-    if getattr(args, "ftp_port", None) is not None:
-        from .ftp import ftp_config_from_args
-        try:
-            extra["ftp"] = ftp_config_from_args(args, root)
-        except (OSError, ValueError) as exc:
-            raise SystemExit(f"pageloan: FTP: {exc}") from None
-    return ServerConfig(
-        root=root, host=args.host, port=args.port, workers=max(1, args.workers),
-        handlers=handlers, reload=args.reload, access_log=args.access_log,
-        metrics=args.metrics, debug=args.debug, tls_cert=args.tls_cert, tls_key=args.tls_key,
-        max_header_bytes=args.max_header_size, max_body_bytes=args.max_body_size,
-        max_connections=args.max_connections, header_timeout=args.header_timeout,
-        body_timeout=args.body_timeout, keepalive_timeout=args.keepalive_timeout,
-        drain_timeout=args.drain_timeout, connection_loan_budget=args.connection_loan_budget,
-        global_loan_budget=args.global_loan_budget, sendfile_step=args.sendfile_step,
-        gather_max=args.gather_max, map_max=args.map_max, answer_memo=args.answer_memo,
-        extra=extra,
-    )
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -150,31 +93,22 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def build_app(config: ServerConfig) -> Any:
-    """The application for this config: handler routes beside the static site."""
-    try:
-        from .framework import build_application
-    except ImportError:
-        from .app import Application
-        from .filecache import OpenFileCache
-        from .static import StaticSite
-        static = StaticSite(config.root, cache=OpenFileCache(map_max=config.map_max)) if config.root else None
-        return Application(static, metrics=config.metrics)
-    return build_application(config)
-
-
-def run_worker(config: ServerConfig, ready: Callable[[int], None] | None = None) -> int:
+def run_worker(config: Config, ready: Callable[[int], None] | None = None) -> int:
     """Serve in this process until SIGTERM/SIGINT; returns the exit status."""
-    from .server import Server
-
     loop = _new_loop()
     asyncio.set_event_loop(loop)
     try:
-        app = build_app(config)
+        app = build_application(config.app)
     except Exception as exc:  # noqa: BLE001 - a handler failing to import stops start-up
         log.error("pageloan: cannot start: %s", exc)
         return 2
-    server = Server(config, app, loop)
+    # A replayed answer builds no Request to log, so with an access log every
+    # request takes the full path; and a stat is shared within a loop turn only
+    # when HTTP is all this loop polls (static/answer_memo.py says why).
+    memo = app.answer_memo if config.server.access_log is None else None
+    if memo is not None:
+        memo.share_stats_on(loop if config.ftp is None else None)
+    server = Server(config.server, app, loop, replay=memo)
     stop = asyncio.Event()
     extras: list[Any] = []
 
@@ -185,9 +119,8 @@ def run_worker(config: ServerConfig, ready: Callable[[int], None] | None = None)
         if startup is not None:
             await startup()
         await server.start()
-        ftp_config = config.extra.get("ftp")
+        ftp_config = config.ftp
         if ftp_config is not None:
-            from .ftp import start_ftp
             service = await start_ftp(ftp_config)
             extras.append(service)
             log.info("pageloan: FTP on %s port %s", ftp_config.host, service.port)
@@ -203,9 +136,9 @@ def run_worker(config: ServerConfig, ready: Callable[[int], None] | None = None)
     # Everything built at start-up (modules, routes, caches) lives for the whole run:
     # move it out of the collector's generations so collections scan only request garbage.
     gc.freeze()
-    scheme = "https" if config.tls_cert else "http"
-    log.info("pageloan: serving %s on %s://%s:%d/ (pid %d)", config.root, scheme,
-             config.host, server.port, os.getpid())
+    scheme = "https" if config.server.tls_cert else "http"
+    log.info("pageloan: serving %s on %s://%s:%d/ (pid %d)", config.app.root, scheme,
+             config.server.host, server.port, os.getpid())
     if ready is not None:
         ready(server.port or 0)
 
@@ -227,15 +160,15 @@ def run_worker(config: ServerConfig, ready: Callable[[int], None] | None = None)
     return 0
 
 
-def run_workers(config: ServerConfig) -> int:
-    """Fork `config.workers` workers and keep that many alive until told to stop.
+def run_workers(config: Config) -> int:
+    """Fork `config.server.workers` workers and keep that many alive until told to stop.
 
     The application is built once here first, so a handler module that cannot be
     imported stops start-up with one clear message instead of a restart loop; a
     worker that exits with status 2 (cannot start) is not restarted either.
     """
     try:
-        build_app(config)
+        build_application(config.app)
     except Exception as exc:  # noqa: BLE001
         log.error("pageloan: cannot start: %s", exc)
         return 2
@@ -262,7 +195,7 @@ def run_workers(config: ServerConfig) -> int:
 
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
-    for slot in range(config.workers):
+    for slot in range(config.server.workers):
         spawn(slot)
     recent_deaths: list[float] = []
     while children:
@@ -284,7 +217,7 @@ def run_workers(config: ServerConfig) -> int:
         log.warning("pageloan: worker %d exited (%d); restarting", pid, code)
         now = time.monotonic()
         recent_deaths = [t for t in recent_deaths if now - t < 10] + [now]
-        if len(recent_deaths) > 5 * config.workers:
+        if len(recent_deaths) > 5 * config.server.workers:
             log.error("pageloan: workers keep dying; giving up")
             status_code = 1
             on_stop(signal.SIGTERM, None)
@@ -297,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "hash-password":
-        from .passwords import main as hash_main
+        from .core.passwords import main as hash_main
         return hash_main() or 0
     if args.command != "serve":
         parser.print_help()
@@ -305,14 +238,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     config = config_from_args(args)
-    if config.access_log:
+    access_log = config.server.access_log
+    if access_log:
         access = logging.getLogger("pageloan.access")
         access.propagate = False
-        handler = logging.StreamHandler(sys.stdout) if config.access_log == "-" \
-            else logging.FileHandler(config.access_log)
+        handler = logging.StreamHandler(sys.stdout) if access_log == "-" \
+            else logging.FileHandler(access_log)
         handler.setFormatter(logging.Formatter("%(message)s"))
         access.addHandler(handler)
         access.setLevel(logging.INFO)
-    if config.workers > 1:
+    if config.server.workers > 1:
         return run_workers(config)
     return run_worker(config)

@@ -1,49 +1,78 @@
-"""Server configuration: one dataclass, filled by the CLI or by tests.
+"""The whole configuration of one `pageloan serve`: each layer's typed options together.
 
-Defaults are what a production user would expect with no flags: limits modelled on
-nginx's (header block 32 KiB, body 64 MiB — larger than nginx's 1 MiB because
-pageloan is also an upload target), timeouts short enough to shed slowloris
-clients, loan budgets that keep pinned memory bounded.
+Theory of operation: every layer owns the options it understands — the HTTP
+server's `ServerConfig`, the static site's `StaticOptions`, the framework's
+`AppOptions`, FTP's `FtpConfig` — and adds its own flags to the `serve` command.
+This module is the one place that knows them all: `config_from_args` turns the
+parsed command line into a `Config`, checking what concerns more than one layer
+(the root, the bundled site and handlers, TLS files) and naming the option at fault
+when something is wrong.
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-__all__ = ["ServerConfig"]
+from .framework.build import AppOptions
+from .ftp import FtpConfig, ftp_config_from_args
+from .http.config import ServerConfig
+from .static.options import static_options_from_args
+
+__all__ = ["BUNDLED_HANDLERS", "BUNDLED_STATIC", "Config", "config_from_args"]
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _bundled(name: str) -> Path:
+    """The bundled `static/` or `handlers/`: beside the package (a checkout or an
+    editable install), else where a wheel install put its data files."""
+    beside = PACKAGE_DIR.parent / name
+    if beside.is_dir():
+        return beside
+    installed = Path(sys.prefix) / "share" / "pageloan" / name
+    return installed if installed.is_dir() else beside
+
+
+BUNDLED_STATIC = _bundled("static")
+BUNDLED_HANDLERS = _bundled("handlers")
 
 
 @dataclass
-class ServerConfig:
-    root: Path | None = None           # static root; None → bundled static/
-    host: str = "127.0.0.1"
-    port: int = 8080
-    workers: int = 1
-    handlers: Path | None = None       # drop-in handler directory
-    # limits
-    max_header_bytes: int = 32 << 10   # request line + header block → 431 / 414
-    max_body_bytes: int = 64 << 20     # → 413
-    max_connections: int = 4096        # beyond → 503 and close
-    header_timeout: float = 10.0       # first byte of a request → end of its head (slowloris)
-    body_timeout: float = 60.0         # silence while a request body is still owed
-    keepalive_timeout: float = 30.0    # idle between requests
-    send_timeout: float = 60.0         # no progress while the client does not read
-    drain_timeout: float = 30.0        # SIGTERM: how long in-flight responses may take
-    # loans (DESIGN.md rule 4)
-    connection_loan_budget: int = 4 << 20
-    global_loan_budget: int = 64 << 20
-    # send path tuning (chosen by measurement, see loadtest/)
-    sendfile_step: int = 2 << 20
-    gather_max: int = 64 << 10        # regions up to this size leave as mmap windows in a writev
-    map_max: int = 16 << 20           # files up to this size are mapped (so small ranges gather)
-    answer_memo: bool = True          # replay static answers to byte-identical requests
-    # features
-    access_log: str | None = None      # "-" for stdout, or a file path
-    metrics: bool = False              # GET /metrics
-    debug: bool = False                # tracebacks to the client on 500
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    reload: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)   # options owned by other modules
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    app: AppOptions = field(default_factory=AppOptions)
+    ftp: FtpConfig | None = None
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The Config the `serve` flags describe; SystemExit naming the option at fault."""
+    root_given = args.root is not None
+    root = (args.root if root_given else BUNDLED_STATIC).resolve()
+    if not root.is_dir():
+        raise SystemExit(f"pageloan: {root} is not a directory")
+    handlers = args.handlers
+    if handlers is None and not root_given and BUNDLED_HANDLERS.is_dir():
+        handlers = BUNDLED_HANDLERS
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise SystemExit("pageloan: --tls-cert and --tls-key go together")
+    ftp = None
+    if getattr(args, "ftp_port", None) is not None:
+        try:
+            ftp = ftp_config_from_args(args, root)
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"pageloan: FTP: {exc}") from None
+    server = ServerConfig(
+        host=args.host, port=args.port, workers=max(1, args.workers),
+        access_log=args.access_log, debug=args.debug, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        max_header_bytes=args.max_header_size, max_body_bytes=args.max_body_size,
+        max_connections=args.max_connections, header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout, keepalive_timeout=args.keepalive_timeout,
+        drain_timeout=args.drain_timeout, connection_loan_budget=args.connection_loan_budget,
+        global_loan_budget=args.global_loan_budget, sendfile_step=args.sendfile_step,
+        gather_max=args.gather_max)
+    app = AppOptions(root=root, static=static_options_from_args(args), handlers=handlers,
+                     reload=args.reload, metrics=args.metrics, debug=args.debug)
+    return Config(server=server, app=app, ftp=ftp)

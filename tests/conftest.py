@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 
-from server.app import Application
-from server.config import ServerConfig
-from server.filecache import OpenFileCache
-from server.server import Server
-from server.static import StaticSite
+from server.core.filecache import OpenFileCache
+from server.framework.application import Application
+from server.http.config import ServerConfig
+from server.http.server import Server
+from server.static.options import StaticOptions
+from server.static.site import StaticSite
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -43,11 +44,12 @@ async def serve() -> Any:
     started: list[Server] = []
 
     async def start(app: Callable | None = None, root: Path | None = None, **options: Any) -> Running:
-        config = ServerConfig(host="127.0.0.1", port=0, root=root, **options)
+        map_max = options.pop("map_max", StaticOptions.map_max)
+        config = ServerConfig(host="127.0.0.1", port=0, **options)
         if app is None:
-            static = StaticSite(root, cache=OpenFileCache(map_max=config.map_max)) if root else None
+            static = StaticSite(root, cache=OpenFileCache(map_max=map_max)) if root else None
             app = Application(static)
-        server = Server(config, app, asyncio.get_running_loop())
+        server = make_server(config, app, asyncio.get_running_loop())
         await server.start()
         started.append(server)
         return Running(server)
@@ -55,6 +57,16 @@ async def serve() -> Any:
     yield start
     for server in started:
         await server.close()
+
+
+def make_server(config: ServerConfig, app: Any, loop: asyncio.AbstractEventLoop) -> Server:
+    """A Server for `app`, replaying its static answers as `pageloan serve` does."""
+    memo = getattr(app, "answer_memo", None)
+    if memo is not None and config.access_log is None:
+        memo.share_stats_on(loop)
+    else:
+        memo = None
+    return Server(config, app, loop, replay=memo)
 
 
 def free_port() -> int:

@@ -19,8 +19,7 @@ from typing import Any
 
 import pytest
 
-from server.config import ServerConfig
-from server.framework import build_application
+from server.framework.build import AppOptions, build_application
 
 __all__ = ["Reply", "fetch", "fetch_on", "handler_site", "Site", "write_modules", "raw_request"]
 
@@ -113,7 +112,9 @@ async def handler_site(serve: Any, tmp_path: Path) -> Any:
         nonlocal count
         count += 1
         directory = write_modules(directory or tmp_path / f"handlers{count}", modules or {})
-        config = ServerConfig(host="127.0.0.1", port=0, root=root, handlers=directory, **options)
+        app_options = {k: options.pop(k) for k in ("metrics", "reload") if k in options}
+        config = AppOptions(root=root, handlers=directory, debug=options.get("debug", False),
+                            **app_options)
         app = build_application(config)
         running = await serve(app=app, root=root, **options)
         await app.startup()

@@ -18,11 +18,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from server.app import Application
-from server.config import ServerConfig
-from server.filecache import OpenFileCache
-from server.server import Server
-from server.static import StaticSite
+from conftest import make_server
+
+from server.core.filecache import OpenFileCache
+from server.framework.application import Application
+from server.http.config import ServerConfig
+from server.static.site import StaticSite
 
 __all__ = ["ThreadedServer", "serve_site", "RawClient", "Response", "fetch"]
 
@@ -42,7 +43,7 @@ class ThreadedServer:
         self.config = ServerConfig(host="127.0.0.1", port=0, **config)
         self.app = app
         self.loop = _new_loop()
-        self.server = Server(self.config, app, self.loop)
+        self.server = make_server(self.config, app, self.loop)
         self._thread = threading.Thread(target=self.loop.run_forever, name="pageloan-test", daemon=True)
         self.port = 0
 
@@ -69,7 +70,7 @@ def serve_site(root: Path, **site_options: Any) -> Iterator[ThreadedServer]:
     gather_max = site_options.pop("gather_max", ServerConfig.gather_max)
     cache = site_options.pop("cache", None) or OpenFileCache(map_max=gather_max)
     site = StaticSite(root, cache=cache, **site_options)
-    running = ThreadedServer(Application(site), root=root, gather_max=gather_max).start()
+    running = ThreadedServer(Application(site), gather_max=gather_max).start()
     running.site = site  # type: ignore[attr-defined]
     try:
         yield running

@@ -22,14 +22,14 @@ import pytest
 from handler_fixtures import fetch_on
 from static_fixtures import RawClient, ThreadedServer, serve_site
 
-from server.app import Application
-from server.filecache import OpenFileCache
-from server.loans import LoanLedger
-from server.message import Message
-from server.metrics import Metrics
-from server.routing import Route, Router
-from server.static import StaticSite
-from server.transmitter import SocketTransmitter
+from server.core.filecache import OpenFileCache
+from server.core.loans import LoanLedger
+from server.core.message import Message
+from server.core.metrics import Metrics
+from server.core.transmitter import SocketTransmitter
+from server.framework.application import Application
+from server.framework.routing import Route, Router
+from server.static.site import StaticSite
 
 SMALL = bytes(range(256)) * 40          # 10 KiB: mapped, gathered with its head
 
@@ -163,7 +163,7 @@ def test_connection_close_is_honoured_on_a_repeat(root):
 def test_no_replay_when_an_access_log_is_written(root, caplog):
     site = StaticSite(root, cache=OpenFileCache())
     app = Application(site)
-    running = ThreadedServer(app, root=root, access_log="-").start()
+    running = ThreadedServer(app, access_log="-").start()
     try:
         with caplog.at_level(logging.INFO, logger="pageloan.access"), RawClient(running.port) as c:
             for _ in range(4):
@@ -175,7 +175,7 @@ def test_no_replay_when_an_access_log_is_written(root, caplog):
 
 
 HOOKED = '''
-from server.hooks import before_request
+from server.framework.hooks import before_request
 
 SEEN = []
 
@@ -187,7 +187,7 @@ def count(request):
 HANDLERS = '''
 import os
 from server import route
-from server.file_response import file_response
+from server.static.file_response import file_response
 
 CALLS = []
 
@@ -233,7 +233,7 @@ async def test_handler_answers_are_never_replayed(handler_site, root):
 def test_new_routes_forget_replayed_answers(root):
     site = StaticSite(root, cache=OpenFileCache())
     app = Application(site)
-    running = ThreadedServer(app, root=root).start()
+    running = ThreadedServer(app).start()
     try:
         with RawClient(running.port) as c:
             for _ in range(3):
@@ -314,19 +314,20 @@ def test_rename_under_load_is_seen_by_the_next_request(root):
 
 
 def test_no_answer_memo_option_answers_every_request_in_full(root):
-    from server.cli import build_parser, config_from_args
+    from server.cli import build_parser
+    from server.config import config_from_args
 
     parser = build_parser()
-    assert config_from_args(parser.parse_args(["serve", str(root)])).answer_memo is True
+    assert config_from_args(parser.parse_args(["serve", str(root)])).app.static.answer_memo is True
     config = config_from_args(parser.parse_args(["serve", str(root), "--no-answer-memo"]))
-    assert config.answer_memo is False
+    assert config.app.static.answer_memo is False
     site = StaticSite(root, cache=OpenFileCache())
-    app = Application(site)
-    running = ThreadedServer(app, root=root, answer_memo=False).start()
+    app = Application(site, answer_memo=False)
+    running = ThreadedServer(app).start()
     try:
         with RawClient(running.port) as c:
             for _ in range(4):
                 assert c.request("GET", "/a.txt").body == b"hello\n"
-        assert app.answer_memo.replays == 0 and len(app.answer_memo) == 0
+        assert app.answer_memo is None
     finally:
         running.stop()

@@ -11,8 +11,8 @@ import time
 import pytest
 from static_fixtures import RawClient, serve_site
 
-from server.byteranges import MAX_RANGES, UNSATISFIABLE, coalesce, multipart_slices, parse_range
-from server.message import FileRegion
+from server.core.message import FileRegion
+from server.static.byteranges import MAX_RANGES, UNSATISFIABLE, coalesce, multipart_slices, parse_range
 
 SMALL = os.urandom(10_000)                 # mapped: parts gathered from mmap windows
 LARGE = os.urandom(700_000)                # above gather_max: parts sent by sendfile

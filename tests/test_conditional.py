@@ -7,7 +7,7 @@ from email.utils import formatdate
 import pytest
 from static_fixtures import RawClient, serve_site
 
-from server.conditional import entity_tags, evaluate, if_range_holds, parse_http_date
+from server.static.conditional import entity_tags, evaluate, if_range_holds, parse_http_date
 
 BODY = bytes(range(256)) * 40
 

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from server.fanout import Channel, SlowReader
-from server.responses import StreamResponse
+from server.core.fanout import Channel, SlowReader
+from server.http.responses import StreamResponse
 
 
 async def test_every_reader_gets_the_same_object_not_a_copy():

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from server.filecache import OpenFile, OpenFileCache
+from server.core.filecache import OpenFile, OpenFileCache
 
 
 @pytest.fixture
@@ -114,8 +114,8 @@ def test_replaced_file_descriptor_closes_without_the_garbage_collector(tmp_path)
     """Answers cached on an OpenFile must not form a cycle that keeps the old fd open."""
     import gc
 
-    from server.request import Request
-    from server.static import StaticSite
+    from server.http.request import Request
+    from server.static.site import StaticSite
 
     path = tmp_path / "a.txt"
     path.write_bytes(b"x" * 5000)

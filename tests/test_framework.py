@@ -18,21 +18,21 @@ import handler_fixtures
 import pytest
 from handler_fixtures import raw_request
 
-from server.app import Application
-from server.handler_results import to_response
-from server.message import FileRegion, Message
-from server.registry import Registry
-from server.request import Request
-from server.responses import StreamResponse
-from server.routing import Route
+from server.core.message import FileRegion, Message
+from server.framework.application import Application
+from server.framework.registry import Registry
+from server.framework.results import to_response
+from server.framework.routing import Route
+from server.http.request import Request
+from server.http.responses import StreamResponse
 
 # -- what a handler may return -------------------------------------------------------------
 
 RETURNS = '''
 from server import route
-from server.responses import redirect_response, text_response
-from server.message import Message
-from server.wire import header_block
+from server.http.responses import redirect_response, text_response
+from server.core.message import Message
+from server.http.wire import header_block
 
 @route("/json-list")
 def json_list(request):
@@ -227,9 +227,9 @@ async def test_bad_json_is_400_and_body_limit_is_413(handler_site):
 
 HOOKS = '''
 from server import route
-from server.hooks import (after_request, add_header, before_request, error_handler, middleware,
+from server.framework.hooks import (after_request, add_header, before_request, error_handler, middleware,
                           on_shutdown, on_startup)
-from server.http_errors import HTTPError
+from server.http.errors import HTTPError
 
 EVENTS = []
 
@@ -362,7 +362,7 @@ async def test_debug_shows_the_traceback(handler_site):
 FILES = '''
 from pathlib import Path
 from server import route
-from server.file_response import file_region, file_response, gather_response
+from server.static.file_response import file_region, file_response, gather_response
 
 HERE = Path(__file__).parent
 
@@ -413,7 +413,7 @@ async def test_gather_response_sends_slices_in_order(handler_site, tmp_path: Pat
 
 
 def test_gather_response_refuses_mutable_slices():
-    from server.file_response import gather_response
+    from server.static.file_response import gather_response
     with pytest.raises(TypeError):
         gather_response([bytearray(b"mutable")])
     assert isinstance(gather_response([b"a", FileRegion(0, 0, 0)]).payload[1], FileRegion)
@@ -424,7 +424,7 @@ def test_gather_response_refuses_mutable_slices():
 STREAMING = '''
 import asyncio
 from server import route
-from server.responses import StreamResponse
+from server.http.responses import StreamResponse
 
 @route("/numbers/{n:int}")
 def numbers(request, n):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from server.core.passwords import hash_password
 from server.ftp import accounts
 from server.ftp.accounts import Account, authenticate
-from server.passwords import hash_password
 
 
 async def test_repeat_login_skips_scrypt_but_wrong_password_does_not(monkeypatch):

@@ -47,7 +47,7 @@ def partial_files(root: Path) -> list[str]:
 
 def users_file(path: Path, users: dict[str, str]) -> Path:
     """An accounts file where every user has PASSWORD; users maps name → perms."""
-    from server.passwords import hash_password
+    from server.core.passwords import hash_password
     hashed = hash_password(PASSWORD)
     path.write_text("# test accounts\n" + "".join(f"{n}:{hashed}:{p}\n" for n, p in users.items()))
     return path
@@ -190,8 +190,8 @@ def make_accounts() -> dict:
     """alice (rw) and bob (r), both with PASSWORD; hashed once per test run."""
     global _ACCOUNTS
     if _ACCOUNTS is None:
+        from server.core.passwords import hash_password
         from server.ftp.accounts import Account
-        from server.passwords import hash_password
         hashed = hash_password(PASSWORD)
         _ACCOUNTS = {"alice": Account("alice", True, hashed), "bob": Account("bob", False, hashed)}
     return _ACCOUNTS

@@ -25,9 +25,8 @@ import handler_fixtures
 import pytest
 from handler_fixtures import fetch_on, write_modules
 
-from server.config import ServerConfig
-from server.framework import build_application
-from server.handler_loader import PACKAGE_PREFIX, HandlerLoadError
+from server.framework.build import AppOptions, build_application
+from server.framework.loader import PACKAGE_PREFIX, HandlerLoadError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -53,7 +52,7 @@ async def test_the_contract_verbatim(handler_site):
 
 async def test_route_table_and_decorators_both_register(handler_site):
     module = '''
-    from server.routing import Route
+    from server.framework.routing import Route
 
     def listing(request):
         return ["a", "b"]
@@ -112,7 +111,7 @@ def test_broken_module_refuses_to_build(tmp_path: Path):
         "broken.py": "from server import route\nVALUE = 1 / 0\n",
     })
     with pytest.raises(HandlerLoadError) as caught:
-        build_application(ServerConfig(handlers=directory))
+        build_application(AppOptions(handlers=directory))
     message = str(caught.value)
     assert "broken.py" in message and "ZeroDivisionError" in message and "Traceback" in message
 
@@ -121,7 +120,7 @@ def test_routes_clashing_across_modules_refuse_to_build(tmp_path: Path):
     source = "from server import route\n@route('/same')\ndef same(request):\n    return 'x'\n"
     directory = write_modules(tmp_path / "h", {"a.py": source, "b.py": source})
     with pytest.raises(HandlerLoadError, match="already routed"):
-        build_application(ServerConfig(handlers=directory))
+        build_application(AppOptions(handlers=directory))
 
 
 def _serve_command(root: Path, handlers: Path, port: int, *extra: str) -> list[str]:
@@ -247,12 +246,12 @@ async def test_bundled_examples_load(handler_site):
 
 def _build_reloadable(tmp_path: Path, modules: dict[str, str]):
     directory = write_modules(tmp_path / "live", modules)
-    app = build_application(ServerConfig(handlers=directory, reload=True))
+    app = build_application(AppOptions(handlers=directory, reload=True))
     return directory, app
 
 
 async def _get_json(app, path: str):
-    from server.request import Request
+    from server.http.request import Request
     answer = app(Request("GET", path.encode(), "1.1", [], True, None, None))
     if inspect.isawaitable(answer):
         answer = await answer
@@ -261,7 +260,7 @@ async def _get_json(app, path: str):
 
 LIVE = '''
 from server import route
-from server.hooks import on_shutdown, on_startup
+from server.framework.hooks import on_shutdown, on_startup
 from ._helper import VALUE
 
 @on_startup

@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from server.app import Application
-from server.message import Message
-from server.responses import json_response, text_response
-from server.static import StaticSite
+from server.core.message import Message
+from server.framework.application import Application
+from server.http.responses import json_response, text_response
+from server.static.site import StaticSite
 
 
 def echo_app():
@@ -295,9 +295,9 @@ def test_stdlib_http_client_sees_a_valid_response(tmp_path):
     (tmp_path / "index.html").write_text("<p>hi</p>")
 
     async def main():
-        from server.config import ServerConfig
-        from server.server import Server
-        config = ServerConfig(port=0, root=tmp_path)
+        from server.http.config import ServerConfig
+        from server.http.server import Server
+        config = ServerConfig(port=0)
         server = Server(config, Application(StaticSite(tmp_path)), asyncio.get_running_loop())
         await server.start()
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from server import passwords
-from server.passwords import hash_password, verify_password
+from server.core import passwords
+from server.core.passwords import hash_password, verify_password
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -63,7 +63,7 @@ def test_comparison_is_constant_time(monkeypatch):
 
 
 def _hash_password_cli(stdin: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "server.passwords"], input=stdin, cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "server.core.passwords"], input=stdin, cwd=REPO,
                           capture_output=True, text=True, timeout=30)
 
 

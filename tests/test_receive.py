@@ -15,8 +15,8 @@ import struct
 
 import pytest
 
-from server import receive
-from server.receive import IncompleteReceive, ResumeOffsetError, is_partial_name, receive_to_file
+from server.core import receive
+from server.core.receive import IncompleteReceive, ResumeOffsetError, is_partial_name, receive_to_file
 
 MOVERS = pytest.mark.parametrize("use_splice", [True, False], ids=["splice", "buffer"])
 

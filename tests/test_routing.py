@@ -13,7 +13,7 @@ from pathlib import Path
 import handler_fixtures
 import pytest
 
-from server.routing import Route, RouteConflict, Router, add_converter
+from server.framework.routing import Route, RouteConflict, Router, add_converter
 
 handler_site = handler_fixtures.handler_site   # the fixture
 
@@ -213,7 +213,7 @@ async def test_404_405_allow_and_head_over_sockets(handler_site, tmp_path: Path)
 MOUNT_MODULE = """
 from pathlib import Path
 from server import route
-from server.routing import mount
+from server.framework.routing import mount
 
 mount("/assets", Path(__file__).parent / "assets")
 

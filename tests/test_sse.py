@@ -13,7 +13,7 @@ from pathlib import Path
 import handler_fixtures
 import pytest
 
-from server.sse import HEARTBEAT, Event, encode_event
+from server.framework.sse import HEARTBEAT, Event, encode_event
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -109,7 +109,7 @@ async def test_clock_example_streams_events(handler_site):
 SSE_MODULE = '''
 import asyncio
 from server import route
-from server.sse import Event, sse_response
+from server.framework.sse import Event, sse_response
 
 STATE = {"closed": 0}
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from static_fixtures import RawClient, fetch, serve_site
 
-from server.cache_policy import CacheControlRules
+from server.static.cache_policy import CacheControlRules
 
 SMALL = os.urandom(64 << 10)
 LARGE = os.urandom(600 << 10)          # above the 256 KiB gather limit: sent by sendfile
@@ -447,10 +447,10 @@ def test_other_methods_are_not_static(client):
 def test_serve_file_api(root, tmp_path):
     from static_fixtures import ThreadedServer
 
-    from server.app import Application
-    from server.filecache import OpenFileCache
-    from server.request import Request
-    from server.static import StaticSite
+    from server.core.filecache import OpenFileCache
+    from server.framework.application import Application
+    from server.http.request import Request
+    from server.static.site import StaticSite
 
     elsewhere = tmp_path / "report.csv"
     elsewhere.write_bytes(b"a,b\n1,2\n")
@@ -462,7 +462,7 @@ def test_serve_file_api(root, tmp_path):
             return site.serve_file(request, elsewhere, "/report.csv")
         return app(request)
 
-    running = ThreadedServer(handler_like, root=root).start()
+    running = ThreadedServer(handler_like).start()
     try:
         with RawClient(running.port) as c:
             r = c.request("GET", "/report")

@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from server.cache_policy import CacheControlRules, parse_rule
-from server.cli import build_parser, config_from_args
-from server.config import ServerConfig
-from server.static_options import add_static_arguments, static_site_from_config
+from server.cli import build_parser
+from server.config import config_from_args
+from server.static.cache_policy import CacheControlRules, parse_rule
+from server.static.options import StaticOptions, add_static_arguments, static_site
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def test_defaults_from_plain_config(tmp_path):
-    site = static_site_from_config(ServerConfig(root=tmp_path, map_max=4096))
+    site = static_site(tmp_path, StaticOptions(map_max=4096))
     assert not site.autoindex and not site.follow_symlinks and not site.show_dotfiles
     assert site.precompressed
     assert site.cache.map_max == 4096 and site.cache.max_entries == 1024
@@ -32,7 +32,8 @@ def test_flags_reach_the_site(tmp_path):
         "--no-precompressed", "--open-file-cache", "77",
         "--cache-control", "/assets/*=max-age=31536000, immutable", "--cache-control", "*.txt=",
     ])
-    site = static_site_from_config(config_from_args(args))
+    config = config_from_args(args)
+    site = static_site(config.app.root, config.app.static)
     assert site.autoindex and site.follow_symlinks and site.show_dotfiles and not site.precompressed
     assert site.cache.max_entries == 77
     rules = site.cache_control
@@ -71,7 +72,7 @@ def test_help_lists_flags():
 
 def test_cli_fallback_constructor_still_works(tmp_path):
     # server/cli.py's fallback build_app constructs StaticSite(root, cache=OpenFileCache(map_max=...)).
-    from server.filecache import OpenFileCache
-    from server.static import StaticSite
+    from server.core.filecache import OpenFileCache
+    from server.static.site import StaticSite
     site = StaticSite(tmp_path, cache=OpenFileCache(map_max=1234))
     assert site.cache.map_max == 1234 and site.precompressed

@@ -10,13 +10,13 @@ import socket
 
 import pytest
 
-from server.app import Application
-from server.filecache import OpenFile
-from server.loans import LoanLedger
-from server.message import FileRegion, Message
-from server.metrics import Metrics
-from server.responses import bytes_response
-from server.transmitter import SocketTransmitter, TruncatedFileError
+from server.core.filecache import OpenFile
+from server.core.loans import LoanLedger
+from server.core.message import FileRegion, Message
+from server.core.metrics import Metrics
+from server.core.transmitter import SocketTransmitter, TruncatedFileError
+from server.framework.application import Application
+from server.http.responses import bytes_response
 
 
 def make_file(path, size: int) -> bytes:
@@ -155,7 +155,7 @@ async def test_global_ledger_full_makes_connections_wait(serve):
 
 async def test_metrics_endpoint_reports_counters(serve, tmp_path):
     make_file(tmp_path / "m.bin", 5 << 20)
-    from server.static import StaticSite
+    from server.static.site import StaticSite
     srv = await serve(app=Application(StaticSite(tmp_path), metrics=True))
     await fetch(srv.host, srv.port, "/m.bin")
     head, body = await fetch(srv.host, srv.port, "/metrics")

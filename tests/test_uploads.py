@@ -16,9 +16,9 @@ import handler_fixtures
 import pytest
 from handler_fixtures import raw_request
 
-from server.http_errors import HTTPError
-from server.receive import is_partial_name
-from server.uploads import upload_path
+from server.core.receive import is_partial_name
+from server.framework.uploads import upload_path
+from server.http.errors import HTTPError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -110,7 +110,7 @@ def test_upload_path_confines(tmp_path: Path):
 
 LIMITED = '''
 from server import route
-from server.uploads import save_upload
+from server.framework.uploads import save_upload
 
 @route("/small/{name}", methods=["POST"])
 async def small(request, name):

@@ -3,7 +3,7 @@
 Theory of operation: FTP runs beside HTTP in the same process and event loop, over
 one root directory that clients see as "/".  Downloads are FileRegions lent to the
 same SocketTransmitter HTTP uses (sendfile, never a Python read); uploads go through
-`server.receive` (splice into a temporary file, renamed into place when complete).
+`server.core.receive` (splice into a temporary file, renamed into place when complete).
 The package reads top-down as the data flows:
 
     config      the --ftp-* options → FtpConfig

@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..passwords import hash_password, verify_password
+from ..core.passwords import hash_password, verify_password
 
 __all__ = ["Account", "ANONYMOUS_NAMES", "load_accounts", "authenticate", "LoginThrottle"]
 

@@ -24,7 +24,7 @@ import stat
 import time
 from pathlib import Path
 
-from ..receive import is_partial_name
+from ..core.receive import is_partial_name
 
 __all__ = ["Entry", "scan", "render_list", "render_names", "render_mlsd", "mlsx_line",
            "ALL_FACTS", "DEFAULT_FACTS", "has_glob"]

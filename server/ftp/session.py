@@ -32,8 +32,8 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from ..receive import ResumeOffsetError
-from ..safepath import UnsafePath
+from ..core.receive import ResumeOffsetError
+from ..core.safepath import UnsafePath
 from .accounts import Account
 from .commands import COMMANDS, TRANSFER_TIME_COMMANDS
 from .dataconn import DataChannel

@@ -30,10 +30,10 @@ import os
 import socket
 from pathlib import Path
 
-from ..message import FileRegion, Message
-from ..metrics import METRICS
-from ..receive import receive_to_file
-from ..transmitter import SocketTransmitter
+from ..core.message import FileRegion, Message
+from ..core.metrics import METRICS
+from ..core.receive import receive_to_file
+from ..core.transmitter import SocketTransmitter
 
 __all__ = ["OpenFile", "send_file", "send_bytes", "receive_file", "WINDOW"]
 

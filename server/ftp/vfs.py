@@ -25,8 +25,8 @@ from __future__ import annotations
 import errno
 from pathlib import Path
 
-from ..receive import is_partial_name
-from ..safepath import UnsafePath, confine, virtual_parts
+from ..core.receive import is_partial_name
+from ..core.safepath import UnsafePath, confine, virtual_parts
 
 __all__ = ["VirtualFS", "UnsafePath"]
 

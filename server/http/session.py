@@ -38,18 +38,15 @@ import traceback
 from collections import deque
 from functools import partial
 from types import CoroutineType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httptools
 
-from .message import Message
+from ..core.message import Message
+from .context import ReplayCache, ServerContext
 from .request import BadRequest, BodyTooLarge, Request, RequestBody
 from .responses import StreamResponse, error_response, header_block
 from .wire import DATE, status_line
-
-if TYPE_CHECKING:
-    from .answer_memo import AnswerMemo
-    from .server import ServerContext
 
 __all__ = ["HttpSession"]
 
@@ -120,7 +117,7 @@ class HttpSession:
         self._chunked = False
         # Static answers replayed for byte-identical requests; set by the raw-socket
         # driver, whose transmitter the layouts are made for (answer_memo.py).
-        self.memo: AnswerMemo | None = None
+        self.memo: ReplayCache | None = None
         self._memo_candidate: tuple[Message, float] | None = None
         self._remembering = False         # this read's answer is to be remembered
 
@@ -400,8 +397,7 @@ class HttpSession:
             stack.append(date + b"Connection: close\r\n")
         else:
             stack.append(date + b"Connection: keep-alive\r\n" if version == "1.0" else date)
-            if self._remembering and msg.depends_on is not None \
-                    and request.body_stream is None:
+            if self._remembering and request.body_stream is None:
                 self._memo_candidate = (msg, DATE.until)
         status = msg.status
         stack.append(status_line(status))

@@ -30,8 +30,8 @@ import re
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import Any
 
-from .handler_results import encode_json
-from .responses import StreamResponse
+from ..http.responses import StreamResponse
+from .results import encode_json
 
 __all__ = ["Event", "encode_event", "sse_response", "HEARTBEAT"]
 

@@ -63,7 +63,7 @@ class Message:
     to HEAD: the headers describe the payload, but the payload is not sent.
     """
 
-    __slots__ = ("status", "_stack", "payload", "close", "head_only", "depends_on")
+    __slots__ = ("status", "_stack", "payload", "close", "head_only")
 
     def __init__(
         self,
@@ -79,10 +79,6 @@ class Message:
         self.payload: tuple[Slice, ...] = payload if type(payload) is tuple else tuple(payload)
         self.close = close
         self.head_only = False
-        # Set only by the static site's own answers: the open files this answer is a
-        # pure function of (with the request's bytes), so it may be replayed for an
-        # identical request while they stay current (answer_memo.py).
-        self.depends_on: tuple | None = None
 
     # -- the header stack ---------------------------------------------------------
     def push(self, header: bytes) -> None:

@@ -30,10 +30,10 @@ import os
 import secrets
 from pathlib import Path
 
-from .http_errors import HTTPError
-from .receive import PARTIAL_MARK, PARTIAL_SUFFIX, replace_in_background
-from .request import BodyTooLarge, Request
-from .safepath import UnsafePath, confine, virtual_parts
+from ..core.receive import PARTIAL_MARK, PARTIAL_SUFFIX, replace_in_background
+from ..core.safepath import UnsafePath, confine, virtual_parts
+from ..http.errors import HTTPError
+from ..http.request import BodyTooLarge, Request
 
 __all__ = ["save_upload", "upload_path", "WRITE_BATCH"]
 

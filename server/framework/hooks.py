@@ -31,10 +31,10 @@ import inspect
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from .message import Message
+from ..core.message import Message
+from ..http.responses import StreamResponse
+from ..http.wire import header_block
 from .registry import Registry, current_registry
-from .responses import StreamResponse
-from .wire import header_block
 
 __all__ = [
     "before_request", "after_request", "middleware", "error_handler", "on_startup",

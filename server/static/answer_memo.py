@@ -13,8 +13,8 @@ still seen at once), and one gather call.
 
 What may be replayed is decided narrowly, elsewhere:
 
-* only answers that the Application's static branch marked (`Message.depends_on`),
-  never a handler's, whose answer may depend on time, state or the peer;
+* only the answer that the Application's static branch noted last
+  (`StaticSite.last_replayable`, with the files it looked at), never a handler's, whose answer may depend on time, state or the peer;
 * only while the Application wraps requests in no hooks or middleware and has no
   old-style router callable, and no access log is written (a replay builds no
   Request to log); reinstalling routes (a handler reload) empties the memo;
@@ -51,12 +51,13 @@ import os
 from time import time
 from typing import TYPE_CHECKING
 
-from .metrics import METRICS
+from ..core.metrics import METRICS
 
 if TYPE_CHECKING:
-    from .filecache import OpenFile, OpenFileCache
-    from .message import Message
-    from .transmitter import SocketTransmitter
+    from ..core.filecache import OpenFile
+    from ..core.message import Message
+    from ..core.transmitter import SocketTransmitter
+    from .site import StaticSite
 
 __all__ = ["AnswerMemo"]
 
@@ -75,15 +76,16 @@ class AnswerMemo:
     """request bytes → (stale-at time, files depended on, wire layout)."""
 
     __slots__ = ("enabled", "max_entries", "loop", "metrics", "_entries", "_files",
-                 "_seen", "_asked_once", "replays")
+                 "_seen", "_asked_once", "replays", "_site")
 
-    def __init__(self, cache: OpenFileCache, *, max_entries: int = MAX_ENTRIES) -> None:
-        self._files = cache.by_path
+    def __init__(self, site: StaticSite, *, max_entries: int = MAX_ENTRIES) -> None:
+        self._site = site
+        self._files = site.cache.by_path
         self.enabled = True
         self.max_entries = max_entries
         self._entries: dict[bytes, tuple] = {}
-        # Set by the server: with a loop, a file found current is trusted for the
-        # rest of the event-loop turn (`_seen`), see the header.
+        # Set by `share_stats_on`: with a loop, a file found current is trusted for
+        # the rest of the event-loop turn (`_seen`), see the header.
         self.loop: asyncio.AbstractEventLoop | None = None
         self.metrics = METRICS
         self._seen: set[OpenFile] = set()
@@ -146,7 +148,9 @@ class AnswerMemo:
 
         `stale_at` is when the Date line in its head stops being current.
         """
-        depends_on = message.depends_on
+        noted = self._site.last_replayable
+        self._site.last_replayable = None
+        depends_on = noted[1] if noted is not None and noted[0] is message else None
         if not self.enabled or len(request) > MAX_REQUEST_BYTES or depends_on is None:
             return
         entries = self._entries
@@ -154,6 +158,10 @@ class AnswerMemo:
             entries.clear()
         checks = tuple((f, os.fsencode(f.path)) for f in depends_on)
         entries[request] = (stale_at, checks, transmitter.lay_out(message))
+
+    def share_stats_on(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        """Trust a file found current for the rest of `loop`'s turn (None: never)."""
+        self.loop = loop
 
     def drop_stale(self) -> None:
         """Forget entries whose Date second has passed (they would miss anyway)."""

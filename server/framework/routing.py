@@ -47,11 +47,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote_to_bytes
 
-from .http_errors import HTTPError
+from ..http.errors import HTTPError
+from ..http.request import Request
+from ..http.responses import redirect_response
+from ..static.site import StaticSite
 from .registry import current_registry
-from .request import Request
-from .responses import redirect_response
-from .static import StaticSite
 
 __all__ = ["route", "mount", "Route", "Mount", "Router", "RouteConflict", "add_converter", "CONVERTERS"]
 

@@ -28,9 +28,9 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from .message import Message
-from .responses import StreamResponse, empty_response, message_response
-from .wire import header_block
+from ..core.message import Message
+from ..http.responses import StreamResponse, empty_response, message_response
+from ..http.wire import header_block
 
 __all__ = ["to_response", "json_message", "encode_json", "NotAResponse"]
 

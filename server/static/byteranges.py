@@ -25,7 +25,7 @@ import itertools
 import secrets
 from collections.abc import Sequence
 
-from .message import FileRegion, Slice
+from ..core.message import FileRegion, Slice
 
 __all__ = ["parse_range", "coalesce", "UNSATISFIABLE", "MAX_RANGES", "content_range",
            "multipart_slices", "new_boundary"]

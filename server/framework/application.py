@@ -35,18 +35,18 @@ from collections.abc import Callable, Iterable
 from contextvars import copy_context
 from typing import Any
 
-from .answer_memo import AnswerMemo
-from .handler_results import NotAResponse, to_response
+from ..core.message import Message
+from ..core.metrics import METRICS
+from ..http.errors import HTTPError
+from ..http.request import BadRequest, BodyTooLarge, Request
+from ..http.responses import StreamResponse, error_response, text_response
+from ..http.wire import header_block
+from ..static.answer_memo import AnswerMemo
+from ..static.site import StaticSite
 from .hooks import Hooks, call_lifecycle_hook, call_maybe_async
-from .http_errors import HTTPError
-from .message import Message
-from .metrics import METRICS
 from .registry import Registry
-from .request import BadRequest, BodyTooLarge, Request
-from .responses import StreamResponse, error_response, text_response
+from .results import NotAResponse, to_response
 from .routing import Router
-from .static import StaticSite
-from .wire import header_block
 
 __all__ = ["Application", "State", "router_from_registries"]
 
@@ -89,7 +89,8 @@ def router_from_registries(registries: Iterable[Registry]) -> Router:
 
 class Application:
     def __init__(self, static: StaticSite | None = None, *, metrics: bool = False,
-                 router: Any = None, hooks: Hooks | None = None, debug: bool = False) -> None:
+                 router: Any = None, hooks: Hooks | None = None, debug: bool = False,
+                 answer_memo: bool = True) -> None:
         self.static = static
         self.metrics = metrics
         self.debug = debug
@@ -97,7 +98,7 @@ class Application:
         self.reloader: Any = None    # handler_loader.Reloader, started by startup()
         # Byte-identical repeats of static requests, answered again without a rebuild
         # (answer_memo.py); enabled by `install` only when nothing wraps requests.
-        self.answer_memo = AnswerMemo(static.cache) if static is not None else None
+        self.answer_memo = AnswerMemo(static) if static is not None and answer_memo else None
         self.install(router, hooks)
 
     @classmethod

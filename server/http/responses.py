@@ -13,7 +13,7 @@ import json as _json
 from collections.abc import AsyncIterable, Iterable
 from typing import Any
 
-from .message import Message, Slice
+from ..core.message import Message, Slice
 from .wire import REASONS, header_block
 
 __all__ = [

@@ -3,9 +3,7 @@
 Data flows straight down from here: accept → SocketConnection (read) → HttpSession
 (parse, order) → the application (route, handler) → Message → transmitter → kernel.
 
-`ServerContext` is what every connection shares: the config, the application, the
-loan ledger and metrics, the access logger, the set of open connections.  The
-sweeper runs once a second and closes connections that made no progress for too
+Every connection shares one `ServerContext` (context.py).  The sweeper runs once a second and closes connections that made no progress for too
 long (head, body and keep-alive timeouts, see HttpSession.progress; a client that
 stopped reading what we send); one timer for all connections is cheaper than a
 timer, or even a clock read, per request.
@@ -17,70 +15,18 @@ import asyncio
 import logging
 import socket
 import ssl
-import time
 from collections.abc import Callable
 from typing import Any
 
 from .config import ServerConfig
 from .connection import SocketConnection, TlsConnection
-from .loans import LoanLedger
-from .metrics import METRICS, Metrics
+from .context import ReplayCache, ServerContext
 
-__all__ = ["ServerContext", "Server", "make_listener"]
+__all__ = ["Server", "ServerContext", "make_listener"]
 
 log = logging.getLogger("pageloan.server")
-access_logger = logging.getLogger("pageloan.access")
 
 ACCEPT_BATCH = 64
-
-
-class ServerContext:
-    def __init__(self, config: ServerConfig, app: Callable[[Any], Any],
-                 loop: asyncio.AbstractEventLoop, metrics: Metrics | None = None) -> None:
-        self.config = config
-        self.app = app
-        self.loop = loop
-        self.metrics = metrics or METRICS
-        self.metrics.ledger.budget = config.global_loan_budget
-        self.ledger: LoanLedger = self.metrics.ledger
-        self.connections: set[Any] = set()
-        self.access_log = _access_logger() if config.access_log else None
-        # A replayed answer has no Request to log: with an access log, every request
-        # takes the full path (answer_memo.py).
-        memo = getattr(app, "answer_memo", None)
-        self.answer_memo = memo if config.answer_memo and self.access_log is None else None
-        if self.answer_memo is not None:
-            self.answer_memo.metrics = self.metrics
-            # Share a stat within a loop turn only when HTTP is all this loop polls
-            # (answer_memo.py explains the bound on connections).
-            self.answer_memo.loop = None if "ftp" in config.extra else loop
-
-    def connection_opened(self, conn: Any) -> None:
-        self.connections.add(conn)
-        self.metrics.connections_open += 1
-        self.metrics.connections_total += 1
-
-    def connection_closed(self, conn: Any) -> None:
-        if conn in self.connections:
-            self.connections.discard(conn)
-            self.metrics.connections_open -= 1
-
-
-def _access_logger() -> Callable[..., None]:
-    """Combined Log Format, one line per response."""
-    def log_access(request: Any, msg: Any, client: tuple[str, int] | None) -> None:
-        host = client[0] if client else "-"
-        when = time.strftime("%d/%b/%Y:%H:%M:%S %z")
-        if request is None:
-            line, referer, agent = "-", "-", "-"
-        else:
-            line = f"{request.method} {request.target.decode('latin-1')} HTTP/{request.version}"
-            referer = request.headers.get("referer", "-")
-            agent = request.headers.get("user-agent", "-")
-        size = 0 if msg.head_only else msg.payload_length
-        access_logger.info('%s - - [%s] "%s" %d %d "%s" "%s"', host, when, line,
-                           msg.status, size, referer, agent)
-    return log_access
 
 
 def make_listener(host: str, port: int, *, reuse_port: bool = False, backlog: int = 4096) -> socket.socket:
@@ -103,10 +49,11 @@ class Server:
     """Accepts connections on a listening socket and serves them until drained."""
 
     def __init__(self, config: ServerConfig, app: Callable[[Any], Any],
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 loop: asyncio.AbstractEventLoop | None = None, *,
+                 replay: ReplayCache | None = None) -> None:
         self.config = config
         self.loop = loop or asyncio.get_event_loop()
-        self.ctx = ServerContext(config, app, self.loop)
+        self.ctx = ServerContext(config, app, self.loop, replay=replay)
         self.listener: socket.socket | None = None
         self._tls_server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.TimerHandle | None = None
@@ -171,10 +118,10 @@ class Server:
             elif now - mark[1] >= limits[token[0]]:
                 conn.progress_mark = None
                 session.on_timeout(token[0])
-        if self.ctx.answer_memo is not None:
+        if self.ctx.replay is not None:
             # Entries go stale with their Date second; dropping them here lets the
             # descriptors of replaced or evicted files close within a second or two.
-            self.ctx.answer_memo.drop_stale()
+            self.ctx.replay.drop_stale()
         self._sweeper = self.loop.call_later(1.0, self._sweep)
 
     def _check_stall(self, conn: Any, now: float) -> None:

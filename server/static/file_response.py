@@ -27,13 +27,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import quote
 
-from .filecache import OpenFile, OpenFileCache
-from .http_errors import HTTPError
-from .message import FileRegion, Message, Slice
-from .request import Request
-from .responses import message_response
-from .static import StaticSite
-from .wire import header_block
+from ..core.filecache import OpenFile, OpenFileCache
+from ..core.message import FileRegion, Message, Slice
+from ..http.errors import HTTPError
+from ..http.request import Request
+from ..http.responses import message_response
+from ..http.wire import header_block
+from .site import StaticSite
 
 __all__ = ["file_response", "file_region", "gather_response", "open_file"]
 

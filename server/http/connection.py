@@ -21,13 +21,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import TYPE_CHECKING
 
-from .http_protocol import HttpSession
-from .transmitter import CopyTransmitter, SocketTransmitter
-
-if TYPE_CHECKING:
-    from .server import ServerContext
+from ..core.transmitter import CopyTransmitter, SocketTransmitter
+from .context import ServerContext
+from .session import HttpSession
 
 __all__ = ["SocketConnection", "TlsConnection"]
 
@@ -61,7 +58,7 @@ class SocketConnection:
             sendfile_step=config.sendfile_step, gather_max=config.gather_max)
         self.session.transmitter = self.transmitter
         # Replayed answers are laid out for this transmitter (windows, gather).
-        self.session.memo = ctx.answer_memo
+        self.session.memo = ctx.replay
         self._reading = True
         self._lingering = False
         self.closed = False

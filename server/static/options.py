@@ -2,11 +2,11 @@
 
 Theory of operation: server/cli.py knows nothing about static-file semantics; it
 asks this module to add its flags to the `serve` subcommand (`add_static_arguments`)
-and keeps the parsed namespace in `config.extra["args"]`.  `static_site_from_config`
-turns that back into a StaticSite, so the flags and their meaning live in one place.
-A config built without the CLI (tests, embedding) has no "args" and gets the
-defaults, which are the safe ones: no listings, no dotfiles, no symlinks out of the
-root; precompressed siblings on (they only ever *add* a smaller representation).
+and to read them back as a typed `StaticOptions` (`static_options_from_args`).
+`static_site(root, options)` turns that into a StaticSite, so the flags and their
+meaning live in one place.  Options built without the CLI (tests, embedding) get
+the defaults, which are the safe ones: no listings, no dotfiles, no symlinks out of
+the root; precompressed siblings on (they only ever *add* a smaller representation).
 
     --autoindex                   HTML listing of directories without index.html
     --follow-symlinks             serve symlinks that lead out of the root
@@ -23,15 +23,31 @@ root; precompressed siblings on (they only ever *add* a smaller representation).
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
 
+from ..core.filecache import OpenFileCache
 from .cache_policy import CacheControlRules, parse_rule
-from .filecache import OpenFileCache
-from .static import StaticSite
+from .site import StaticSite
 
-__all__ = ["add_static_arguments", "static_site_from_config", "DEFAULT_OPEN_FILES"]
+__all__ = ["DEFAULT_OPEN_FILES", "StaticOptions", "add_static_arguments", "static_options_from_args",
+           "static_site"]
 
 DEFAULT_OPEN_FILES = 1024
+
+
+@dataclass(frozen=True)
+class StaticOptions:
+    """How a root is served; the defaults are the safe ones."""
+
+    autoindex: bool = False
+    follow_symlinks: bool = False
+    show_dotfiles: bool = False
+    cache_control: tuple[tuple[str, str], ...] = ()   # (glob, value), first match wins
+    precompressed: bool = True
+    open_files: int = DEFAULT_OPEN_FILES
+    map_max: int = 16 << 20           # files up to this size are mapped (so small ranges gather)
+    answer_memo: bool = True          # replay answers to byte-identical requests
 
 
 def _rule(text: str) -> tuple[str, str]:
@@ -68,20 +84,24 @@ def add_static_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f"open files to keep (default {DEFAULT_OPEN_FILES})")
 
 
-def static_site_from_config(config: Any) -> StaticSite:
-    """The StaticSite for a ServerConfig (reads the flags from config.extra["args"])."""
-    args = config.extra.get("args") if getattr(config, "extra", None) else None
+def static_options_from_args(args: argparse.Namespace) -> StaticOptions:
+    """The StaticOptions the parsed `serve` flags describe."""
+    return StaticOptions(
+        autoindex=args.autoindex, follow_symlinks=args.follow_symlinks,
+        show_dotfiles=args.show_dotfiles, cache_control=tuple(args.cache_control),
+        precompressed=not args.no_precompressed, open_files=args.open_file_cache,
+        map_max=args.map_max, answer_memo=args.answer_memo)
 
-    def option(name: str, default: Any) -> Any:
-        return getattr(args, name, default) if args is not None else default
 
-    cache = OpenFileCache(max_entries=option("open_file_cache", DEFAULT_OPEN_FILES),
-                          map_max=config.map_max)
+def static_site(root: Path, options: StaticOptions | None = None) -> StaticSite:
+    """The StaticSite serving `root` as `options` say (the safe defaults without)."""
+    options = options or StaticOptions()
+    cache = OpenFileCache(max_entries=options.open_files, map_max=options.map_max)
     return StaticSite(
-        config.root, cache=cache,
-        autoindex=option("autoindex", False),
-        follow_symlinks=option("follow_symlinks", False),
-        show_dotfiles=option("show_dotfiles", False),
-        cache_control=CacheControlRules(option("cache_control", None) or ()),
-        precompressed=not option("no_precompressed", False),
+        root, cache=cache,
+        autoindex=options.autoindex,
+        follow_symlinks=options.follow_symlinks,
+        show_dotfiles=options.show_dotfiles,
+        cache_control=CacheControlRules(options.cache_control),
+        precompressed=options.precompressed,
     )

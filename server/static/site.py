@@ -39,18 +39,18 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
+from ..core.filecache import OpenFile, OpenFileCache
+from ..core.message import FileRegion, Message
+from ..core.safepath import UnsafePath, confine, virtual_parts
+from ..http.request import BadRequest, Request
+from ..http.responses import bytes_response, error_response, redirect_response
+from ..http.wire import header_block, http_date
 from .autoindex import listing_page
 from .byteranges import UNSATISFIABLE, content_range, multipart_slices, new_boundary, parse_range
 from .cache_policy import CacheControlRules
 from .conditional import NOT_MODIFIED, PRECONDITION_FAILED, evaluate, if_range_holds
-from .filecache import OpenFile, OpenFileCache
 from .mediatypes import media_type
-from .message import FileRegion, Message
 from .precompressed import CODINGS, RECHECK_SECONDS, choose_coding, find_siblings
-from .request import BadRequest, Request
-from .responses import bytes_response, error_response, redirect_response
-from .safepath import UnsafePath, confine, virtual_parts
-from .wire import header_block, http_date
 
 __all__ = ["StaticSite", "INDEX_FILES"]
 
@@ -201,6 +201,8 @@ class StaticSite:
         self._file_routes: dict[tuple[str, str], _Route] = {}     # serve_file's
         self._route_limit = max(1024, 4 * self.cache.max_entries)
         self._presentations: dict[tuple, _Presentation] = {}
+        # The latest answer built with `replayable`, and the open files it depends on.
+        self.last_replayable: tuple[Message, tuple[OpenFile, ...]] | None = None
 
     def __call__(self, request: Request) -> Message | None:
         return self.respond(request)
@@ -209,9 +211,9 @@ class StaticSite:
     def respond(self, request: Request, *, replayable: bool = False) -> Message | None:
         """A response for the request, or None if the path names nothing here.
 
-        `replayable` (the Application's own static branch only) marks the answer with
-        the open files it depends on (`Message.depends_on`), so that the HTTP session
-        may replay it for a byte-identical request while those files stay current
+        `replayable` (the Application's own static branch only) notes the answer with
+        the open files it depends on (`last_replayable`), so that the answer memo may
+        replay it for a byte-identical request while those files stay current
         (answer_memo.py).  Handlers that call this must leave it off: their answer
         may depend on more than the request's bytes.
         """
@@ -239,14 +241,14 @@ class StaticSite:
             built = f.extra.get(p) or _prebuilt(f, p)
             msg = Message(200, (built.entity,), built.whole)
             if replayable:
-                msg.depends_on = (f,)
+                self.last_replayable = (msg, (f,))
             return msg
         msg, served = self._negotiated(request, route, f, fields)
         if replayable:
             # Every answer below is a pure function of the request's fields and of the
             # identity of the files it looked at: the route's file, and the sibling it
             # chose (whose existence is re-checked once a second, as here).
-            msg.depends_on = (f,) if served is f else (f, served)
+            self.last_replayable = (msg, (f,) if served is f else (f, served))
         return msg
 
     def _negotiated(self, request: Request, route: _Route, f: OpenFile,

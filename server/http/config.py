@@ -1,0 +1,43 @@
+"""The HTTP server's settings: one dataclass, filled by the CLI or by tests.
+
+Defaults are what a production user would expect with no flags: limits modelled on
+nginx's (header block 32 KiB, body 64 MiB — larger than nginx's 1 MiB because
+pageloan is also an upload target), timeouts short enough to shed slowloris
+clients, loan budgets that keep pinned memory bounded.  What the static site, the
+handler framework and FTP need lives in their own option types; `server.config`
+puts them together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["ServerConfig"]
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    # limits
+    max_header_bytes: int = 32 << 10   # request line + header block → 431 / 414
+    max_body_bytes: int = 64 << 20     # → 413
+    max_connections: int = 4096        # beyond → 503 and close
+    header_timeout: float = 10.0       # first byte of a request → end of its head (slowloris)
+    body_timeout: float = 60.0         # silence while a request body is still owed
+    keepalive_timeout: float = 30.0    # idle between requests
+    send_timeout: float = 60.0         # no progress while the client does not read
+    drain_timeout: float = 30.0        # SIGTERM: how long in-flight responses may take
+    # loans (docs/design.md, "Loans")
+    connection_loan_budget: int = 4 << 20
+    global_loan_budget: int = 64 << 20
+    # send path tuning (chosen by measurement, see loadtest/)
+    sendfile_step: int = 2 << 20
+    gather_max: int = 64 << 10        # regions up to this size leave as mmap windows in a writev
+    # features
+    access_log: str | None = None      # "-" for stdout, or a file path
+    debug: bool = False                # tracebacks to the client on 500
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
