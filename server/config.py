@@ -58,10 +58,13 @@ def config_from_args(args: argparse.Namespace) -> Config:
         handlers = BUNDLED_HANDLERS
     if (args.tls_cert is None) != (args.tls_key is None):
         raise SystemExit("pageloan: --tls-cert and --tls-key go together")
+    static = static_options_from_args(args)
     ftp = None
     if getattr(args, "ftp_port", None) is not None:
         try:
-            ftp = ftp_config_from_args(args, root)
+            # FTP serves the same root under the same name rules as the static site.
+            ftp = ftp_config_from_args(args, root, show_dotfiles=static.show_dotfiles,
+                                       follow_symlinks=static.follow_symlinks)
         except (OSError, ValueError) as exc:
             raise SystemExit(f"pageloan: FTP: {exc}") from None
     server = ServerConfig(
@@ -73,6 +76,6 @@ def config_from_args(args: argparse.Namespace) -> Config:
         drain_timeout=args.drain_timeout, connection_loan_budget=args.connection_loan_budget,
         global_loan_budget=args.global_loan_budget, sendfile_step=args.sendfile_step,
         gather_max=args.gather_max)
-    app = AppOptions(root=root, static=static_options_from_args(args), handlers=handlers,
+    app = AppOptions(root=root, static=static, handlers=handlers,
                      reload=args.reload, metrics=args.metrics, debug=args.debug)
     return Config(server=server, app=app, ftp=ftp)

@@ -193,7 +193,7 @@ async def test_list_is_ls_style(alice):
     rows = [LS_LINE.match(line) for line in listing.split("\r\n") if line]
     assert all(rows), listing
     by_name = {m.group(6): m for m in rows}
-    assert set(by_name) == {"sub", "ten.bin", ".pageloan-hidden"}      # the partial upload is hidden
+    assert set(by_name) == {"sub", "ten.bin"}      # dotfiles and the partial upload are hidden
     assert by_name["sub"].group(1).startswith("d")
     assert by_name["ten.bin"].group(3) == "10"
 

@@ -26,6 +26,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
                         help="event loop (uvloop falls back to asyncio if missing)")
     parser.add_argument("--log-level", default="INFO")
+    # `pageloan serve` takes these from the static site's options; alone, FTP has its own.
+    parser.add_argument("--show-dotfiles", action="store_true",
+                        help="serve names starting with '.' (default: hidden and refused)")
+    parser.add_argument("--follow-symlinks", action="store_true",
+                        help="let reads follow symlinks that lead out of the root")
     add_ftp_arguments(parser)
     return parser
 
@@ -51,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        config = ftp_config_from_args(args, args.root)
+        config = ftp_config_from_args(args, args.root, show_dotfiles=args.show_dotfiles,
+                                      follow_symlinks=args.follow_symlinks)
     except (OSError, ValueError) as exc:
         parser.error(str(exc))
     if args.loop == "uvloop":

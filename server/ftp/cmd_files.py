@@ -40,7 +40,7 @@ async def cmd_pwd(s: Session, arg: str) -> None:
 
 
 async def cmd_mkd(s: Session, arg: str) -> None:
-    parts, real = s.vfs.resolve(arg)
+    parts, real = s.vfs.resolve(arg, write=True)
     if not parts:
         raise FtpError(553, "Directory name not allowed.")
     os.mkdir(real, 0o755)
@@ -48,7 +48,7 @@ async def cmd_mkd(s: Session, arg: str) -> None:
 
 
 async def cmd_rmd(s: Session, arg: str) -> None:
-    parts, real = s.vfs.resolve(arg)
+    parts, real = s.vfs.resolve(arg, write=True)
     if not parts:
         raise FtpError(550, "Can't remove the root directory.")
     if real.is_symlink() or not real.is_dir():
@@ -58,7 +58,7 @@ async def cmd_rmd(s: Session, arg: str) -> None:
 
 
 async def cmd_dele(s: Session, arg: str) -> None:
-    parts, real = s.vfs.resolve(arg)
+    parts, real = s.vfs.resolve(arg, write=True)
     if not parts or (real.is_dir() and not real.is_symlink()):
         raise FtpError(550, "Is a directory: use RMD.")
     os.unlink(real)
@@ -66,7 +66,7 @@ async def cmd_dele(s: Session, arg: str) -> None:
 
 
 async def cmd_rnfr(s: Session, arg: str) -> None:
-    parts, real = s.vfs.resolve(arg)
+    parts, real = s.vfs.resolve(arg, write=True)
     if not parts:
         raise FtpError(550, "Can't rename the root directory.")
     if not os.path.lexists(real):
@@ -80,7 +80,7 @@ async def cmd_rnto(s: Session, arg: str) -> None:
     s.rename_from = None
     if source is None:
         raise FtpError(503, "Bad sequence of commands: send RNFR first.")
-    parts, real = s.vfs.resolve(arg)
+    parts, real = s.vfs.resolve(arg, write=True)
     if not parts:
         raise FtpError(553, "File name not allowed.")
     os.rename(source, real)

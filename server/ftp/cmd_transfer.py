@@ -103,7 +103,7 @@ def collect_entries(vfs: VirtualFS, client_path: str, directory_only: bool = Fal
         parts, real = vfs.resolve(VirtualFS.display(parts[:-1]))
     st = os.stat(real)
     if stat.S_ISDIR(st.st_mode):
-        return scan(real, vfs.root, pattern)
+        return scan(real, vfs.root, vfs.policy, pattern)
     if directory_only:
         raise FtpError(501, "Not a directory.")
     return [(parts[-1], st)]
@@ -151,6 +151,9 @@ async def cmd_retr(s: Session, arg: str) -> None:
     # O_NONBLOCK: opening a FIFO someone planted in the root must not hang the loop.
     file = OpenFile(os.open(real, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK))
     try:
+        # The kernel's name for what was opened: a link swapped in after the check
+        # above still cannot lead out of the root or onto a dotfile.
+        s.vfs.policy.check_open(s.vfs.root, file.fd, real)
         st = os.fstat(file.fd)
         if not stat.S_ISREG(st.st_mode):
             raise FtpError(550, "Not a regular file.")
@@ -177,7 +180,7 @@ async def _store(s: Session, arg: str, append: bool) -> None:
     if append and offset:
         raise FtpError(503, "REST cannot be combined with APPE.")
     _require_data_setup(s)
-    parts, real = s.vfs.resolve(arg)
+    parts, real = s.vfs.resolve(arg, write=True)
     if not parts:
         raise FtpError(553, "File name not allowed.")
     if real.is_dir():

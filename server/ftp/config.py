@@ -15,13 +15,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..core.safepath import NamePolicy
 from .accounts import Account, load_accounts
 
 __all__ = ["FtpConfig", "add_ftp_arguments", "ftp_config_from_args", "parse_port_range"]
 
 DEFAULT_IDLE_TIMEOUT = 300.0
 DEFAULT_DATA_TIMEOUT = 60.0
-DEFAULT_MAX_PER_IP = 10
+# lftp's `mirror --parallel=20` holds 21 control connections, FileZilla up to 10
+# transfers plus browsing; 32 fits every stock client and still bounds one address.
+DEFAULT_MAX_PER_IP = 32
 DEFAULT_LOGIN_DELAY = 1.0
 
 
@@ -40,6 +43,9 @@ class FtpConfig:
     max_per_ip: int = DEFAULT_MAX_PER_IP
     login_delay: float = DEFAULT_LOGIN_DELAY     # first failed login; doubles per failure
     reuse_port: bool = True                      # let worker processes share the port
+    # The served root's name rules, the same values HTTP's static site gets.
+    show_dotfiles: bool = False                  # --show-dotfiles
+    follow_symlinks: bool = False                # --follow-symlinks (reads only)
 
     def __post_init__(self) -> None:
         # The virtual file system compares resolved paths: resolve the root once here.
@@ -48,6 +54,11 @@ class FtpConfig:
             raise ValueError(f"FTP root {self.root} is not a directory")
         if self.max_per_ip < 1 or self.idle_timeout <= 0 or self.data_timeout <= 0:
             raise ValueError("FTP limits and timeouts must be positive")
+
+    @property
+    def names(self) -> NamePolicy:
+        """Which names under the root may be served (shared with HTTP's static site)."""
+        return NamePolicy(show_dotfiles=self.show_dotfiles, follow_symlinks=self.follow_symlinks)
 
 
 def parse_port_range(text: str) -> tuple[int, int]:
@@ -97,16 +108,24 @@ def add_ftp_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ftp-passive-ports", type=parse_port_range, default=None,
                        metavar="LO-HI", help="port range for passive data connections")
     group.add_argument("--ftp-idle-timeout", type=_positive_float, default=DEFAULT_IDLE_TIMEOUT,
-                       metavar="SECONDS", help="close an idle control connection (421)")
+                       metavar="SECONDS", help="close an idle control connection (421; "
+                                               f"default: {DEFAULT_IDLE_TIMEOUT:g})")
     group.add_argument("--ftp-data-timeout", type=_positive_float, default=DEFAULT_DATA_TIMEOUT,
                        metavar="SECONDS", help="give up on a data connection that does not "
-                                               "connect or stalls (425/426)")
+                                               "connect or stalls (425/426; "
+                                               f"default: {DEFAULT_DATA_TIMEOUT:g})")
     group.add_argument("--ftp-max-per-ip", type=_positive_int, default=DEFAULT_MAX_PER_IP,
-                       metavar="N", help="control connections allowed per client address")
+                       metavar="N", help="control connections allowed per client address "
+                                         f"(default: {DEFAULT_MAX_PER_IP})")
 
 
-def ftp_config_from_args(args: argparse.Namespace, root: Path) -> FtpConfig | None:
+def ftp_config_from_args(args: argparse.Namespace, root: Path, *, show_dotfiles: bool = False,
+                         follow_symlinks: bool = False) -> FtpConfig | None:
     """The FtpConfig the options ask for, or None when --ftp-port was not given.
+
+    `show_dotfiles` and `follow_symlinks` are the served root's name rules, owned by
+    the static site's options (--show-dotfiles, --follow-symlinks): the caller passes
+    the same values so that FTP and HTTP serve the same names.
 
     Raises ValueError (with the file and line) for an unreadable or malformed
     accounts file, and OSError/ValueError for a root that is not a directory.
@@ -125,4 +144,6 @@ def ftp_config_from_args(args: argparse.Namespace, root: Path) -> FtpConfig | No
         idle_timeout=args.ftp_idle_timeout,
         data_timeout=args.ftp_data_timeout,
         max_per_ip=args.ftp_max_per_ip,
+        show_dotfiles=show_dotfiles,
+        follow_symlinks=follow_symlinks,
     )

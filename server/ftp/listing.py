@@ -10,9 +10,10 @@ the machine-readable form: `fact=value;...; name`, with the set of facts chosen 
 OPTS MLST.
 
 What a listing hides: uploads in progress (receive.py's temporary names), entries
-whose names cannot be written on one line (CR or LF), and symlinks that lead out of
-the root or nowhere: the client could not open them anyway, so they do not exist in
-its view.  Listings are small text built off the event loop (a directory may be
+whose names cannot be written on one line (CR or LF), and whatever the root's
+NamePolicy would refuse to serve — dotfiles (unless shown), symlinks that lead out
+of the root (unless followed), onto a dotfile or nowhere: the client could not open
+them anyway, so they do not exist in its view.  Listings are small text built off the event loop (a directory may be
 large and stat() may touch the disk) and sent as one bytes payload.
 """
 
@@ -25,6 +26,7 @@ import time
 from pathlib import Path
 
 from ..core.receive import is_partial_name
+from ..core.safepath import NamePolicy
 
 __all__ = ["Entry", "scan", "render_list", "render_names", "render_mlsd", "mlsx_line",
            "ALL_FACTS", "DEFAULT_FACTS", "has_glob"]
@@ -41,12 +43,7 @@ def has_glob(name: str) -> bool:
     return any(c in name for c in "*?[")
 
 
-def _inside(root: Path, path: str) -> bool:
-    real = os.path.realpath(path)
-    return real == str(root) or real.startswith(str(root) + os.sep)
-
-
-def scan(directory: Path, root: Path, pattern: str | None = None) -> list[Entry]:
+def scan(directory: Path, root: Path, policy: NamePolicy, pattern: str | None = None) -> list[Entry]:
     """Visible entries of `directory`, sorted by name, symlinks followed."""
     entries: list[Entry] = []
     with os.scandir(directory) as it:
@@ -57,7 +54,7 @@ def scan(directory: Path, root: Path, pattern: str | None = None) -> list[Entry]
             if pattern is not None and not fnmatch.fnmatchcase(name, pattern):
                 continue
             try:
-                if item.is_symlink() and not _inside(root, item.path):
+                if not policy.visible(root, item):
                     continue
                 entries.append((name, item.stat()))
             except OSError:

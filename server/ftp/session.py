@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from ..core.receive import ResumeOffsetError
-from ..core.safepath import UnsafePath
+from ..core.safepath import HiddenName, UnsafePath
 from .accounts import Account
 from .commands import COMMANDS, TRANSFER_TIME_COMMANDS
 from .dataconn import DataChannel
@@ -65,7 +65,7 @@ class Session:
         self.writer = writer
         self.client_ip = client_ip
         self.local_ip = local_ip
-        self.vfs = VirtualFS(self.config.root)
+        self.vfs = VirtualFS(self.config.root, self.config.names)
         self.data = DataChannel(asyncio.get_running_loop(), client_ip, local_ip,
                                 self.config.passive_ports)
         # Login state.
@@ -161,6 +161,9 @@ class Session:
             await command.handler(self, arg)
         except FtpError as exc:
             self.reply(exc.code, exc.text)
+        except HiddenName:
+            log.info("refused hidden name %r from %s", arg, self.client_ip)
+            self.reply(550, "Permission denied: names starting with '.' are not served.")
         except UnsafePath as exc:
             log.warning("refused path %r from %s: %s", arg, self.client_ip, exc)
             self.reply(550, "Permission denied: path is outside the root.")

@@ -8,9 +8,13 @@ components, never as a real path.  A client path is resolved in three steps:
    that would climb above "/" is refused (`CWD ..` at the root, `/../..`, `a/../../x`)
    rather than silently clamped, so a client learns it asked for something outside;
 2. the components go through `safepath.virtual_parts` (NUL and backslash refused);
-3. `safepath.confine` joins them to the root and checks that the *resolved* result —
-   symlinks followed — is still inside it, so a link pointing out of the tree is
-   refused as if it were "..".
+3. the served root's `NamePolicy` (the same rules HTTP's static site follows)
+   refuses dotfile components (`.env`, `.git/config`) unless dotfiles are shown,
+   joins the components to the root and checks that the *resolved* result —
+   symlinks followed — is still inside it and is not a dotfile either, so a link
+   pointing out of the tree (or onto `.htpasswd`) is refused as if it were "..".
+   Links out of the root are followed for reading only when the policy says so
+   (`--follow-symlinks`); anything that writes (`write=True`) never goes through one.
 
 Doing ".." lexically means "/link/.." is "/" whatever the link points at: the client
 moves through the names it sees, never through the real tree behind a link.
@@ -26,16 +30,17 @@ import errno
 from pathlib import Path
 
 from ..core.receive import is_partial_name
-from ..core.safepath import UnsafePath, confine, virtual_parts
+from ..core.safepath import NamePolicy, UnsafePath, virtual_parts
 
 __all__ = ["VirtualFS", "UnsafePath"]
 
 
 class VirtualFS:
-    """A root directory and a virtual working directory inside it."""
+    """A root directory, the rules for names under it, and a virtual working directory."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, policy: NamePolicy | None = None) -> None:
         self.root = root            # resolved by FtpConfig
+        self.policy = policy or NamePolicy()
         self.cwd: list[str] = []
 
     def parts_of(self, client_path: str) -> list[str]:
@@ -55,10 +60,13 @@ class VirtualFS:
         # Second fence: the shared checker refuses NUL, backslash and any ".." left.
         return virtual_parts("/".join(parts))
 
-    def resolve(self, client_path: str) -> tuple[list[str], Path]:
-        """(virtual parts, real path) of `client_path`, confined to the root."""
+    def resolve(self, client_path: str, *, write: bool = False) -> tuple[list[str], Path]:
+        """(virtual parts, real path) of `client_path`, confined to the root.
+
+        Raises HiddenName (a dotfile) or UnsafePath (outside the root) — both 550.
+        """
         parts = self.parts_of(client_path)
-        return parts, confine(self.root, parts)
+        return parts, self.policy.locate(self.root, parts, write=write)
 
     @staticmethod
     def display(parts: list[str]) -> str:
