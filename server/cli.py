@@ -25,6 +25,7 @@ from .framework.build import build_application
 from .ftp import add_ftp_arguments, start_ftp
 from .http.config import ServerConfig
 from .http.server import Server
+from .static.compression import add_precompress_arguments
 from .static.options import StaticOptions, add_static_arguments
 
 __all__ = ["main", "build_parser", "config_from_args", "run_worker"]
@@ -46,6 +47,7 @@ def _size(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pageloan", description="minimal-copy HTTP/1.1 file and handler server")
+    parser.add_argument("--version", action="version", version=f"pageloan {_version()}")
     sub = parser.add_subparsers(dest="command")
     serve = sub.add_parser("serve", help="serve a directory (default: the bundled static/ site)")
     serve.add_argument("root", nargs="?", type=Path, help="directory to serve (default: bundled static/)")
@@ -82,7 +84,17 @@ def build_parser() -> argparse.ArgumentParser:
     for provide in OPTION_PROVIDERS:
         provide(serve)
     sub.add_parser("hash-password", help="read a password on stdin, print a hash for --ftp-users")
+    precompress = sub.add_parser("precompress", help="write .br/.zst/.gz siblings of the text files under ROOT")
+    add_precompress_arguments(precompress)
     return parser
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+        return version("pageloan")
+    except PackageNotFoundError:      # a checkout that was never installed
+        return "0.1.0"
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -232,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "hash-password":
         from .core.passwords import main as hash_main
         return hash_main() or 0
+    if args.command == "precompress":
+        from .static.compression import main as precompress_main
+        return precompress_main(args)
     if args.command != "serve":
         parser.print_help()
         return 2

@@ -18,6 +18,7 @@ class Metrics:
         "responses_total", "bytes_sendfile", "bytes_gather", "bytes_copy",
         "connections_open", "connections_total", "requests_rejected",
         "send_errors", "bytes_received_splice", "bytes_received_copy", "ledger",
+        "variants_built", "variants_dropped", "variant_bytes_held",
     )
 
     def __init__(self, ledger: LoanLedger | None = None) -> None:
@@ -32,6 +33,10 @@ class Metrics:
         self.bytes_received_splice = 0   # uploads moved socket → file inside the kernel
         self.bytes_received_copy = 0     # uploads that passed through a user buffer
         self.ledger = ledger or LoanLedger(64 << 20)
+        # Compressed variants built in memory (static/compression.py).
+        self.variants_built = 0
+        self.variants_dropped = 0        # because their file changed
+        self.variant_bytes_held = 0
 
     def snapshot(self) -> dict[str, int]:
         return {
@@ -47,6 +52,9 @@ class Metrics:
             "bytes_received_copy": self.bytes_received_copy,
             "loans_outstanding": self.ledger.outstanding,
             "loans_peak": self.ledger.peak,
+            "compressed_variants_built": self.variants_built,
+            "compressed_variants_dropped": self.variants_dropped,
+            "compressed_variant_bytes": self.variant_bytes_held,
         }
 
     def render(self) -> str:
@@ -86,6 +94,15 @@ class Metrics:
             "# HELP pageloan_send_errors_total Connections that failed while sending.",
             "# TYPE pageloan_send_errors_total counter",
             f"pageloan_send_errors_total {self.send_errors}",
+            "# HELP pageloan_compressed_variants_built_total Compressed variants built in memory (once per file and coding).",
+            "# TYPE pageloan_compressed_variants_built_total counter",
+            f"pageloan_compressed_variants_built_total {self.variants_built}",
+            "# HELP pageloan_compressed_variants_dropped_total Variants dropped because their file changed.",
+            "# TYPE pageloan_compressed_variants_dropped_total counter",
+            f"pageloan_compressed_variants_dropped_total {self.variants_dropped}",
+            "# HELP pageloan_compressed_variant_bytes Bytes of compressed variants held in memory.",
+            "# TYPE pageloan_compressed_variant_bytes gauge",
+            f"pageloan_compressed_variant_bytes {self.variant_bytes_held}",
         ]
         return "\n".join(lines) + "\n"
 

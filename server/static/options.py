@@ -16,7 +16,9 @@ the root; precompressed siblings on (they only ever *add* a smaller representati
                                   defaults: *.html → "max-age=0,
                                   must-revalidate", anything else →
                                   "max-age=3600"; an empty VALUE sends none)
-    --no-precompressed            ignore .br/.gz siblings
+    --no-precompressed            ignore .br/.zst/.gz siblings
+    --no-compress                 do not build compressed variants in memory
+    --compress-cache SIZE         bytes of compressed variants kept (default 32M)
     --open-file-cache N           open files kept (descriptors, stat, mappings)
 """
 
@@ -28,6 +30,7 @@ from pathlib import Path
 
 from ..core.filecache import OpenFileCache
 from .cache_policy import CacheControlRules, parse_rule
+from .compression import DEFAULT_BUDGET, Compressor
 from .site import StaticSite
 
 __all__ = ["DEFAULT_OPEN_FILES", "StaticOptions", "add_static_arguments", "static_options_from_args",
@@ -48,6 +51,8 @@ class StaticOptions:
     open_files: int = DEFAULT_OPEN_FILES
     map_max: int = 16 << 20           # files up to this size are mapped (so small ranges gather)
     answer_memo: bool = True          # replay answers to byte-identical requests
+    compress: bool = True             # build br/zstd/gzip variants once, in memory
+    compress_budget: int = DEFAULT_BUDGET
 
 
 def _rule(text: str) -> tuple[str, str]:
@@ -55,6 +60,17 @@ def _rule(text: str) -> tuple[str, str]:
         return parse_rule(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    text = text.strip().lower().removesuffix("b").removesuffix("i")
+    try:
+        if text and text[-1] in units:
+            return int(float(text[:-1]) * units[text[-1]])
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 32M)") from None
 
 
 def _positive(text: str) -> int:
@@ -80,6 +96,11 @@ def add_static_arguments(parser: argparse.ArgumentParser) -> None:
                             "others: 'max-age=3600'); empty VALUE: none")
     group.add_argument("--no-precompressed", action="store_true",
                        help="do not serve .br/.gz siblings to clients that accept them")
+    group.add_argument("--no-compress", action="store_true",
+                       help="do not compress text files without a sibling (by default each is "
+                            "compressed once per coding, off the event loop, and kept in memory)")
+    group.add_argument("--compress-cache", type=_size, default=DEFAULT_BUDGET, metavar="SIZE",
+                       help="bytes of compressed variants kept in memory (default 32M)")
     group.add_argument("--open-file-cache", type=_positive, default=DEFAULT_OPEN_FILES, metavar="N",
                        help=f"open files to keep (default {DEFAULT_OPEN_FILES})")
 
@@ -90,7 +111,8 @@ def static_options_from_args(args: argparse.Namespace) -> StaticOptions:
         autoindex=args.autoindex, follow_symlinks=args.follow_symlinks,
         show_dotfiles=args.show_dotfiles, cache_control=tuple(args.cache_control),
         precompressed=not args.no_precompressed, open_files=args.open_file_cache,
-        map_max=args.map_max, answer_memo=args.answer_memo)
+        map_max=args.map_max, answer_memo=args.answer_memo,
+        compress=not args.no_compress, compress_budget=args.compress_cache)
 
 
 def static_site(root: Path, options: StaticOptions | None = None) -> StaticSite:
@@ -104,4 +126,5 @@ def static_site(root: Path, options: StaticOptions | None = None) -> StaticSite:
         show_dotfiles=options.show_dotfiles,
         cache_control=CacheControlRules(options.cache_control),
         precompressed=options.precompressed,
+        compression=Compressor(budget=options.compress_budget) if options.compress else None,
     )

@@ -1,4 +1,4 @@
-"""Precompressed siblings: `style.css.br` / `style.css.gz` served for `style.css`.
+"""Precompressed siblings: `style.css.br` / `.zst` / `.gz` served for `style.css`.
 
 Theory of operation: compressing on every request costs CPU and defeats sendfile;
 compressing once at deploy time costs nothing per request.  So when a client's
@@ -31,7 +31,7 @@ __all__ = ["CODINGS", "RECHECK_SECONDS", "coding_preferences", "choose_coding",
            "find_siblings"]
 
 # (Content-Encoding token, file suffix), in order of preference on equal q.
-CODINGS: tuple[tuple[str, str], ...] = (("br", ".br"), ("gzip", ".gz"))
+CODINGS: tuple[tuple[str, str], ...] = (("br", ".br"), ("zstd", ".zst"), ("gzip", ".gz"))
 RECHECK_SECONDS = 1.0
 
 _PREFS_CACHE: dict[bytes, dict[str, float]] = {}

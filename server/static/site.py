@@ -48,6 +48,7 @@ from ..http.wire import header_block, http_date
 from .autoindex import listing_page
 from .byteranges import UNSATISFIABLE, content_range, multipart_slices, new_boundary, parse_range
 from .cache_policy import CacheControlRules
+from .compression import Compressor, Variant
 from .conditional import NOT_MODIFIED, PRECONDITION_FAILED, evaluate, if_range_holds
 from .mediatypes import media_type
 from .precompressed import CODINGS, RECHECK_SECONDS, choose_coding, find_siblings
@@ -175,14 +176,15 @@ class StaticSite:
     (HTML listings of directories without an index), `follow_symlinks` (serve
     symlinks that lead out of the root), `show_dotfiles`, `cache_control` (a
     CacheControlRules, or one value for every file), `precompressed` (serve
-    `.br`/`.gz` siblings).
+    `.br`/`.zst`/`.gz` siblings), `compression` (a Compressor: variants built in
+    memory for compressible files without siblings, compression.py).
     """
 
     def __init__(self, root: Path | str, *, cache: OpenFileCache | None = None,
                  autoindex: bool = False, follow_symlinks: bool = False,
                  show_dotfiles: bool = False,
                  cache_control: CacheControlRules | str | None = None,
-                 precompressed: bool = True) -> None:
+                 precompressed: bool = True, compression: Compressor | None = None) -> None:
         self.root = Path(os.path.realpath(root))
         self._root_text = str(self.root)
         self._root_prefix = self._root_text.rstrip("/") + "/"
@@ -197,6 +199,7 @@ class StaticSite:
             cache_control = CacheControlRules([("*", cache_control)], defaults=False)
         self.cache_control = cache_control
         self.precompressed = precompressed
+        self.compression = compression
         self._routes: dict[bytes, _Route] = {}
         self._file_routes: dict[tuple[str, str], _Route] = {}     # serve_file's
         self._route_limit = max(1024, 4 * self.cache.max_entries)
@@ -257,14 +260,17 @@ class StaticSite:
         (the route's own, or a precompressed sibling) it describes."""
         chosen = None
         accept = fields[_AE]
-        if accept is not None and self.precompressed:
-            chosen = self._pick_sibling(route, accept)
+        if accept is not None and (self.precompressed or self.compression is not None):
+            chosen = self._pick_sibling(route, accept, f)
+        served = f
         if chosen is not None:
-            f, p = chosen
+            served, p = chosen
         else:
             p = route.plain_vary if route.siblings else route.plain
-        built = f.extra.get(p) or _prebuilt(f, p)
-        return self._negotiated_for(request, f, built, fields), f
+        built = served.extra.get(p) or _prebuilt(served, p)
+        answer = self._negotiated_for(request, served, built, fields)
+        # A variant built in memory (compression.py) depends on its file's identity only.
+        return answer, (f if served.__class__ is Variant else served)
 
     def _negotiated_for(self, request: Request, f: OpenFile, built: _Prebuilt,
                         fields: list) -> Message:
@@ -324,7 +330,8 @@ class StaticSite:
                 f"Content-Length: {length}\r\n").encode("latin-1")
         return Message(206, (head + built.shared + b"\r\n",), slices)
 
-    def _pick_sibling(self, route: _Route, accept: bytes) -> tuple[OpenFile, _Presentation] | None:
+    def _pick_sibling(self, route: _Route, accept: bytes,
+                      f: OpenFile) -> tuple[OpenFile | Variant, _Presentation] | None:
         now = time.monotonic()
         if now - route.checked_at > RECHECK_SECONDS:
             self._look_for_siblings(route, now)
@@ -334,6 +341,9 @@ class StaticSite:
         if coding is None:
             return None
         path = next(path for c, path in route.siblings if c == coding)
+        if path is None:              # no sibling: a variant built in memory (compression.py)
+            variant = self.compression.variant(f, coding) if self.compression is not None else None
+            return None if variant is None else (variant, route.encoded[coding])
         try:
             sibling = self.cache.open(path)
         except OSError:
@@ -345,6 +355,8 @@ class StaticSite:
 
     def _look_for_siblings(self, route: _Route, now: float) -> None:
         route.siblings = find_siblings(route.path, self._inside_root) if self.precompressed else ()
+        if self.compression is not None:
+            route.siblings = self.compression.add_codings(route.path, route.siblings)
         route.codings = tuple(coding for coding, _path in route.siblings)
         route.checked_at = now
 
