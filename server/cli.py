@@ -217,8 +217,10 @@ def run_workers(config: Config) -> int:
             break
         except InterruptedError:
             continue
-        slot = children.pop(pid, None)
-        if slot is None or stopping:
+        if pid not in children:
+            continue
+        slot = children.pop(pid)
+        if stopping:
             continue
         code = os.waitstatus_to_exitcode(status)
         if code == 2:

@@ -13,7 +13,7 @@ from pathlib import Path
 import handler_fixtures
 import pytest
 
-from server.framework.routing import Route, RouteConflict, Router, add_converter
+from server.framework.routing import NO_ROUTE, Route, RouteConflict, RouteMatch, Router, add_converter
 
 handler_site = handler_fixtures.handler_site   # the fixture
 
@@ -30,11 +30,16 @@ def make_router(*patterns: str | tuple[str, list[str]]) -> Router:
     return router
 
 
-def matched(router: Router, path: bytes, method: str = "GET") -> tuple[str, dict] | object:
+def matched(router: Router, path: bytes, method: str = "GET") -> tuple[str, dict] | frozenset[str] | None:
+    """(pattern, params) on a hit, the allowed methods on a wrong method, None on a miss."""
     found = router.match(method, path)
-    if isinstance(found, tuple):
-        return found[0].pattern, found[1]
-    return found
+    if found.route is not None:
+        assert not found.allowed
+        return found.route.pattern, found.params
+    if found.allowed:
+        return found.allowed
+    assert found is NO_ROUTE
+    return None
 
 
 # -- patterns and converters ----------------------------------------------------------------
@@ -105,17 +110,18 @@ def test_parameter_beats_catch_all():
 
 def test_wrong_method_yields_the_allowed_methods():
     router = make_router(("/item/{id:int}", ["GET", "DELETE"]), ("/item/new", ["POST"]))
-    assert router.match("PUT", b"/item/3") == frozenset({"GET", "HEAD", "DELETE"})
-    assert router.match("GET", b"/item/new") == frozenset({"POST"})
-    assert router.match("GET", b"/nothing") is None
+    assert router.match("PUT", b"/item/3") == RouteMatch(None, {}, frozenset({"GET", "HEAD", "DELETE"}))
+    assert router.match("GET", b"/item/new").allowed == frozenset({"POST"})
+    assert router.match("GET", b"/item/new").route is None
+    assert router.match("GET", b"/nothing") is NO_ROUTE
 
 
 def test_get_implies_head_and_explicit_head_wins():
     router = Router()
     router.add(Route("/x", lambda r: "get", ["GET"], name="get"))
     router.add(Route("/x", lambda r: "head", ["HEAD"], name="head"))
-    assert router.match("HEAD", b"/x")[0].name == "head"
-    assert router.match("GET", b"/x")[0].name == "get"
+    assert router.match("HEAD", b"/x").route.name == "head"
+    assert router.match("GET", b"/x").route.name == "get"
     with pytest.raises(RouteConflict):
         router.add(Route("/x", lambda r: "again", ["GET"]))
 
@@ -130,7 +136,7 @@ def test_same_shape_different_parameter_names_share_a_node():
 
 def _visits(router: Router, path: bytes) -> int:
     before = router.visits
-    assert isinstance(router.match("GET", path), tuple)
+    assert router.match("GET", path).route is not None
     return router.visits - before
 
 

@@ -108,9 +108,11 @@ class Message:
 
     def wire_slices(self) -> list[Slice]:
         """Everything this message puts on the wire, in order."""
+        head: list[Slice] = list(self._stack[::-1])
         if self.head_only:
-            return self.header_slices()
-        return self.header_slices() + list(self.payload)
+            return head
+        head.extend(self.payload)
+        return head
 
     def __repr__(self) -> str:
         return (f"Message(status={self.status}, headers={len(self._stack)}, "

@@ -33,7 +33,8 @@ framing for the next response.
 
 `CopyTransmitter` is the one copy path (rule 5): a transport that cannot gather
 (TLS) gets every slice copied into contiguous `bytes`, file regions read with
-`os.pread` off the event loop, and every copied byte is counted.
+`os.pread` off the event loop (aiofiles' executor wrapper), and every copied byte is
+counted.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ import os
 import socket
 from collections import deque
 from collections.abc import Callable
+
+import aiofiles.os
 
 from .loans import LoanLedger
 from .message import FileRegion, Message
@@ -457,14 +460,21 @@ class SocketTransmitter:
             done(exc or ConnectionError("connection closed"))
 
 
+# File reads on the copy path have no kernel shortcut to a TLS socket and may block
+# on the disk, so they run in the loop's executor.  `pread`, not seek + read: the
+# descriptor comes from the shared open-file cache and other connections read it at
+# their own offsets at the same time (aiofiles' file objects would move its offset).
+_pread = aiofiles.os.wrap(os.pread)
+
+
 class CopyTransmitter:
     """The copy path for transports that cannot gather (TLS): counted copies.
 
     Same queue/flush/outstanding contract as SocketTransmitter.  Memory slices are
     copied to `bytes` and written to the transport; file regions are read with
-    `os.pread` in the default executor (file work with no kernel shortcut to a TLS
-    socket) in 256 KiB blocks, waiting while the transport's buffer is above its
-    high-water mark.  A short read means the file shrank: the connection fails.
+    `os.pread` in the default executor in 256 KiB blocks, waiting while the
+    transport's buffer is above its high-water mark.  A short read means the file
+    shrank: the connection fails.
     """
 
     BLOCK = 256 << 10
@@ -488,10 +498,10 @@ class CopyTransmitter:
         # Set by the owner while it waits for the queue to empty (loan budget, drain,
         # a streaming producer); otherwise an empty queue is not worth a call.
         self.wants_idle = False
-        self._queue: deque[tuple[list, Done | None, int]] = deque()
+        self._queue: deque[tuple[list[bytes | memoryview | FileRegion], Done | None, int]] = deque()
         self._writable = asyncio.Event()
         self._writable.set()
-        self._pump: asyncio.Task | None = None
+        self._pump: asyncio.Task[None] | None = None
         self.outstanding = 0
         self.accepted = 0
         self.closed = False
@@ -516,8 +526,17 @@ class CopyTransmitter:
             self._pump = self._loop.create_task(self._run())
 
     async def send(self, message: Message) -> None:
-        fut = self._loop.create_future()
-        self.enqueue(message, lambda exc: fut.done() or (fut.set_exception(exc) if exc else fut.set_result(None)))
+        fut: asyncio.Future[None] = self._loop.create_future()
+
+        def sent(exc: BaseException | None) -> None:
+            if fut.done():
+                return
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(None)
+
+        self.enqueue(message, sent)
         self.flush()
         await fut
 
@@ -532,7 +551,7 @@ class CopyTransmitter:
             while self._queue and not self.closed:
                 slices, done, charge = self._queue[0]
                 for s in slices:
-                    if type(s) is FileRegion:
+                    if isinstance(s, FileRegion):
                         await self._copy_region(s)
                     else:
                         self._transport.write(bytes(s))   # the counted copy
@@ -553,13 +572,13 @@ class CopyTransmitter:
                 self._on_error(exc)
             return
         self._pump = None
-        if self.wants_idle and not self._queue and not self.closed:
+        if self.wants_idle and not self._queue and not self.closed and self._on_idle is not None:
             self._on_idle()
 
     async def _copy_region(self, region: FileRegion) -> None:
         offset, left = region.offset, region.count
         while left:
-            block = await self._loop.run_in_executor(None, os.pread, region.fd, min(left, self.BLOCK), offset)
+            block = await _pread(region.fd, min(left, self.BLOCK), offset)
             if not block:
                 raise TruncatedFileError(errno.EIO, f"file shrank during send ({left} bytes owed)")
             self._transport.write(block)

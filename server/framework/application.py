@@ -156,8 +156,9 @@ class Application:
             router = self._router
             if router is not None:
                 found = router.match(request.method, request.raw_path)
-                if type(found) is tuple:
-                    route, params = found
+                route = found.route
+                if route is not None:
+                    params = found.params
                     if params:   # (an empty match shares one dict: never hand it out)
                         request.route_params = params   # for hooks and middleware
                     result = route.handler(request, **params)
@@ -173,8 +174,8 @@ class Application:
                     if route.is_async:
                         return self._finish(request, result)
                     return self._convert_sync(request, result)
-                if found is not None:
-                    return self.error(request, 405, headers=[("Allow", ", ".join(sorted(found)))])
+                if found.allowed:
+                    return self.error(request, 405, headers=[("Allow", ", ".join(sorted(found.allowed)))])
             elif self._router_callable is not None:
                 answer = self._router_callable(request)
                 if answer is not None:

@@ -169,7 +169,9 @@ class HandlerDirectory:
         for name in sorted(n for n in self._seen if is_handler_file(n)):
             try:
                 self.modules[name] = self._import(name)
-            except (Exception, SystemExit) as exc:
+            # A handler module is user code: whatever its import raises (even
+            # sys.exit) is reported with its traceback; it never crashes the server.
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code
                 failures.append(f"handler module {name} (in {self.directory}) failed to import:\n"
                                 f"{self.traceback_of(exc)}")
         if failures:
@@ -260,7 +262,7 @@ class HandlerDirectory:
         for name in targets:
             try:
                 fresh = self._import(name)
-            except (Exception, SystemExit) as exc:
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code; keep the last good version
                 log.error("reloading handler module %s failed; keeping the last good version\n%s",
                           name, self.traceback_of(exc))
                 self.pending.add(name)
@@ -322,7 +324,7 @@ class Reloader:
             return False
         plan.commit()
         self.generation += 1
-        names = ", ".join((new or old).file_name for old, new in plan.replaced if (new or old))
+        names = ", ".join(module.file_name for old, new in plan.replaced if (module := new or old) is not None)
         log.info("reloaded handler modules: %s", names)
         if self._loop is not None:
             task = self._loop.create_task(self._cycle_lifecycle_hooks(plan.replaced))

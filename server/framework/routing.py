@@ -23,9 +23,12 @@ share a node.  Routes without parameters are also kept in an exact dict keyed by
 raw path bytes, so the commonest case costs one lookup and no decoding at all.
 
 Precedence, therefore: a literal segment beats a parameter at the same position; a
-more specific converter beats `str`; a parameter beats a catch-all.  A path that
-matches some route but not for the request's method yields the set of methods that
-would have matched (→ 405 with `Allow`).  GET routes answer HEAD too.
+more specific converter beats `str`; a parameter beats a catch-all.  A lookup returns
+a `RouteMatch`: the route and its parameters; or, for a path that matches some route
+but not for the request's method, no route and the methods that would have matched
+(→ 405 with `Allow`); or `NO_ROUTE`.  A hit on a route without parameters returns a
+RouteMatch built when the route was added: the common case allocates nothing.
+GET routes answer HEAD too.
 
 Segments are matched percent-decoded, each on its own, so `%2F` inside a segment is
 data, not a separator, and a literal `/caf%C3%A9` matches the pattern `/café`.
@@ -44,7 +47,7 @@ import re
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote, unquote_to_bytes
 
 from ..http.errors import HTTPError
@@ -53,7 +56,8 @@ from ..http.responses import redirect_response
 from ..static.site import StaticSite
 from .registry import current_registry
 
-__all__ = ["route", "mount", "Route", "Mount", "Router", "RouteConflict", "add_converter", "CONVERTERS"]
+__all__ = ["route", "mount", "Route", "Mount", "Router", "RouteMatch", "NO_ROUTE", "RouteConflict",
+           "add_converter", "CONVERTERS"]
 
 
 class RouteConflict(ValueError):
@@ -290,8 +294,25 @@ class _Node:
         self.forks = kinds > 1
 
 
-_NO_PARAMS: dict[str, Any] = {}
+_NO_PARAMS: dict[str, Any] = {}   # shared by every match without parameters: never mutate
+_NO_METHODS: frozenset[str] = frozenset()
 _MISS_MEMO_LIMIT = 4096
+
+
+class RouteMatch(NamedTuple):
+    """The answer of `Router.match`.
+
+    `route` set: call `route.handler(request, **params)`.  `route` None and `allowed`
+    non-empty: the path exists for other methods (405, `Allow: allowed`).  Both empty:
+    no route has this path (`NO_ROUTE`).
+    """
+
+    route: Route | None
+    params: dict[str, Any] = _NO_PARAMS
+    allowed: frozenset[str] = _NO_METHODS
+
+
+NO_ROUTE = RouteMatch(None)
 
 
 def _segments_of(raw_path: bytes) -> list[str] | None:
@@ -311,7 +332,8 @@ class Router:
 
     def __init__(self, routes: Iterable[Route] = ()) -> None:
         self._root = _Node()
-        self._exact: dict[bytes, dict[str, Route]] = {}
+        # Raw path of a parameterless pattern → method → its prebuilt RouteMatch.
+        self._exact: dict[bytes, dict[str, RouteMatch]] = {}
         # Raw paths no route can match (most of a static site): one set lookup next time.
         self._misses: set[bytes] = set()
         self.routes: list[Route] = []
@@ -359,7 +381,8 @@ class Router:
         for visited in path:
             visited.update_forks()
         if new.is_exact:
-            self._exact[quote(new.pattern).encode("ascii")] = node.methods
+            self._exact[quote(new.pattern).encode("ascii")] = {
+                method: RouteMatch(r) for method, r in node.methods.items()}
         self.routes.append(new)
         return new
 
@@ -377,27 +400,27 @@ class Router:
         return register
 
     # -- lookup --------------------------------------------------------------------------
-    def match(self, method: str, raw_path: bytes) -> tuple[Route, dict[str, Any]] | frozenset[str] | None:
-        """`(route, params)` on a match; the allowed methods if only the method is wrong;
-        None if no route has this path."""
+    def match(self, method: str, raw_path: bytes) -> RouteMatch:
+        """The route for `method` and `raw_path` with its parameters; else the methods
+        this path answers (405); else `NO_ROUTE`."""
         exact = self._exact.get(raw_path)
         if exact is not None:
-            found = exact.get(method)
-            if found is not None:
-                return found, _NO_PARAMS
+            hit = exact.get(method)
+            if hit is not None:
+                return hit
         elif raw_path in self._misses:
-            return None
+            return NO_ROUTE
         found = self._match_walk(method, raw_path)
-        if found is None:
+        if found is NO_ROUTE:
             if len(self._misses) >= _MISS_MEMO_LIMIT:
                 self._misses.clear()
             self._misses.add(raw_path)
         return found
 
-    def _match_walk(self, method: str, raw_path: bytes) -> tuple[Route, dict[str, Any]] | frozenset[str] | None:
+    def _match_walk(self, method: str, raw_path: bytes) -> RouteMatch:
         segments = _segments_of(raw_path)
         if segments is None:
-            return None
+            return NO_ROUTE
         # The straight walk: while no node offers a choice, one pass decides, with
         # no recursion and no backing up.  From the first fork on, search properly.
         node = self._root
@@ -407,39 +430,40 @@ class Router:
                 return self._search(node, segments, i, method, values)
             self.visits += 1
             if node.literal:
-                node = node.literal.get(segment)
-                if node is None:
-                    return None
+                child = node.literal.get(segment)
+                if child is None:
+                    return NO_ROUTE
+                node = child
             elif node.params:
                 if not segment:
-                    return None
+                    return NO_ROUTE
                 converter, node = node.params[0]
                 try:
                     values.append(converter.parse(segment))
                 except ValueError:
-                    return None
+                    return NO_ROUTE
             elif node.rest is not None:
                 node = node.rest
                 values.append("/".join(segments[i:]))
                 break
             else:
-                return None
+                return NO_ROUTE
         self.visits += 1
         methods = node.methods
         found = methods.get(method)
         if found is not None:
-            return found, (dict(zip(found.param_names, values, strict=False)) if values else _NO_PARAMS)
-        return frozenset(methods) if methods else None
+            return RouteMatch(found, dict(zip(found.param_names, values, strict=False)) if values else _NO_PARAMS)
+        return RouteMatch(None, _NO_PARAMS, frozenset(methods)) if methods else NO_ROUTE
 
     def _search(self, node: _Node, segments: list[str], i: int, method: str,
-                values: list[Any]) -> tuple[Route, dict[str, Any]] | frozenset[str] | None:
+                values: list[Any]) -> RouteMatch:
         wrong_method: list[dict[str, Route]] = []
         found = self._find(node, segments, i, method, values, wrong_method)
         if found is not None:
-            return found, (dict(zip(found.param_names, values, strict=False)) if values else _NO_PARAMS)
+            return RouteMatch(found, dict(zip(found.param_names, values, strict=False)) if values else _NO_PARAMS)
         if wrong_method:
-            return frozenset(m for methods in wrong_method for m in methods)
-        return None
+            return RouteMatch(None, _NO_PARAMS, frozenset(m for methods in wrong_method for m in methods))
+        return NO_ROUTE
 
     def _find(self, node: _Node, segments: list[str], i: int, method: str,
               values: list[Any], wrong_method: list[dict[str, Route]]) -> Route | None:

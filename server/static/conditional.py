@@ -88,7 +88,7 @@ def parse_http_date(value: bytes) -> int | None:
     """An HTTP-date (IMF-fixdate, RFC 850 or asctime) as Unix seconds, or None."""
     cached = _DATE_CACHE.get(value, -1)
     if cached != -1:
-        return cached  # type: ignore[return-value]
+        return cached
     seconds: int | None = None
     try:
         parsed = parsedate_tz(value.decode("latin-1"))
