@@ -126,6 +126,17 @@ def test_get_implies_head_and_explicit_head_wins():
         router.add(Route("/x", lambda r: "again", ["GET"]))
 
 
+def test_a_parameterless_hit_is_prebuilt_and_follows_later_routes():
+    router = make_router(("/plain", ["GET"]))
+    first = router.match("GET", b"/plain")
+    assert first.route is not None and first.route.pattern == "/plain" and first.params == {}
+    assert router.match("GET", b"/plain") is first          # built at add(), not per request
+    assert router.match("POST", b"/plain").allowed == frozenset({"GET", "HEAD"})
+    router.add(Route("/plain", lambda r: "posted", ["POST"], name="post"))
+    assert router.match("POST", b"/plain").route.name == "post"
+    assert router.match("GET", b"/plain").route is first.route
+
+
 def test_same_shape_different_parameter_names_share_a_node():
     router = make_router(("/a/{x}", ["GET"]), ("/a/{y}", ["POST"]))
     assert matched(router, b"/a/1", "GET") == ("/a/{x}", {"x": "1"})
