@@ -1,10 +1,14 @@
 """`python -m loadtest`: the command line, and the run from tools to report.
 
-Order of a run: pick scenarios and servers; make sure the tools, the peers' venv and
-the document root exist; decide CPU pinning; then measure every (scenario, server) pair
-one after another, scenario by scenario so that the servers compared in one table ran
-close together in time; save JSON after every pair; print the markdown report.
-Exit status: 0 all pairs ran, 1 some pair failed, 2 bad arguments, 3 missing tools.
+Order of a run: pick scenarios and servers; check that the tools and the peers'
+interpreter are there (the harness installs nothing: tools.py and venv.py say what to
+install when one is missing); make sure the document root exists; decide CPU pinning;
+then measure every (scenario, server) pair one after another, scenario by scenario so
+that the servers compared in one table ran close together in time; save JSON after
+every pair; print the markdown report.  Results and charts go to the user's cache
+(locations.py) unless `--out` names a file, e.g. under docs/benchmarks/ for a report
+that is to be committed.
+Exit status: 0 all pairs ran, 1 some pair failed, 2 bad arguments, 3 missing tools or peers.
 """
 
 from __future__ import annotations
@@ -19,12 +23,13 @@ from pathlib import Path
 from loadtest import compare, report, results
 from loadtest.chart import write_charts
 from loadtest.docroot import DEFAULT_DOCROOT, build_docroot
+from loadtest.locations import RESULTS_DIR, default_results_file
 from loadtest.progress import say
 from loadtest.runner import Settings, measure
 from loadtest.scenarios import BY_NAME as SCENARIOS
 from loadtest.servers import BY_NAME as SERVERS
-from loadtest.tools import MissingTool, ensure_tools, find_tool
-from loadtest.venv import DEFAULT_VENV, ensure_venv, peer_versions
+from loadtest.tools import MissingTool, find_tool, require_tools
+from loadtest.venv import DEFAULT_VENV, MissingPeers, check_peers, peer_python, peer_versions
 
 DEFAULT_SERVERS = [name for name, spec in SERVERS.items() if not spec.on_request]
 SMOKE = {"servers": "pageloan,nginx", "scenarios": "1k,64k", "duration": 2, "warmup": 0,
@@ -49,16 +54,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-strace", action="store_true", help="skip the syscall profile")
     p.add_argument("--nginx-ofc", action="store_true",
                    help="add the peer nginx+ofc (nginx with open_file_cache)")
-    p.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="peers' virtualenv")
+    p.add_argument("--venv", type=Path, default=DEFAULT_VENV,
+                   help=f"the peers' virtualenv, prepared by you (default {DEFAULT_VENV}; "
+                        "see loadtest/README.md)")
+    p.add_argument("--peer-python", type=Path,
+                   help="interpreter for the Python peers (default: the venv's python if it "
+                        "exists, else this interpreter)")
     p.add_argument("--docroot", type=Path, default=DEFAULT_DOCROOT,
                    help="where the generated document root is kept")
-    p.add_argument("--out", type=Path, default=Path("loadtest-results.json"),
-                   help="results JSON (default ./loadtest-results.json)")
+    p.add_argument("--out", type=Path,
+                   help=f"results JSON; charts go beside it (default: a new file in {RESULTS_DIR}; "
+                        "docs/benchmarks/results.json for a report to commit)")
     p.add_argument("--no-charts", action="store_true", help="write no PNG charts")
     p.add_argument("--compare", nargs="+", metavar="JSON",
                    help="OLD [NEW]: with NEW, compare two results files and exit; "
                         "alone, compare this run's results with OLD")
-    p.add_argument("--no-install", action="store_true", help="never apt-get install tools")
+    # Accepted for old scripts: the harness never installs anything any more.
+    p.add_argument("--no-install", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--smoke", action="store_true",
                    help="quick check: pageloan and nginx, 1k and 64k, 2 s runs, 1 s strace")
     p.add_argument("--list", action="store_true", help="list scenarios and servers, then exit")
@@ -68,6 +80,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             setattr(args, key, value)
     if args.no_strace:
         args.strace_seconds = 0
+    if args.out is None:
+        args.out = default_results_file()
     if args.compare and len(args.compare) > 2:
         p.error("--compare takes OLD or OLD NEW")
     if args.duration < 1 or args.warmup < 0 or args.strace_seconds < 0:
@@ -145,18 +159,21 @@ def main(argv: list[str] | None = None) -> int:
     needed |= {"strace"} if args.strace_seconds else set()
     needed |= {t for _, sp in pairs for t in sp.tools}
     try:
-        tools = ensure_tools(sorted(needed), install=not args.no_install, log=say)
+        tools = require_tools(sorted(needed))
     except MissingTool as exc:
         print(f"loadtest: {exc}", file=sys.stderr)
         return 3
-    peer_python = None
-    if any(sp.venv for _, sp in pairs):
+    python_for_peers = None
+    peers = sorted({sp.name for _, sp in pairs if sp.venv})
+    if peers:
+        venv = args.venv.expanduser()
+        python_for_peers = peer_python(args.peer_python.expanduser() if args.peer_python else None, venv)
         try:
-            peer_python = ensure_venv(args.venv.expanduser(), log=say)
-        except (RuntimeError, OSError) as exc:
-            print(f"loadtest: cannot prepare the peers' virtualenv: {exc}\n"
-                  "Run with --servers pageloan,nginx to skip the Python peers.", file=sys.stderr)
+            check_peers(python_for_peers, peers, venv)
+        except MissingPeers as exc:
+            print(f"loadtest: {exc}", file=sys.stderr)
             return 3
+        say(f"Python peers ({', '.join(peers)}) run with {python_for_peers}")
 
     big = any(sc.big_file for sc, _ in pairs)
     say(f"document root {args.docroot}" + (" (writing 256m.bin if missing)" if big else ""))
@@ -172,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                 pinned=bool(pinned), pin_note=pin_note,
                 versions={"wrk": results.tool_version([tools["wrk"], "-v"]) if "wrk" in tools else "",
                           "nginx": results.tool_version([tools["nginx"], "-v"]) if "nginx" in tools else "",
-                          **(peer_versions(peer_python) if peer_python else {})})
+                          **(peer_versions(python_for_peers) if python_for_peers else {})})
     out = {"meta": meta, "records": []}
     per_pair = args.duration + args.warmup + args.strace_seconds + 4
     say(f"{len(pairs)} runs, about {len(pairs) * per_pair / 60:.1f} min")
@@ -182,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         ftproot = _ftp_root(docroot, workroot) if any(sc.protocol == "ftp" for sc, _ in pairs) \
             else workroot
         settings = Settings(args.duration, args.warmup, args.strace_seconds, args.connections,
-                            docroot, ftproot, workroot, tools, peer_python)
+                            docroot, ftproot, workroot, tools, python_for_peers)
         if pinned:
             settings.server_cpu, settings.client_cpu = pinned
             settings.server_pin = [taskset, "-c", str(pinned[0])]
@@ -191,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"[{i}/{len(pairs)}] {scenario.name} × {spec.name}")
             record = measure(spec, scenario, settings, log=say)
             out["records"].append(record)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
             say(f"[{i}/{len(pairs)}] {scenario.name} × {spec.name}: {_line(record)}")
             results.save(args.out, out)
     finally:

@@ -9,7 +9,6 @@ modules are changed, broken and added under it.
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import inspect
 import json
@@ -18,12 +17,12 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import handler_fixtures
 import pytest
 from handler_fixtures import fetch_on, write_modules
+from polling import until, wait_until
 
 from server.framework.build import AppOptions, build_application
 from server.framework.loader import PACKAGE_PREFIX, HandlerLoadError
@@ -172,17 +171,19 @@ def _rewrite(path: Path, text: str) -> None:
 
 
 def _poll(conn: http.client.HTTPConnection, path: str, want: object, timeout: float = 10.0) -> object:
-    deadline = time.monotonic() + timeout
-    got: object = None
-    while time.monotonic() < deadline:
+    """GET `path` on `conn` until it answers `want` (JSON, or the status if not 200)."""
+    seen: list[object] = []
+
+    def answers() -> bool:
         reply = fetch_on(conn, "GET", path)
-        got = reply.json() if reply.status == 200 else reply.status
-        if got == want:
-            return got
-        time.sleep(0.2)
-    return got
+        seen.append(reply.json() if reply.status == 200 else reply.status)
+        return seen[-1] == want
+
+    wait_until(answers, f"GET {path} to answer {want!r}", timeout=timeout, interval=0.1)
+    return seen[-1]
 
 
+@pytest.mark.slow
 def test_reload_picks_up_changes_without_dropping_the_socket(tmp_path: Path, server_process):
     handlers = tmp_path / "handlers"
     handlers.mkdir()
@@ -203,7 +204,8 @@ def test_reload_picks_up_changes_without_dropping_the_socket(tmp_path: Path, ser
 
     # A broken edit keeps the last good version in service, on the same connection.
     _rewrite(module, "from server import route\n\n@route('/version')\ndef version(request:\n")
-    time.sleep(2.5)                       # more than two polls
+    # The reloader has seen the broken file once it logs that it kept the old one.
+    wait_until(lambda: "keeping the last good version" in log_path.read_text(), "the failed reload's log line")
     assert fetch_on(conn, "GET", "/version").json() == {"version": 2}
 
     # A new module is discovered; the fixed module comes back.
@@ -285,10 +287,7 @@ async def test_helper_change_reloads_dependents_and_cycles_lifecycle_hooks(tmp_p
         _rewrite(directory / "_helper.py", "VALUE = 2\n")
         assert app.reloader.check() is True
         assert await _get_json(app, "/value") == (200, {"value": 2})
-        for _ in range(50):                                   # the hooks run in a task
-            if len(app.state.events) == 3:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: len(app.state.events) == 3, "the reload's lifecycle hooks")  # they run in a task
         assert app.state.events == [("start", 1), ("stop", 1), ("start", 2)]
         assert app.reloader.check() is False                  # nothing changed since
     finally:

@@ -3,7 +3,8 @@
 pageloan and nginx, scenarios 1k and 64k, 2 s runs and a 1 s strace run each, with the
 real wrk, nginx and `python -m server`. It pins that the harness measures both servers
 (req/s > 0, probes answered correctly), counts syscalls, and prints pageloan's ratio to
-nginx in the report. Skipped only when wrk or nginx is missing and cannot be installed.
+nginx in the report. Skipped when wrk or nginx is not installed (.ci/run installs them);
+the harness itself never installs anything.
 """
 
 import json
@@ -14,30 +15,21 @@ from pathlib import Path
 
 import pytest
 
+from loadtest.tools import MissingTool, find_tool, require_tools
+
 REPO = Path(__file__).resolve().parent.parent
-ENSURE = (
-    "import sys\n"
-    "from loadtest.tools import MissingTool, ensure_tools\n"
-    "try:\n    ensure_tools(sys.argv[1:])\n"
-    "except MissingTool as exc:\n    print(exc)\n    sys.exit(3)\n"
-)
 
 
-def _tools_available(*names: str) -> tuple[bool, str]:
-    """Find the tools, installing them the harness's way when possible."""
-    done = subprocess.run([sys.executable, "-c", ENSURE, *names], cwd=REPO,
-                          capture_output=True, text=True, timeout=1800)
-    return done.returncode == 0, (done.stdout + done.stderr).strip()
-
-
+@pytest.mark.slow
+@pytest.mark.tools
 def test_smoke_run_reports_pageloan_against_nginx(tmp_path):
-    ok, why = _tools_available("wrk", "nginx")
-    if not ok:
-        pytest.skip(f"wrk/nginx unavailable: {why}")
-    with_strace, _ = _tools_available("strace")
+    try:
+        require_tools(["wrk", "nginx"])
+    except MissingTool as exc:
+        pytest.skip(str(exc))
+    with_strace = find_tool("strace") is not None
     out = tmp_path / "results.json"
-    argv = [sys.executable, "-m", "loadtest", "--smoke", "--no-charts", "--no-install",
-            "--out", str(out)]
+    argv = [sys.executable, "-m", "loadtest", "--smoke", "--no-charts", "--out", str(out)]
     if not with_strace:
         argv.append("--no-strace")
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=150)
@@ -57,3 +49,38 @@ def test_smoke_run_reports_pageloan_against_nginx(tmp_path):
     ratio_rows = re.findall(r"^\| nginx \|.*\| (\d+\.\d\d)× \|$", done.stdout, re.MULTILINE)
     assert len(ratio_rows) == 2, done.stdout
     assert all(float(r) > 0 for r in ratio_rows)
+
+
+def test_a_missing_tool_names_its_package_and_installs_nothing(tmp_path):
+    with pytest.raises(MissingTool) as caught:
+        require_tools(["curl", "no-such-tool-pageloan"])
+    message = str(caught.value)
+    assert "no-such-tool-pageloan" in message and "apt-get install no-such-tool-pageloan" in message
+    assert "curl" not in message.split("missing tools:")[1].split(".")[0]
+
+
+def test_missing_peers_stop_the_run_with_the_command_that_prepares_them(tmp_path):
+    # An interpreter that has none of the peers: an empty venv without site packages
+    # would take seconds to make; a python with -I -S and no site dir is enough.
+    bare = tmp_path / "bare-python"
+    bare.write_text(f"#!/bin/sh\nexec {sys.executable} -I -S \"$@\"\n")
+    bare.chmod(0o755)
+    done = subprocess.run([sys.executable, "-m", "loadtest", "--servers", "sanic", "--scenarios", "1k",
+                           "--peer-python", str(bare), "--no-strace", "--out", str(tmp_path / "r.json")],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    if done.returncode == 3 and "missing tools" in done.stderr:
+        pytest.skip(done.stderr.strip())
+    assert done.returncode == 3, done.stderr
+    assert "cannot import sanic" in done.stderr
+    assert "pip install -e '.[peers]'" in done.stderr
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_results_go_outside_the_repository_by_default():
+    from loadtest.cli import parse_args
+    from loadtest.locations import RESULTS_DIR
+
+    out = parse_args(["--smoke"]).out
+    assert out.parent == RESULTS_DIR and out.suffix == ".json"
+    assert not out.resolve().is_relative_to(REPO)
+    assert parse_args(["--out", "docs/benchmarks/results.json"]).out == Path("docs/benchmarks/results.json")
