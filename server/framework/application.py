@@ -39,9 +39,10 @@ from ..core.message import Message
 from ..core.metrics import METRICS
 from ..http.errors import HTTPError
 from ..http.request import BadRequest, BodyTooLarge, Request
-from ..http.responses import StreamResponse, error_response, text_response
+from ..http.responses import StreamResponse, empty_response, error_response, text_response
 from ..http.wire import header_block
 from ..static.answer_memo import AnswerMemo
+from ..static.error_pages import default_error_page
 from ..static.site import StaticSite
 from .hooks import Hooks, call_lifecycle_hook, call_maybe_async
 from .registry import Registry
@@ -175,7 +176,10 @@ class Application:
                         return self._finish(request, result)
                     return self._convert_sync(request, result)
                 if found.allowed:
-                    return self.error(request, 405, headers=[("Allow", ", ".join(sorted(found.allowed)))])
+                    allow = ", ".join(sorted({*found.allowed, "OPTIONS"}))
+                    if request.method == "OPTIONS":     # what this path answers, not an error
+                        return empty_response(204, [("Allow", allow)], length=False)
+                    return self.error(request, 405, headers=[("Allow", allow)])
             elif self._router_callable is not None:
                 answer = self._router_callable(request)
                 if answer is not None:
@@ -186,7 +190,7 @@ class Application:
                 if answer is not None:
                     return answer
                 if request.method not in ("GET", "HEAD"):
-                    return self.error(request, 405, headers=[("Allow", "GET, HEAD")])
+                    return self.error(request, 405, headers=[("Allow", "GET, HEAD, OPTIONS")])
             return self.error(request, 404)
         except Exception as exc:  # noqa: BLE001 - any handler failure becomes an answer
             return self.exception_answer(request, exc)
@@ -270,6 +274,8 @@ class Application:
         close = status == 413
         page_of = getattr(self.static, "error_page", None)
         page = page_of(status) if page_of is not None and detail is None else None
+        if page is None and detail is None and self.static is not None:
+            page = default_error_page(status)     # a root's errors look like a site's (error_pages.py)
         if page is None:
             return error_response(status, detail, close=close, headers=headers)
         headers = list(headers)

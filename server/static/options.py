@@ -20,6 +20,12 @@ the root; precompressed siblings on (they only ever *add* a smaller representati
     --no-compress                 do not build compressed variants in memory
     --compress-cache SIZE         bytes of compressed variants kept (default 32M)
     --open-file-cache N           open files kept (descriptors, stat, mappings)
+    --spa-fallback FILE           a missing path without an extension gets FILE (200)
+    --redirect 'FROM TO [STATUS]' redirect (301 default; FROM may end in /* for a prefix)
+    --rewrite 'FROM TO'           serve TO for FROM, internally
+    --basic-auth 'PATH FILE [REALM]'  passwords from an htpasswd file for PATH
+    --cors 'PATH ORIGIN[,ORIGIN]' CORS for PATH (preflight answered)
+(rules.py says what each does; the config file has the full set of options.)
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from pathlib import Path
 from ..core.filecache import OpenFileCache
 from .cache_policy import CacheControlRules, parse_rule
 from .compression import DEFAULT_BUDGET, Compressor
+from .rules import RuleError, RuleSpec, SiteRules, parse_auth, parse_cors, parse_redirect
 from .site import StaticSite
 
 __all__ = ["DEFAULT_OPEN_FILES", "StaticOptions", "add_static_arguments", "static_options_from_args",
@@ -53,6 +60,7 @@ class StaticOptions:
     answer_memo: bool = True          # replay answers to byte-identical requests
     compress: bool = True             # build br/zstd/gzip variants once, in memory
     compress_budget: int = DEFAULT_BUDGET
+    rules: RuleSpec = RuleSpec()      # redirects, rewrites, auth, CORS, SPA fallback (rules.py)
 
 
 def _rule(text: str) -> tuple[str, str]:
@@ -71,6 +79,15 @@ def _size(text: str) -> int:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 32M)") from None
+
+
+def _rule_type(parse):
+    def convert(text: str):
+        try:
+            return parse(text)
+        except RuleError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return convert
 
 
 def _positive(text: str) -> int:
@@ -101,6 +118,23 @@ def add_static_arguments(parser: argparse.ArgumentParser) -> None:
                             "compressed once per coding, off the event loop, and kept in memory)")
     group.add_argument("--compress-cache", type=_size, default=DEFAULT_BUDGET, metavar="SIZE",
                        help="bytes of compressed variants kept in memory (default 32M)")
+    rules = parser.add_argument_group("site rules")
+    rules.add_argument("--spa-fallback", metavar="FILE",
+                       help="single-page app: a missing path without an extension gets FILE "
+                            "(relative to the root, e.g. index.html) with 200")
+    rules.add_argument("--redirect", action="append", default=[], metavar="'FROM TO [STATUS]'",
+                       type=_rule_type(parse_redirect),
+                       help="redirect FROM (exact, or a prefix ending in /*) to TO with STATUS "
+                            "(301, 302, 303, 307, 308; default 301); TO may use $uri, $rest, $query")
+    rules.add_argument("--rewrite", action="append", default=[], metavar="'FROM TO'",
+                       type=_rule_type(lambda text: parse_redirect(text, rewrite=True)),
+                       help="serve the root's TO for FROM without telling the client")
+    rules.add_argument("--basic-auth", action="append", default=[], metavar="'PATH HTPASSWD [REALM]'",
+                       type=_rule_type(parse_auth),
+                       help="ask for a user and password (bcrypt/argon2/scrypt htpasswd file) under PATH")
+    rules.add_argument("--cors", action="append", default=[], metavar="'PATH ORIGIN[,ORIGIN...]'",
+                       type=_rule_type(parse_cors),
+                       help="allow cross-origin requests to PATH from ORIGINs (* for any)")
     group.add_argument("--open-file-cache", type=_positive, default=DEFAULT_OPEN_FILES, metavar="N",
                        help=f"open files to keep (default {DEFAULT_OPEN_FILES})")
 
@@ -112,14 +146,19 @@ def static_options_from_args(args: argparse.Namespace) -> StaticOptions:
         show_dotfiles=args.show_dotfiles, cache_control=tuple(args.cache_control),
         precompressed=not args.no_precompressed, open_files=args.open_file_cache,
         map_max=args.map_max, answer_memo=args.answer_memo,
-        compress=not args.no_compress, compress_budget=args.compress_cache)
+        compress=not args.no_compress, compress_budget=args.compress_cache,
+        rules=RuleSpec(redirects=tuple(args.redirect) + tuple(args.rewrite), auth=tuple(args.basic_auth),
+                       cors=tuple(args.cors), spa_fallback=args.spa_fallback))
 
 
 def static_site(root: Path, options: StaticOptions | None = None) -> StaticSite:
-    """The StaticSite serving `root` as `options` say (the safe defaults without)."""
+    """The StaticSite serving `root` as `options` say (the safe defaults without).
+
+    RuleError if a rule cannot apply to this root (an SPA fallback file missing).
+    """
     options = options or StaticOptions()
     cache = OpenFileCache(max_entries=options.open_files, map_max=options.map_max)
-    return StaticSite(
+    site = StaticSite(
         root, cache=cache,
         autoindex=options.autoindex,
         follow_symlinks=options.follow_symlinks,
@@ -128,3 +167,7 @@ def static_site(root: Path, options: StaticOptions | None = None) -> StaticSite:
         precompressed=options.precompressed,
         compression=Compressor(budget=options.compress_budget) if options.compress else None,
     )
+    if options.rules:
+        # Only a root with rules pays for them (a wrapper around respond).
+        SiteRules(options.rules, site.root).install(site)
+    return site

@@ -50,8 +50,10 @@ from .byteranges import UNSATISFIABLE, content_range, multipart_slices, new_boun
 from .cache_policy import CacheControlRules
 from .compression import Compressor, Variant
 from .conditional import NOT_MODIFIED, PRECONDITION_FAILED, evaluate, if_range_holds
+from .error_pages import default_error_page
 from .mediatypes import media_type
 from .precompressed import CODINGS, RECHECK_SECONDS, choose_coding, find_siblings
+from .rules import options_answer
 
 __all__ = ["StaticSite", "INDEX_FILES"]
 
@@ -222,7 +224,8 @@ class StaticSite:
         """
         method = request.method
         if method != "GET" and method != "HEAD":
-            return None
+            # OPTIONS * and OPTIONS /path: 204 with Allow (rules.py); others are not ours.
+            return options_answer(self, request) if method == "OPTIONS" else None
         raw = request.raw_path
         route = self._routes.get(raw)
         if route is not None:
@@ -522,11 +525,11 @@ class StaticSite:
         return Message(status, (entity,), (FileRegion(f.fd, 0, f.size, f.handle),) if f.size else ())
 
     def not_found(self, request: Request) -> Message:
-        """A 404 answer: the site's 404.html when it has one (for Application.not_found)."""
-        return self.error_page(404) or error_response(404)
+        """A 404 answer: the site's 404.html, else the built-in page (error_pages.py)."""
+        return self.error_page(404) or default_error_page(404)
 
     def _forbidden(self) -> Message:
-        return self.error_page(403) or error_response(403)
+        return self.error_page(403) or default_error_page(403)
 
     def __repr__(self) -> str:
         return f"<StaticSite {self._root_text!r}>"
