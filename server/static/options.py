@@ -31,8 +31,10 @@ the root; precompressed siblings on (they only ever *add* a smaller representati
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..core.filecache import OpenFileCache
 from .cache_policy import CacheControlRules, parse_rule
@@ -81,8 +83,8 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 32M)") from None
 
 
-def _rule_type(parse):
-    def convert(text: str):
+def _rule_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
         try:
             return parse(text)
         except RuleError as exc:

@@ -536,7 +536,7 @@ class SiteRules:
             self.spa_url = "/" + name
         self._plans: dict[bytes, _Plan] = {}
         self._site: Any = None
-        self._respond: Callable[..., Any] | None = None
+        self._respond: Callable[..., Any] = _not_installed
 
     def install(self, site: Any) -> None:
         """Answer through these rules from now on: `site.respond` becomes ours."""
@@ -663,6 +663,10 @@ def _error(site: Any, status: int, headers: list[tuple[str, str]] | None = None)
     return page
 
 
+def _not_installed(request: Request, *, replayable: bool = False) -> Any:
+    raise RuntimeError("SiteRules.install(site) was not called")
+
+
 def _decoded(raw: bytes) -> str:
     from urllib.parse import unquote
     try:
@@ -681,5 +685,6 @@ def options_answer(site: Any, request: Request) -> Message | None:
                     request.client, None)
     found = type(site).respond(site, probe)          # the site's own lookup, rules aside
     if found is None or found.status >= 400 and found.status not in (401, 403):
-        return site.not_found(request)
+        page: Message = site.not_found(request)
+        return page
     return empty_response(204, [("Allow", ALLOW)], length=False)
