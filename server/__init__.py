@@ -12,7 +12,16 @@ layer packages, whose insides may change.  The layers themselves (docs/design.md
     server.cli        the `pageloan` command; server.config puts the options together
 """
 
+from .core.fanout import Channel, SlowReader, Subscription
 from .core.message import FileRegion, Message
+from .framework.channels import (
+    channel,
+    channel_events,
+    channel_response,
+    channels,
+    publish_body,
+    publish_from,
+)
 from .framework.hooks import (
     add_header,
     after_request,
@@ -40,10 +49,12 @@ from .http.responses import (
 from .static.file_response import file_region, file_response, gather_response, open_file
 
 __all__ = [
-    "BadRequest", "BodyTooLarge", "Event", "FileRegion", "HTTPError", "Headers", "Message",
-    "Mount", "Request", "Route", "StreamResponse", "add_converter", "add_header",
-    "after_request", "before_request", "bytes_response", "empty_response", "error_handler",
+    "BadRequest", "BodyTooLarge", "Channel", "Event", "FileRegion", "HTTPError", "Headers", "Message",
+    "Mount", "Request", "Route", "SlowReader", "StreamResponse", "Subscription", "add_converter", "add_header",
+    "after_request", "before_request", "bytes_response", "channel", "channel_events",
+    "channel_response", "channels", "empty_response", "error_handler",
     "error_response", "file_region", "file_response", "gather_response", "json_response",
     "message_response", "middleware", "mount", "on_shutdown", "on_startup", "open_file",
+    "publish_body", "publish_from",
     "redirect_response", "route", "save_upload", "sse_response", "text_response", "upload_path",
 ]

@@ -1,13 +1,16 @@
-"""Fan-out: one chunk object reaches every reader; a slow reader is cut off, not buffered."""
+"""Fan-out core: one chunk object reaches every reader; a slow reader is bounded by policy."""
 
 from __future__ import annotations
 
 import asyncio
+import mmap
+import socket
 import sys
 
 import pytest
 
 from server.core.fanout import Channel, SlowReader
+from server.core.metrics import Metrics
 from server.http.responses import StreamResponse
 
 
@@ -16,28 +19,143 @@ async def test_every_reader_gets_the_same_object_not_a_copy():
     subs = [channel.subscribe() for _ in range(5)]
     chunk = b"x" * 100_000
     base = sys.getrefcount(chunk)
-    assert channel.publish(chunk) == 5
-    assert sys.getrefcount(chunk) == base + 5          # five loans of one object
+    assert await channel.publish(chunk) == 5
+    assert sys.getrefcount(chunk) == base + 1          # held once, in the log
     got = [await sub.__anext__() for sub in subs]
     assert all(g is chunk for g in got)
     del got
+    for sub in subs:
+        sub.close()
+    channel.close()
     assert sys.getrefcount(chunk) == base              # released when the last reader is done
+    assert channel.chunks_held == 0 and channel.bytes_held == 0
 
 
-async def test_slow_reader_is_cut_off_and_others_continue():
-    channel = Channel(max_pending=4)
+async def test_a_batch_is_the_published_objects_cut_at_the_byte_limit():
+    channel = Channel()
+    sub = channel.subscribe()
+    chunks = [bytes([i]) * 1000 for i in range(10)]
+    for chunk in chunks:
+        await channel.publish(chunk)
+    seq, batch = sub.take(max_chunks=64, max_bytes=3500)
+    assert seq == 1 and len(batch) == 3 and all(a is b for a, b in zip(batch, chunks[:3], strict=True))
+    seq, batch = sub.take(max_chunks=2)
+    assert seq == 4 and [b[0] for b in batch] == [3, 4]
+    seq, batch = sub.take(max_bytes=10)                 # one chunk, however large
+    assert seq == 6 and len(batch) == 1 and batch[0] is chunks[5]
+
+
+async def test_drop_policy_cuts_off_a_slow_reader_and_others_continue():
+    metrics = Metrics()
+    channel = Channel("t", max_lag_chunks=4, metrics=metrics)
     fast, slow = channel.subscribe(), channel.subscribe()
     for i in range(10):
-        channel.publish(b"%d" % i)
+        await channel.publish(b"%d" % i)
         assert await fast.__anext__() == b"%d" % i
-    assert channel.readers == 1 and channel.cut_off == 1
+    assert channel.readers == 1 and channel.dropped == 1 and metrics.fanout_dropped == 1
     with pytest.raises(SlowReader):
         await slow.__anext__()
+    assert metrics.fanout()[0] == 1
 
 
-async def test_mutable_views_are_refused():
-    with pytest.raises(TypeError):
-        Channel().publish(memoryview(bytearray(b"abc")))
+async def test_drop_policy_bounds_a_slow_reader_by_bytes_too():
+    channel = Channel(max_lag_bytes=10_000, replay_chunks=0)
+    slow = channel.subscribe()
+    for _ in range(20):
+        await channel.publish(b"y" * 1000)
+    assert channel.readers == 0 and slow.error is not None
+    assert channel.bytes_held <= 11_000
+
+
+async def test_skip_policy_moves_a_slow_reader_to_the_newest_chunk():
+    metrics = Metrics()
+    channel = Channel(policy="skip", max_lag_chunks=4, metrics=metrics)
+    slow = channel.subscribe()
+    for i in range(10):
+        await channel.publish(b"%d" % i)
+    assert channel.readers == 1
+    seq, batch = slow.take()
+    assert batch[-1] == b"9" and len(batch) <= 4
+    assert slow.skipped > 0 and slow.skipped + len(batch) == 10
+    assert metrics.fanout_skipped == slow.skipped
+
+
+async def test_block_policy_makes_the_producer_wait_for_the_slowest_reader():
+    channel = Channel(policy="block", max_lag_chunks=3)
+    sub = channel.subscribe()
+    for i in range(3):
+        await channel.publish(b"%d" % i)
+    producer = asyncio.ensure_future(channel.publish(b"3"))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert not producer.done()                          # the reader is 4 behind: wait
+    assert sub.take(1)[1] == (b"0",)
+    await asyncio.wait_for(producer, 5)                 # one taken: back within the limit
+    assert channel.readers == 1 and channel.dropped == 0
+
+
+async def test_block_policy_producer_resumes_when_the_slow_reader_leaves():
+    channel = Channel(policy="block", max_lag_chunks=2)
+    sub = channel.subscribe()
+    await channel.publish(b"a")
+    await channel.publish(b"b")
+    producer = asyncio.ensure_future(channel.publish(b"c"))
+    await asyncio.sleep(0)
+    assert not producer.done()
+    sub.close()
+    await asyncio.wait_for(producer, 5)
+
+
+async def test_late_joiner_starts_at_the_live_edge_or_from_the_window():
+    channel = Channel(replay_chunks=3)
+    for i in range(1, 6):
+        await channel.publish(b"%d" % i)                # seqs 1..5
+    live = channel.subscribe()
+    assert live.ready() == 0
+    resumed = channel.subscribe(from_seq=4)
+    assert resumed.take()[1] == (b"4", b"5")
+    old = channel.subscribe(from_seq=1)                 # 1 and 2 have left the window
+    assert old.missed == 2 and old.take()[1] == (b"3", b"4", b"5")
+    assert channel.subscribe(from_seq=99).ready() == 0
+
+
+async def test_memory_is_bounded_by_the_window_without_readers():
+    channel = Channel(replay_chunks=8, replay_bytes=1 << 20)
+    for _ in range(1000):
+        await channel.publish(b"z" * 100)
+    assert channel.chunks_held == 8 and channel.bytes_held == 800
+
+
+async def test_mutable_buffers_are_refused():
+    channel = Channel()
+    data = bytearray(b"abc")
+    for chunk in (data, memoryview(data), memoryview(data).toreadonly()):
+        with pytest.raises(TypeError):
+            await channel.publish(chunk)
+    await channel.publish(memoryview(b"immutable"))
+    with mmap.mmap(-1, 4096, access=mmap.ACCESS_WRITE) as writable:
+        with pytest.raises(TypeError):
+            await channel.publish(memoryview(writable).toreadonly())
+
+
+async def test_close_lets_readers_finish_then_releases_the_log():
+    channel = Channel()
+    sub = channel.subscribe()
+    await channel.publish(b"last words")
+    channel.close()
+    assert channel.chunks_held == 1                     # still owed to the reader
+    assert [c async for c in sub] == [b"last words"]
+    assert channel.chunks_held == 0 and channel.readers == 0
+    with pytest.raises(RuntimeError):
+        await channel.publish(b"more")
+
+
+async def test_heartbeat_wakes_a_waiting_reader_in_silence():
+    channel = Channel(heartbeat=0.05)
+    sub = channel.subscribe()
+    assert await asyncio.wait_for(sub.wait(), 5) is True
+    await channel.publish(b"x")
+    assert await sub.wait() is False
 
 
 async def test_fanout_over_http_to_many_clients(serve):
@@ -53,15 +171,46 @@ async def test_fanout_over_http_to_many_clients(serve):
         writer.write(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
         await reader.readuntil(b"\r\n\r\n")
         clients.append((reader, writer))
-    for _ in range(50):
-        if channel.readers == 8:
-            break
-        await asyncio.sleep(0.02)
     assert channel.readers == 8
     for i in range(3):
-        channel.publish(b"tick %d\n" % i)
+        await channel.publish(b"tick %d\n" % i)
     channel.close()
     for reader, writer in clients:
         body = await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 5)
         assert body == b"7\r\ntick 0\n\r\n7\r\ntick 1\n\r\n7\r\ntick 2\n\r\n0\r\n\r\n"
         writer.close()
+
+
+async def test_stalled_readers_transmitters_hold_the_published_object_itself(serve):
+    """Readers that do not read keep the *one* chunk queued in their transmitters: its
+    reference count rises by one per reader (a copy would not), and falls back when
+    they leave."""
+    from server.framework.channels import channel_response
+
+    channel = Channel("held", max_lag_bytes=64 << 20)
+    srv = await serve(app=lambda request: channel_response(request, channel))
+    socks = []
+    for _ in range(10):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (srv.host, srv.port))
+        sock.send(b"GET /held HTTP/1.1\r\nHost: x\r\n\r\n")
+        socks.append(sock)
+    deadline = asyncio.get_running_loop().time() + 10
+    while channel.readers < 10:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.01)
+    chunk = bytes(16 << 20)         # more than any socket buffer takes from a non-reader
+    base = sys.getrefcount(chunk)
+    await channel.publish(chunk)
+    while sys.getrefcount(chunk) < base + 1 + 10:
+        assert asyncio.get_running_loop().time() < deadline, sys.getrefcount(chunk) - base
+        await asyncio.sleep(0.01)
+    channel.close()
+    for sock in socks:
+        sock.close()
+    while sys.getrefcount(chunk) != base:
+        assert asyncio.get_running_loop().time() < deadline + 10, sys.getrefcount(chunk) - base
+        await asyncio.sleep(0.02)
+    assert channel.readers == 0 and channel.bytes_held == 0

@@ -1,145 +1,491 @@
 """Fan-out: one stream lent to many readers without a copy per reader (DESIGN.md rule 6).
 
-Theory of operation: a `Channel` receives immutable chunks (`bytes`, or memoryviews
-of immutable memory) from one producer and hands the *same object* to every
-subscriber.  Nothing is copied per reader: each subscriber's connection puts that
-one object in its own transmitter queue as a payload slice, and Python's reference
-count is the loan count — the chunk is released when the last reader's kernel send
-has taken it and every queue has let go.
+Theory of operation.  A `Channel` is one shared log of immutable chunks (`bytes`, or
+read-only memoryviews of immutable memory), numbered by a sequence number `seq`.
+A `Subscription` is nothing but a cursor into that log: the next seq it will take.
+Reading hands out the *same objects* the producer published — a subscriber's HTTP
+response queues them as payload slices of its own Messages, so the transmitter lends
+each chunk to the kernel straight from the log and Python's reference count is the
+loan count: a chunk is freed when the log has let go of it and the last reader's
+transmitter has had it accepted by the kernel.  Memory is therefore one copy of the
+data between the slowest reader's cursor and the head, never readers × data.
 
-A slow reader is bounded, never allowed to grow memory without limit: each
-subscription holds at most `max_pending` chunks (and `max_pending_bytes`).  When a
-publish would exceed that, the subscription is cut off — its iterator raises
-`SlowReader`, and the HTTP layer ends that one response — while everyone else
-carries on.  The producer never waits for the slowest reader.
+The log keeps two things and nothing more:
+
+* the *replay window* — the newest `replay_chunks` chunks / `replay_bytes` bytes —
+  so that a reader who reconnects (`Last-Event-ID`, `?from=SEQ`) gets what it missed;
+* the tail the slowest reader still needs, bounded by the *lag limit*
+  (`max_lag_chunks`, `max_lag_bytes`: how far behind the head a reader may fall).
+
+A reader past the lag limit is handled by the channel's `policy`:
+
+    "drop"   the reader is cut off: its iterator ends (SlowReader for in-process
+             readers; the HTTP layer ends that one response cleanly), a log line and
+             the dropped counter say so.  Everybody else carries on.
+    "skip"   the reader jumps to the newest chunk; `skipped` says how many chunks it
+             lost (an SSE subscriber sends that as a comment).
+    "block"  nobody is dropped: `await publish()` waits until the slowest reader is
+             back within the limit — back-pressure reaches the producer (and, for a
+             producer feeding the channel from a request body, its TCP connection).
+
+Finding the readers past the limit does not cost a scan per chunk: the channel keeps
+`_floor`, the oldest seq a reader may still be at, and `_hint`, a lower bound on every
+reader's cursor (readers only move forward, so a bound stays true until the next
+scan).  Only when the floor passes the hint can a reader be over the limit; then one
+scan enforces the policy and finds the new bound.
+
+Newest-first: a late joiner starts at the live edge (the next chunk published)
+unless it asks for an older seq, which it gets from the window if still there
+(`missed` counts what was asked for but is gone).  `close()` ends the stream: readers
+finish what the log still holds for them, then stop; when the last has gone the log
+is released.  A silent channel wakes its waiting readers every `heartbeat` seconds
+with an empty batch, so that an event stream can send a keep-alive comment — one
+timer per channel, not one per reader.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
-__all__ = ["Channel", "Subscription", "SlowReader"]
+from .metrics import METRICS, Metrics
+
+__all__ = ["Channel", "Subscription", "SlowReader", "POLICIES", "Chunk", "Framer"]
+
+log = logging.getLogger("pageloan.fanout")
+
+POLICIES = ("drop", "skip", "block")
+Chunk = bytes | memoryview
+# Turns (seq, chunk) into the wire slices one kind of subscriber sends for it (an SSE
+# event around the chunk, say); called once per chunk and remembered in the log.
+Framer = Callable[[int, Chunk], tuple[Chunk, ...]]
 
 
 class SlowReader(Exception):
-    """This reader fell too far behind the stream and was cut off."""
+    """This reader fell past the channel's lag limit and was dropped."""
+
+
+def _immutable(chunk: Any) -> Chunk:
+    """`chunk` as a slice the kernel may be lent for as long as it likes."""
+    if type(chunk) is bytes:
+        return chunk
+    if isinstance(chunk, str):
+        return chunk.encode("utf-8")
+    if isinstance(chunk, memoryview):
+        # Read-only is not enough: a read-only view of a bytearray changes when the
+        # bytearray does.  The memory underneath must itself refuse writes.
+        if not chunk.readonly or (chunk.obj is not None and not memoryview(chunk.obj).readonly):
+            raise TypeError("fan-out chunks must be immutable: a memoryview of bytes or of a "
+                            "read-only mapping, not of a writable buffer")
+        if not chunk.c_contiguous:
+            raise TypeError("fan-out chunks must be contiguous memory")
+        return chunk if chunk.format == "B" and chunk.ndim == 1 else chunk.cast("B")
+    if isinstance(chunk, bytes):
+        return bytes(chunk)          # a bytes subclass: the plain immutable value
+    raise TypeError(f"fan-out chunks must be bytes or a read-only memoryview, "
+                    f"not {type(chunk).__name__} (a mutable buffer could change under a send)")
 
 
 class Subscription:
-    """One reader's bounded view of a channel; async-iterate it for chunks."""
+    """One reader's cursor into a channel.  Async-iterate it for chunks, or `take`
+    batches of slices (what the HTTP subscribers do)."""
 
-    __slots__ = ("_channel", "_chunks", "_bytes", "_waiter", "_closed", "_error",
-                 "max_pending", "max_pending_bytes")
+    __slots__ = ("channel", "cursor", "skipped", "missed", "error", "_waiter", "_beat", "_left")
 
-    def __init__(self, channel: Channel, max_pending: int, max_pending_bytes: int) -> None:
-        self._channel = channel
-        self._chunks: deque[bytes | memoryview] = deque()
-        self._bytes = 0
+    def __init__(self, channel: Channel, cursor: int) -> None:
+        self.channel = channel
+        self.cursor = cursor            # the seq this reader takes next
+        self.skipped = 0                # chunks jumped over (policy "skip"), not yet reported
+        self.missed = 0                 # chunks asked for that had left the window
+        self.error: SlowReader | None = None
         self._waiter: asyncio.Future | None = None
-        self._closed = False
-        self._error: BaseException | None = None
-        self.max_pending = max_pending
-        self.max_pending_bytes = max_pending_bytes
-
-    def _offer(self, chunk: bytes | memoryview) -> bool:
-        """Queue a chunk; False (and cut off) if this reader is too far behind."""
-        if len(self._chunks) >= self.max_pending or self._bytes + len(chunk) > self.max_pending_bytes:
-            self._cut(SlowReader(f"reader fell {len(self._chunks)} chunks / {self._bytes} bytes behind"))
-            return False
-        self._chunks.append(chunk)
-        self._bytes += len(chunk)
-        self._wake()
-        return True
-
-    def _cut(self, error: BaseException | None) -> None:
-        self._error = error
-        self._closed = True
-        self._chunks.clear()
-        self._bytes = 0
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        self._beat = False
+        self._left = False
 
     @property
-    def pending(self) -> int:
-        return len(self._chunks)
+    def ended(self) -> bool:
+        """True once nothing more will come: dropped, left, or the stream ended and
+        everything it held has been taken."""
+        ch = self.channel
+        return self._left or self.error is not None or (ch.closed and self.cursor >= ch.next_seq)
+
+    def ready(self) -> int:
+        """Chunks available to take now."""
+        return 0 if self._left or self.error is not None else self.channel.next_seq - self.cursor
+
+    def take(self, max_chunks: int = 64, max_bytes: int = 1 << 20,
+             framer: Framer | None = None) -> tuple[int, tuple[Chunk, ...]]:
+        """(seq of the first, slices) for up to `max_chunks` ready chunks (at least one if
+        any is ready, whatever its size); the slices are the chunks themselves, or their
+        framed form when `framer` is given.  Raises SlowReader once dropped."""
+        if self.error is not None:
+            raise self.error
+        ch = self.channel
+        first = self.cursor
+        count = ch.next_seq - first
+        if count <= 0 or self._left:
+            return first, ()
+        if count > max_chunks:
+            count = max_chunks
+        base = first - ch._first_seq
+        starts = ch._starts
+        end = base + count
+        # Cut the batch at max_bytes (keeping at least one chunk, whatever its size).
+        limit = starts[base] + max_bytes
+        if (starts[end] if end < len(starts) else ch._total) > limit:
+            lo, hi = base + 1, end          # the largest i in [lo, hi] within the limit
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if (starts[mid] if mid < len(starts) else ch._total) > limit:
+                    hi = mid - 1
+                else:
+                    lo = mid
+            end = lo
+        if framer is None:
+            slices: tuple[Chunk, ...] = tuple(ch._chunks[base:end])
+        else:
+            frames = ch._frames.get(framer)
+            if frames is None:
+                frames = ch._frames[framer] = [None] * len(ch._chunks)
+            parts: list[Chunk] = []
+            chunks = ch._chunks
+            for i in range(base, end):
+                framed = frames[i]
+                if framed is None:
+                    framed = frames[i] = framer(ch._first_seq + i, chunks[i])
+                parts.extend(framed)
+            slices = tuple(parts)
+        self.cursor = first + (end - base)
+        if ch._behind is not None:
+            ch._advanced(self)
+        return first, slices
+
+    async def wait(self) -> bool:
+        """Until a chunk is ready, the stream ends, this reader is dropped, or the
+        channel's heartbeat passes in silence (then True: time for a keep-alive)."""
+        if self.ready() or self.ended:
+            return False
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        self.channel._waiting.append(self)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+        beat, self._beat = self._beat, False
+        return beat
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def close(self) -> None:
-        """Leave the channel (the reader went away)."""
-        self._channel._subscribers.discard(self)
-        self._cut(None)
+        """Leave the channel (the reader went away); nothing it had is kept for it."""
+        if not self._left:
+            self._left = True
+            self.channel._leave(self)
+            self._wake()
 
     async def aclose(self) -> None:
-        """Async-generator protocol: the HTTP layer calls this when the client leaves."""
+        """Async-generator protocol: the HTTP layer calls this when the response ends."""
         self.close()
 
-    def __aiter__(self) -> AsyncIterator[bytes | memoryview]:
+    def __aiter__(self) -> AsyncIterator[Chunk]:
         return self
 
-    async def __anext__(self) -> bytes | memoryview:
-        while not self._chunks:
-            if self._closed:
-                self._channel._subscribers.discard(self)
-                if self._error is not None:
-                    raise self._error
+    async def __anext__(self) -> Chunk:
+        while True:
+            _seq, chunks = self.take(1)
+            if chunks:
+                return chunks[0]
+            if self.ended:
+                self.close()
+                if self.error is not None:
+                    raise self.error
                 raise StopAsyncIteration
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        chunk = self._chunks.popleft()
-        self._bytes -= len(chunk)
-        return chunk
+            await self.wait()
 
 
 class Channel:
-    """A stream published once and read by many."""
+    """A stream published once and read by many (see the module comment)."""
 
-    def __init__(self, *, max_pending: int = 64, max_pending_bytes: int = 4 << 20) -> None:
-        self._subscribers: set[Subscription] = set()
-        self.max_pending = max_pending
-        self.max_pending_bytes = max_pending_bytes
-        self.published = 0
-        self.cut_off = 0
+    def __init__(self, name: str = "", *, policy: str = "drop", max_lag_chunks: int = 1024,
+                 max_lag_bytes: int = 8 << 20, replay_chunks: int = 256,
+                 replay_bytes: int = 1 << 20, heartbeat: float | None = 15.0,
+                 metrics: Metrics | None = None) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, not {policy!r}")
+        if max_lag_chunks < 1 or max_lag_bytes < 1 or replay_chunks < 0 or replay_bytes < 0:
+            raise ValueError("lag limits must be >= 1 and replay window sizes >= 0")
+        self.name = name
+        self.policy = policy
+        self.max_lag_chunks = max_lag_chunks
+        self.max_lag_bytes = max_lag_bytes
+        self.replay_chunks = replay_chunks
+        self.replay_bytes = replay_bytes
+        self.heartbeat = heartbeat
+        self.metrics = metrics or METRICS
+        self.next_seq = 1              # seq of the next chunk published
         self.closed = False
+        self.producer: object | None = None   # who publishes, when somebody claims it
+        self.dropped = 0               # readers cut off (policy "drop")
+        self.skipped = 0               # chunks skipped by readers (policy "skip")
+        # The log: chunks from _first_seq on, with each chunk's stream offset.
+        self._chunks: list[Chunk] = []
+        self._starts: list[int] = []
+        self._frames: dict[Framer, list[Any]] = {}
+        self._first_seq = 1
+        self._total = 0                # bytes ever published
+        self._floor = 1                # readers below this seq are past the lag limit
+        self._window = 1               # oldest seq the replay window keeps
+        self._hint = 1                 # no reader's cursor is below this
+        self._subscribers: set[Subscription] = set()
+        self._waiting: list[Subscription] = []
+        # Back-pressure (policy "block"): readers still below `_need`, and the producer.
+        self._behind: set[Subscription] | None = None
+        self._need = 0
+        self._producer: asyncio.Future | None = None
+        self._beat_handle: asyncio.TimerHandle | None = None
+        self._published_since_beat = False
+        self.metrics.channels.add(self)
 
-    def subscribe(self) -> Subscription:
-        sub = Subscription(self, self.max_pending, self.max_pending_bytes)
-        if self.closed:
-            sub._cut(None)
-        else:
-            self._subscribers.add(sub)
-        return sub
-
+    # -- what is held ----------------------------------------------------------------
     @property
     def readers(self) -> int:
         return len(self._subscribers)
 
-    def publish(self, chunk: bytes | memoryview) -> int:
-        """Lend `chunk` to every reader (the same object, no copies); returns readers reached."""
+    @property
+    def chunks_held(self) -> int:
+        return len(self._chunks)
+
+    @property
+    def bytes_held(self) -> int:
+        return self._total - self._starts[0] if self._starts else 0
+
+    @property
+    def oldest_seq(self) -> int:
+        """The oldest seq still in the log (== next_seq when it is empty)."""
+        return self._first_seq
+
+    def _start(self, seq: int) -> int:
+        """Stream offset where chunk `seq` begins (seq within the log, or next_seq)."""
+        i = seq - self._first_seq
+        return self._starts[i] if i < len(self._starts) else self._total
+
+    # -- readers -----------------------------------------------------------------------
+    def subscribe(self, from_seq: int | None = None) -> Subscription:
+        """A reader at the live edge, or from `from_seq` if the log still has it
+        (older than that: from the oldest chunk kept, with `missed` set)."""
+        start = self.next_seq
+        missed = 0
+        if from_seq is not None and from_seq < self.next_seq:
+            oldest = max(self._first_seq, self._floor)
+            start = max(from_seq, oldest)
+            missed = start - max(from_seq, 1)
+        sub = Subscription(self, start)
+        sub.missed = missed
+        if self.closed and start >= self.next_seq:
+            sub._left = True        # the stream is over and nothing is left to read
+            return sub
+        self._subscribers.add(sub)
+        if start < self._hint:
+            self._hint = start
+        self._arm_heartbeat()
+        return sub
+
+    def _leave(self, sub: Subscription) -> None:
+        self._subscribers.discard(sub)
+        if self._behind is not None and sub in self._behind:
+            self._behind.discard(sub)
+            if not self._behind:
+                self._room()
+        if not self._subscribers:
+            if self._beat_handle is not None:
+                self._beat_handle.cancel()
+                self._beat_handle = None
+            if self.closed:
+                self._release()
+        self._trim()
+
+    # -- the producer ------------------------------------------------------------------
+    async def publish(self, chunk: Chunk) -> int:
+        """Lend `chunk` to every reader (the same object, no copies); returns the number
+        of readers.  With policy "block", waits while a reader is past the lag limit."""
+        readers = self.publish_nowait(chunk)
+        if self._behind is not None:
+            await self._wait_for_readers()
+        return readers
+
+    def publish_nowait(self, chunk: Chunk) -> int:
+        """`publish` for code that cannot wait (a protocol callback).  With policy
+        "block" the chunk is accepted anyway; `await drained()` before the next."""
         if self.closed:
-            raise RuntimeError("channel is closed")
-        if isinstance(chunk, memoryview) and not chunk.readonly:
-            raise TypeError("fan-out chunks must be immutable (bytes or a read-only view)")
-        self.published += 1
-        reached = 0
+            raise RuntimeError(f"channel {self.name!r} is closed")
+        chunk = _immutable(chunk)
+        size = len(chunk)
+        if not size:
+            return len(self._subscribers)
+        seq = self.next_seq
+        self._chunks.append(chunk)
+        self._starts.append(self._total)
+        for frames in self._frames.values():
+            frames.append(None)
+        self._total += size
+        self.next_seq = seq + 1
+        self._published_since_beat = True
+        # The oldest cursor that is not past the lag limit (the newest chunk is never
+        # "too far behind", whatever its size), and the oldest seq the window keeps.
+        floor = max(self._floor, self._first_seq)
+        total = self._total
+        while floor < seq and (seq + 1 - floor > self.max_lag_chunks
+                               or total - self._start(floor) > self.max_lag_bytes):
+            floor += 1
+        self._floor = floor
+        window = max(self._window, self._first_seq)
+        while window <= seq and (seq + 1 - window > self.replay_chunks
+                                 or total - self._start(window) > self.replay_bytes):
+            window += 1
+        self._window = window
+        # Rescan when a reader may be past the limit, and now and then when the log
+        # holds more than the window only because the bound on readers is stale.
+        if floor > self._hint or window - self._hint >= 64:
+            self._enforce(floor)
+        self._trim()
+        waiting, self._waiting = self._waiting, []
+        for sub in waiting:
+            waiter = sub._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        return len(self._subscribers)
+
+    def _enforce(self, floor: int) -> None:
+        """Apply the policy to readers below `floor`; recompute the lower bound."""
+        lowest = self.next_seq
+        newest = self.next_seq - 1
+        behind: set[Subscription] = set()
         for sub in list(self._subscribers):
-            if sub._offer(chunk):
-                reached += 1
-            else:
-                self._subscribers.discard(sub)
-                self.cut_off += 1
-        return reached
+            cursor = sub.cursor
+            if cursor < floor:
+                if self.policy == "drop":
+                    self._drop(sub)
+                    continue
+                if self.policy == "skip":
+                    lost = newest - cursor
+                    sub.cursor = cursor = newest
+                    sub.skipped += lost
+                    self.skipped += lost
+                    self.metrics.fanout_skipped += lost
+                else:
+                    behind.add(sub)
+            if cursor < lowest:
+                lowest = cursor
+        self._hint = lowest
+        if behind:
+            self._behind = behind
+            self._need = floor
+
+    def _drop(self, sub: Subscription) -> None:
+        behind = self.next_seq - sub.cursor
+        nbytes = self._total - self._start(sub.cursor)
+        sub.error = SlowReader(f"reader fell {behind} chunks / {nbytes} bytes behind "
+                               f"channel {self.name!r} (limit {self.max_lag_chunks} chunks / "
+                               f"{self.max_lag_bytes} bytes)")
+        self._subscribers.discard(sub)
+        self.dropped += 1
+        self.metrics.fanout_dropped += 1
+        log.warning("channel %r: dropped a slow reader %d chunks / %d bytes behind",
+                    self.name, behind, nbytes)
+        sub._wake()
+
+    def _advanced(self, sub: Subscription) -> None:
+        behind = self._behind
+        if behind is not None and sub.cursor >= self._need and sub in behind:
+            behind.discard(sub)
+            if not behind:
+                self._room()
+
+    def _room(self) -> None:
+        self._behind = None
+        self._hint = max(self._hint, self._need)
+        producer = self._producer
+        if producer is not None and not producer.done():
+            producer.set_result(None)
+        self._trim()
+
+    async def _wait_for_readers(self) -> None:
+        while self._behind:
+            self._producer = asyncio.get_running_loop().create_future()
+            try:
+                await self._producer
+            finally:
+                self._producer = None
+        self._behind = None
+
+    async def drained(self) -> None:
+        """Until no reader is past the lag limit (policy "block")."""
+        if self._behind is not None:
+            await self._wait_for_readers()
 
     def close(self) -> None:
-        """End the stream: readers finish what they hold, then stop."""
+        """End the stream: readers take what the log holds for them, then stop."""
+        if self.closed:
+            return
         self.closed = True
+        if self._beat_handle is not None:
+            self._beat_handle.cancel()
+            self._beat_handle = None
+        self._behind = None
+        if self._producer is not None and not self._producer.done():
+            self._producer.set_result(None)
         for sub in list(self._subscribers):
-            sub._closed = True
             sub._wake()
-        self._subscribers.clear()
+        self._waiting.clear()
+        if not self._subscribers:
+            self._release()
+
+    # -- memory --------------------------------------------------------------------------
+    def _trim(self) -> None:
+        """Let go of chunks neither the window nor any reader needs."""
+        keep = self.next_seq if self.closed else self._window
+        if self._subscribers and self._hint < keep:
+            keep = self._hint
+        drop = keep - self._first_seq
+        if drop > 0:
+            del self._chunks[:drop]
+            del self._starts[:drop]
+            for frames in self._frames.values():
+                del frames[:drop]
+            self._first_seq = keep
+
+    def _release(self) -> None:
+        self._chunks.clear()
+        self._starts.clear()
+        self._frames.clear()
+        self._first_seq = self.next_seq
+
+    # -- heartbeat -----------------------------------------------------------------------
+    def _arm_heartbeat(self) -> None:
+        if self.heartbeat and self._beat_handle is None and not self.closed:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            self._beat_handle = loop.call_later(self.heartbeat, self._beat)
+
+    def _beat(self) -> None:
+        self._beat_handle = None
+        if not self._published_since_beat:
+            waiting, self._waiting = self._waiting, []
+            for sub in waiting:
+                if sub._waiter is not None and not sub._waiter.done():
+                    sub._beat = True
+                    sub._waiter.set_result(None)
+        self._published_since_beat = False
+        if self._subscribers:
+            self._arm_heartbeat()
+
+    def __repr__(self) -> str:
+        return (f"<Channel {self.name!r} seq={self.next_seq} readers={self.readers} "
+                f"held={self.chunks_held}/{self.bytes_held}B policy={self.policy}>")

@@ -8,6 +8,9 @@ server runs with `--metrics`.
 
 from __future__ import annotations
 
+import weakref
+from typing import Any
+
 from .loans import LoanLedger
 
 __all__ = ["Metrics", "METRICS"]
@@ -19,6 +22,7 @@ class Metrics:
         "connections_open", "connections_total", "requests_rejected",
         "send_errors", "bytes_received_splice", "bytes_received_copy", "ledger",
         "variants_built", "variants_dropped", "variant_bytes_held",
+        "channels", "fanout_dropped", "fanout_skipped",
     )
 
     def __init__(self, ledger: LoanLedger | None = None) -> None:
@@ -37,8 +41,23 @@ class Metrics:
         self.variants_built = 0
         self.variants_dropped = 0        # because their file changed
         self.variant_bytes_held = 0
+        # Fan-out channels register themselves here (fanout.py); the gauges are summed
+        # over the live ones when read, so a channel that is gone counts for nothing.
+        self.channels: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.fanout_dropped = 0          # slow readers cut off (policy "drop")
+        self.fanout_skipped = 0          # chunks slow readers jumped over (policy "skip")
+
+    def fanout(self) -> tuple[int, int, int]:
+        """(readers, chunks held, bytes held) over every live fan-out channel."""
+        readers = chunks = held = 0
+        for channel in list(self.channels):
+            readers += channel.readers
+            chunks += channel.chunks_held
+            held += channel.bytes_held
+        return readers, chunks, held
 
     def snapshot(self) -> dict[str, int]:
+        readers, chunks, held = self.fanout()
         return {
             "responses_total": self.responses_total,
             "bytes_sent_sendfile": self.bytes_sendfile,
@@ -55,11 +74,17 @@ class Metrics:
             "compressed_variants_built": self.variants_built,
             "compressed_variants_dropped": self.variants_dropped,
             "compressed_variant_bytes": self.variant_bytes_held,
+            "fanout_readers": readers,
+            "fanout_chunks_held": chunks,
+            "fanout_bytes_held": held,
+            "fanout_dropped": self.fanout_dropped,
+            "fanout_skipped": self.fanout_skipped,
         }
 
     def render(self) -> str:
         """Prometheus text exposition format (version 0.0.4)."""
         led = self.ledger
+        readers, chunks, held = self.fanout()
         lines = [
             "# HELP pageloan_responses_total Responses answered (status line queued for the kernel).",
             "# TYPE pageloan_responses_total counter",
@@ -103,6 +128,21 @@ class Metrics:
             "# HELP pageloan_compressed_variant_bytes Bytes of compressed variants held in memory.",
             "# TYPE pageloan_compressed_variant_bytes gauge",
             f"pageloan_compressed_variant_bytes {self.variant_bytes_held}",
+            "# HELP pageloan_fanout_readers Subscribers of fan-out channels now.",
+            "# TYPE pageloan_fanout_readers gauge",
+            f"pageloan_fanout_readers {readers}",
+            "# HELP pageloan_fanout_chunks_held Chunks fan-out channels hold (replay window and lagging readers), once each.",
+            "# TYPE pageloan_fanout_chunks_held gauge",
+            f"pageloan_fanout_chunks_held {chunks}",
+            "# HELP pageloan_fanout_bytes_held Bytes of the chunks fan-out channels hold, counted once however many readers.",
+            "# TYPE pageloan_fanout_bytes_held gauge",
+            f"pageloan_fanout_bytes_held {held}",
+            "# HELP pageloan_fanout_dropped_total Slow readers cut off by a channel with policy drop.",
+            "# TYPE pageloan_fanout_dropped_total counter",
+            f"pageloan_fanout_dropped_total {self.fanout_dropped}",
+            "# HELP pageloan_fanout_skipped_total Chunks slow readers skipped, moved to the live edge by policy skip.",
+            "# TYPE pageloan_fanout_skipped_total counter",
+            f"pageloan_fanout_skipped_total {self.fanout_skipped}",
         ]
         return "\n".join(lines) + "\n"
 

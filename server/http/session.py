@@ -434,11 +434,19 @@ class HttpSession:
                 async for chunk in iterator:
                     if self.closed:
                         break
-                    if isinstance(chunk, str):
-                        chunk = chunk.encode("utf-8")
-                    if not chunk:
-                        continue
-                    payload = (b"%x\r\n" % len(chunk), chunk, b"\r\n") if chunked else (chunk,)
+                    if type(chunk) is tuple:
+                        # Several slices sent as one chunk without joining them: fan-out
+                        # lends every reader the same chunk objects (core/fanout.py).
+                        size = sum(map(len, chunk))
+                        if not size:
+                            continue
+                        payload = (b"%x\r\n" % size, *chunk, b"\r\n") if chunked else chunk
+                    else:
+                        if isinstance(chunk, str):
+                            chunk = chunk.encode("utf-8")
+                        if not chunk:
+                            continue
+                        payload = (b"%x\r\n" % len(chunk), chunk, b"\r\n") if chunked else (chunk,)
                     self.transmitter.enqueue(Message(0, (), payload))
                     self.transmitter.flush()
                     if self.transmitter.outstanding > self.config.connection_loan_budget:
@@ -559,6 +567,9 @@ class HttpSession:
                 item.body_stream.fail(ConnectionError("client disconnected"))
         if self._task is not None and not self._task.done():
             self._task.cancel()
+        # Let go of the task: its CancelledError's traceback holds the streaming frame,
+        # whose locals (the last chunks sent) would otherwise wait for the cyclic GC.
+        self._task = None
         waiter = self._room_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
