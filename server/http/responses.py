@@ -78,6 +78,8 @@ def error_response(status: int, detail: str | None = None, *, close: bool = Fals
 class StreamResponse:
     """A response whose body is produced by an async iterator (chunked encoding).
 
+    An item of `body` may be a tuple of memory slices: they go out as one chunk
+    without being joined (fan-out lends each reader the published chunk objects).
     `head` is the entity header block without Content-Length; the session adds
     `Transfer-Encoding: chunked` (HTTP/1.1) or closes the connection after the body
     (HTTP/1.0 clients, which cannot parse chunks).
@@ -85,7 +87,7 @@ class StreamResponse:
 
     __slots__ = ("status", "headers", "body", "content_type")
 
-    def __init__(self, body: AsyncIterable[bytes | str], status: int = 200,
+    def __init__(self, body: AsyncIterable[bytes | str | tuple[Slice, ...]], status: int = 200,
                  content_type: str = "application/octet-stream",
                  headers: Iterable[Header] = ()) -> None:
         self.status = status
