@@ -8,6 +8,7 @@ layer packages, whose insides may change.  The layers themselves (docs/design.md
     server.http       HTTP/1.1 sessions, requests, responses, the listening server
     server.static     a directory served the way nginx serves it
     server.framework  routing, hooks, handler results, loader, uploads, SSE
+    server.websocket  RFC 6455 on a connection the HTTP session hands over (wsproto)
     server.ftp        bulk mode for stock FTP clients (on server.core only)
     server.cli        the `pageloan` command; server.config puts the options together
 """
@@ -47,6 +48,7 @@ from .http.responses import (
     text_response,
 )
 from .static.file_response import file_region, file_response, gather_response, open_file
+from .websocket.native import WebSocket, WebSocketDisconnect, broadcast, websocket
 
 __all__ = [
     "BadRequest", "BodyTooLarge", "Channel", "Event", "FileRegion", "HTTPError", "Headers", "Message",
@@ -57,4 +59,5 @@ __all__ = [
     "message_response", "middleware", "mount", "on_shutdown", "on_startup", "open_file",
     "publish_body", "publish_from",
     "redirect_response", "route", "save_upload", "sse_response", "text_response", "upload_path",
+    "WebSocket", "WebSocketDisconnect", "broadcast", "websocket",
 ]

@@ -27,6 +27,7 @@ from .http.config import ServerConfig
 from .http.server import Server
 from .static.compression import add_precompress_arguments
 from .static.options import StaticOptions, add_static_arguments
+from .websocket.options import add_websocket_arguments
 
 __all__ = ["main", "build_parser", "config_from_args", "run_worker"]
 
@@ -34,7 +35,7 @@ log = logging.getLogger("pageloan")
 
 # Each layer adds its own `serve` flags, so this file does not know their meaning.
 OPTION_PROVIDERS: list[Callable[[argparse.ArgumentParser], None]] = [
-    add_static_arguments, add_ftp_arguments]
+    add_static_arguments, add_ftp_arguments, add_websocket_arguments]
 
 
 def _size(text: str) -> int:
@@ -114,6 +115,7 @@ def run_worker(config: Config, ready: Callable[[int], None] | None = None) -> in
     except Exception as exc:  # noqa: BLE001 - a handler failing to import stops start-up
         log.error("pageloan: cannot start: %s", exc)
         return 2
+    app.websocket_options = config.websocket
     # A replayed answer builds no Request to log, so with an access log every
     # request takes the full path; and a stat is shared within a loop turn only
     # when HTTP is all this loop polls (static/answer_memo.py says why).

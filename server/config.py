@@ -20,6 +20,7 @@ from .framework.build import AppOptions
 from .ftp import FtpConfig, ftp_config_from_args
 from .http.config import ServerConfig
 from .static.options import static_options_from_args
+from .websocket.options import WebSocketOptions, websocket_options_from_args
 
 __all__ = ["BUNDLED_HANDLERS", "BUNDLED_STATIC", "Config", "config_from_args"]
 
@@ -45,6 +46,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     app: AppOptions = field(default_factory=AppOptions)
     ftp: FtpConfig | None = None
+    websocket: WebSocketOptions = field(default_factory=WebSocketOptions)
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -78,4 +80,4 @@ def config_from_args(args: argparse.Namespace) -> Config:
         gather_max=args.gather_max)
     app = AppOptions(root=root, static=static, handlers=handlers,
                      reload=args.reload, metrics=args.metrics, debug=args.debug)
-    return Config(server=server, app=app, ftp=ftp)
+    return Config(server=server, app=app, ftp=ftp, websocket=websocket_options_from_args(args))

@@ -97,6 +97,9 @@ class Application:
         self.debug = debug
         self.state = State()
         self.reloader: Any = None    # handler_loader.Reloader, started by startup()
+        # WebSocket limits for `@websocket` routes (server.websocket.WebSocketOptions),
+        # set by the CLI; None means that package's defaults.
+        self.websocket_options: Any = None
         # Byte-identical repeats of static requests, answered again without a rebuild
         # (answer_memo.py); enabled by `install` only when nothing wraps requests.
         self.answer_memo = AnswerMemo(static) if static is not None and answer_memo else None

@@ -12,6 +12,7 @@ into responses here, once, after the handler finished:
     (body, status)         → the body converted as above, with that status
     (body, status, headers)→ ... and extra header fields
     Message, StreamResponse→ sent as they are
+    Upgrade                → passed through: the session switches protocols (WebSocket)
 
 The JSON case is the hot one (`return {"hello": name}`), so it skips the general
 builder: the C encoder of the json module is built once and called directly
@@ -30,6 +31,7 @@ from typing import Any
 
 from ..core.message import Message
 from ..http.responses import StreamResponse, empty_response, message_response
+from ..http.upgrade import Upgrade
 from ..http.wire import header_block
 
 __all__ = ["to_response", "json_message", "encode_json", "NotAResponse"]
@@ -97,8 +99,8 @@ def to_response(result: Any) -> Message | StreamResponse:
         return _body_message(_BYTES_HEAD, result)
     if result is None:
         return empty_response(204, length=False)
-    if isinstance(result, (Message, StreamResponse)):
-        return result
+    if isinstance(result, (Message, StreamResponse, Upgrade)):
+        return result  # type: ignore[return-value]
     if isinstance(result, tuple) and 2 <= len(result) <= 3 and isinstance(result[1], int):
         return _with_status(*result)
     if isinstance(result, (dict, list)):

@@ -46,6 +46,7 @@ from ..core.message import Message
 from .context import ReplayCache, ServerContext
 from .request import BadRequest, BodyTooLarge, Request, RequestBody
 from .responses import StreamResponse, error_response, header_block
+from .upgrade import Handover, Upgrade
 from .wire import DATE, status_line
 
 __all__ = ["HttpSession"]
@@ -120,10 +121,16 @@ class HttpSession:
         self.memo: ReplayCache | None = None
         self._memo_candidate: tuple[Message, float] | None = None
         self._remembering = False         # this read's answer is to be remembered
+        # An upgrade request and the bytes read past its head, until it is answered.
+        self._upgrade: Request | None = None
+        self._upgrade_data: list[bytes] = []
 
     # -- input -------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
         if self._stop_parsing or self.closed:
+            if self._upgrade is not None and not self.closed:
+                self._upgrade_data.append(data)     # early frames: kept for the new protocol
+                self.driver.pause_reading()
             return
         memo = self.memo
         # At rest: between requests, nothing owed — a read that is one whole request
@@ -149,11 +156,16 @@ class HttpSession:
             self._memo_candidate = None
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # We do not switch protocols: answer the request in hand, then close.
+        except httptools.HttpParserUpgrade as exc:
+            # Answer the request in hand, then close -- unless the application answers
+            # with an Upgrade (upgrade.py): then the bytes past the head are the new
+            # protocol's, so keep them and read no more until it takes over.
             self._stop_parsing = True
             if self._pipeline and isinstance(self._pipeline[-1], Request):
                 self._pipeline[-1].keep_alive = False
+                self._upgrade = self._pipeline[-1]
+                self._upgrade_data.append(data[exc.args[0]:] if exc.args else b"")
+                self.driver.pause_reading()
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, _Reject):
@@ -367,6 +379,8 @@ class HttpSession:
     def _respond_other(self, request: Request, result: Any) -> None:
         if isinstance(result, StreamResponse):
             self._task = self.loop.create_task(self._stream(request, result))
+        elif type(result) is Upgrade and request is self._upgrade:
+            self._switch_protocols(request, result)
         else:
             exc = TypeError(f"handler returned {type(result).__name__}, not a Message")
             self._send(request, self._internal_error(request, exc), request.version)
@@ -415,6 +429,35 @@ class HttpSession:
             self.transmitter.enqueue(msg)
         if not streaming:
             self._active = None
+
+    def _switch_protocols(self, request: Request, upgrade: Upgrade) -> None:
+        """Queue the 101, then hand the connection to the protocol that takes over."""
+        msg = Message(101, upgrade._stack)
+        msg.push(DATE.line())
+        msg.push(status_line(101))
+        self._metrics.responses_total += 1
+        if self.ctx.access_log is not None:
+            self.ctx.access_log(request, msg, self.client)
+        self._closing = True                  # this session answers nothing more
+        self._pipeline.clear()
+        self._active = None
+        self._upgrade = None
+        self.transmitter.wants_idle = False
+        self.transmitter.enqueue(msg)
+        data, self._upgrade_data = b"".join(self._upgrade_data), []
+        protocol = upgrade.take_over(Handover(self.driver, self.transmitter, data,
+                                              self.client, self.ctx, request))
+        self.driver.session = protocol        # the driver now feeds the new protocol
+        self.driver.resume_reading()
+
+    def _abandon_upgrade(self) -> None:
+        """The client left after the app chose to upgrade but before the 101 went out."""
+        self._upgrade = None
+        task = self._task
+        if task is not None and task.done() and not task.cancelled() and task.exception() is None:
+            answer = task.result()
+            if type(answer) is Upgrade and answer.abandon is not None:
+                answer.abandon()
 
     def _closed_after_send(self, exc: BaseException | None) -> None:
         self.driver.close()
@@ -567,6 +610,8 @@ class HttpSession:
                 item.body_stream.fail(ConnectionError("client disconnected"))
         if self._task is not None and not self._task.done():
             self._task.cancel()
+        if self._upgrade is not None:
+            self._abandon_upgrade()
         # Let go of the task: its CancelledError's traceback holds the streaming frame,
         # whose locals (the last chunks sent) would otherwise wait for the cyclic GC.
         self._task = None

@@ -1,0 +1,428 @@
+"""WebSockets for native handlers, over real sockets with the `websockets` client.
+
+What is pinned: echo of text and binary, the handshake (subprotocols, 400/426 for bad
+requests, denial before accept), ping/pong both ways and the ping timeout, close codes
+in both directions, the limits (message and frame size → 1009, send budget), protocol
+errors (1002, 1007), early frames that arrive with the handshake, graceful drain
+(1001), a client that vanishes mid-send leaving nothing behind, and broadcast lending
+one payload object to every socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+
+import pytest
+import ws_fixtures
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from ws_fixtures import RawSocket, masked_frame, wait_until
+
+from server.websocket.connection import STATS
+from server.websocket.native import _RUNNING
+
+ws_site = ws_fixtures.ws_site   # the fixture
+
+ECHO = {"echo.py": '''
+from server import websocket
+
+@websocket("/echo")
+async def echo(ws):
+    await ws.accept(subprotocol="echo" if "echo" in ws.subprotocols else None)
+    async for message in ws:
+        await ws.send(message)
+'''}
+
+
+async def test_echo_text_and_binary(ws_site):
+    site = await ws_site(ECHO)
+    async with connect(site.url("/echo")) as ws:
+        await ws.send("héllo")
+        assert await ws.recv() == "héllo"
+        await ws.send(b"\x00\xff" * 5)
+        assert await ws.recv() == b"\x00\xff" * 5
+        big = bytes(range(256)) * 4096        # 1 MiB: a 64-bit length header, many reads
+        await ws.send(big)
+        assert await ws.recv() == big
+        await ws.send("")
+        assert await ws.recv() == ""
+    assert ws.close_code == 1000
+
+
+async def test_fragmented_message_is_delivered_whole(ws_site):
+    site = await ws_site(ECHO)
+    async with connect(site.url("/echo")) as ws:
+        await ws.send(["frag", "ment", "ed"])     # websockets sends one fragmented message
+        assert await ws.recv() == "fragmented"
+
+
+async def test_subprotocol_negotiation(ws_site):
+    site = await ws_site(ECHO)
+    async with connect(site.url("/echo"), subprotocols=["chat", "echo"]) as ws:
+        assert ws.subprotocol == "echo"
+    async with connect(site.url("/echo")) as ws:
+        assert ws.subprotocol is None
+
+
+async def test_request_details_reach_the_handler(ws_site):
+    site = await ws_site({"room.py": '''
+from server import websocket
+
+@websocket("/rooms/{name}/{n:int}")
+async def room(ws, name, n):
+    await ws.accept()
+    await ws.send_json({"name": name, "n": n, "q": ws.query.get("q"), "origin": ws.origin,
+                        "agent": ws.headers.get("x-agent"), "params": ws.path_params})
+'''})
+    async with connect(site.url("/rooms/blue/7?q=1"), origin="http://example.test",
+                       additional_headers={"X-Agent": "t"}) as ws:
+        info = json.loads(await ws.recv())
+        await ws.wait_closed()
+    assert info == {"name": "blue", "n": 7, "q": ["1"], "origin": "http://example.test",
+                    "agent": "t", "params": {"name": "blue", "n": 7}}
+    assert ws.close_code == 1000                # the handler returned: a normal close
+
+
+async def test_ping_from_client_gets_pong(ws_site):
+    site = await ws_site(ECHO)
+    async with connect(site.url("/echo"), ping_interval=None) as ws:
+        pong = await ws.ping(b"abc")
+        await asyncio.wait_for(pong, 5)
+
+
+async def test_server_pings_and_closes_a_peer_that_never_answers(ws_site):
+    site = await ws_site(ECHO, ping_interval=0.1, ping_timeout=0.3, close_timeout=0.5)
+    raw = RawSocket(site.port, "/echo")
+    head = await raw.call(raw.open)
+    assert head.startswith(b"HTTP/1.1 101")
+    opcode, payload = await raw.call(raw.read_frame)
+    assert opcode == 0x9 and len(payload) == 4          # a ping, never answered
+    frames = []
+    while True:
+        frame = await raw.call(raw.read_frame)
+        if frame is None:
+            break
+        frames.append(frame)
+    close = [p for op, p in frames if op == 0x8]
+    assert close and int.from_bytes(close[0][:2], "big") == 1011
+    raw.close()
+    await wait_until(lambda: not site.ctx.connections, what="connection closed")
+
+
+async def test_server_keeps_a_peer_that_answers_pings(ws_site):
+    site = await ws_site(ECHO, ping_interval=0.05, ping_timeout=0.5)
+    async with connect(site.url("/echo"), ping_interval=None) as ws:
+        conn = await wait_until(lambda: next(iter(site.ctx.connections), None))
+        pings = []
+        session = conn.session
+        original = session._pong_received
+
+        def counted() -> None:
+            pings.append(1)
+            original()
+        session._pong_received = counted
+        await wait_until(lambda: len(pings) >= 3, what="three ping/pong rounds")
+        await ws.send("still here")
+        assert await ws.recv() == "still here"
+
+
+async def test_close_codes_from_the_client(ws_site):
+    site = await ws_site({"record.py": '''
+from server import websocket, WebSocketDisconnect
+
+@websocket("/record")
+async def record(ws):
+    await ws.accept()
+    try:
+        await ws.receive()
+    except WebSocketDisconnect as exc:
+        ws.request.app.state.closed = (exc.code, exc.reason, ws.close_code)
+'''})
+    async with connect(site.url("/record")) as ws:
+        await ws.close(4001, "bye")
+    await wait_until(lambda: "closed" in site.app.state, what="handler saw the close")
+    assert site.app.state.closed == (4001, "bye", 4001)
+    assert ws.close_code == 4001                  # the server echoed the code back
+
+
+async def test_close_codes_from_the_server(ws_site):
+    site = await ws_site({"closer.py": '''
+from server import websocket
+
+@websocket("/closer")
+async def closer(ws):
+    await ws.accept()
+    await ws.receive()
+    await ws.close(4002, "done here")
+'''})
+    async with connect(site.url("/closer")) as ws:
+        await ws.send("x")
+        with pytest.raises(ConnectionClosed) as info:
+            await ws.recv()
+    assert info.value.rcvd.code == 4002 and info.value.rcvd.reason == "done here"
+    await wait_until(lambda: not site.ctx.connections, what="TCP closed after the handshake")
+
+
+async def test_handler_error_after_accept_closes_1011(ws_site):
+    site = await ws_site({"boom.py": '''
+from server import websocket
+
+@websocket("/boom")
+async def boom(ws):
+    await ws.accept()
+    await ws.receive()
+    raise RuntimeError("boom")
+'''})
+    async with connect(site.url("/boom")) as ws:
+        await ws.send("x")
+        with pytest.raises(ConnectionClosed):
+            await ws.recv()
+    assert ws.close_code == 1011
+
+
+async def test_message_over_the_limit_closes_1009(ws_site):
+    site = await ws_site(ECHO, max_message_size=1000, max_frame_size=1000)
+    async with connect(site.url("/echo")) as ws:
+        await ws.send("a" * 1000)
+        assert await ws.recv() == "a" * 1000
+        await ws.send(["a" * 600, "b" * 600])          # two small frames, one big message
+        with pytest.raises(ConnectionClosed):
+            await ws.recv()
+    assert ws.close_code == 1009
+
+
+async def test_frame_declaring_too_much_is_refused_at_its_header(ws_site):
+    site = await ws_site(ECHO, max_message_size=1 << 20, max_frame_size=1 << 20)
+    raw = RawSocket(site.port, "/echo")
+    assert (await raw.call(raw.open)).startswith(b"HTTP/1.1 101")
+    # A header claiming 1 GiB, and only a few bytes of it: the server must not wait.
+    await raw.call(raw.send, masked_frame(0x2, b"abcd", declared=1 << 30)[:20])
+    opcode, payload = await raw.call(raw.read_frame)
+    assert opcode == 0x8 and int.from_bytes(payload[:2], "big") == 1009
+    raw.close()
+
+
+async def test_protocol_errors_close_with_their_codes(ws_site):
+    site = await ws_site(ECHO)
+    for frame, code in ((masked_frame(0x1, b"hi", mask=False), 1002),      # unmasked
+                        (masked_frame(0x1, b"\xff\xfe"), 1007),            # not UTF-8
+                        (masked_frame(0x3, b"x"), 1002)):                  # reserved opcode
+        raw = RawSocket(site.port, "/echo")
+        assert (await raw.call(raw.open)).startswith(b"HTTP/1.1 101")
+        await raw.call(raw.send, frame)
+        opcode, payload = await raw.call(raw.read_frame)
+        assert (opcode, int.from_bytes(payload[:2], "big")) == (0x8, code)
+        assert await raw.call(raw.read_frame) is None          # and TCP closes
+        raw.close()
+
+
+async def test_frames_sent_with_the_handshake_are_not_lost(ws_site):
+    site = await ws_site(ECHO)
+    raw = RawSocket(site.port, "/echo", extra=masked_frame(0x1, b"early") + masked_frame(0x2, b"bird"))
+    assert (await raw.call(raw.open)).startswith(b"HTTP/1.1 101")
+    assert await raw.call(raw.read_frame) == (0x1, b"early")
+    assert await raw.call(raw.read_frame) == (0x2, b"bird")
+    raw.close()
+
+
+def _get(port: int, path: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path, headers=headers)
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+async def test_bad_handshakes_are_refused(ws_site):
+    site = await ws_site(ECHO)
+    base = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+    status, _, _ = await asyncio.to_thread(_get, site.port, "/echo",
+                                           {**base, "Sec-WebSocket-Key": "not-base64!"})
+    assert status == 400
+    status, _, _ = await asyncio.to_thread(_get, site.port, "/echo",
+                                           {**base, "Sec-WebSocket-Key": "c2hvcnQ="})
+    assert status == 400                                  # base64, but not 16 bytes
+    status, headers, _ = await asyncio.to_thread(_get, site.port, "/echo",
+                                                 {**base, "Sec-WebSocket-Version": "8"})
+    assert status == 426 and headers["sec-websocket-version"] == "13"
+    status, headers, body = await asyncio.to_thread(_get, site.port, "/echo", {})
+    assert status == 426 and headers["upgrade"] == "websocket"   # a plain GET
+    status, _, _ = await asyncio.to_thread(_get, site.port, "/nowhere", base)
+    assert status == 404
+    # And a valid handshake still works on the same server afterwards.
+    async with connect(site.url("/echo")) as ws:
+        await ws.send("ok")
+        assert await ws.recv() == "ok"
+
+
+async def test_denial_before_accept(ws_site):
+    site = await ws_site({"deny.py": '''
+from server import websocket, HTTPError
+
+@websocket("/closed")
+async def closed(ws):
+    await ws.close()
+
+@websocket("/returned")
+async def returned(ws):
+    return "members only", 401
+
+@websocket("/raised")
+async def raised(ws):
+    raise HTTPError(429)
+
+@websocket("/crashed")
+async def crashed(ws):
+    raise RuntimeError("no")
+'''})
+    for path, status in (("/closed", 403), ("/returned", 401), ("/raised", 429), ("/crashed", 500)):
+        with pytest.raises(InvalidStatus) as info:
+            async with connect(site.url(path)):
+                pass
+        assert info.value.response.status_code == status, path
+    await wait_until(lambda: not _RUNNING, what="handler tasks finished")
+
+
+async def test_draining_sends_going_away(ws_site):
+    site = await ws_site(ECHO)
+    async with connect(site.url("/echo")) as ws:
+        await ws.send("x")
+        assert await ws.recv() == "x"
+        drain = asyncio.create_task(site.running.server.drain(timeout=5))
+        with pytest.raises(ConnectionClosed):
+            await ws.recv()
+        await drain
+    assert ws.close_code == 1001
+
+
+async def test_slow_reader_makes_send_wait_within_its_budget(ws_site):
+    site = await ws_site({"flood.py": '''
+from server import websocket
+
+@websocket("/flood")
+async def flood(ws):
+    await ws.accept()
+    state = ws.request.app.state
+    state.ws = ws
+    state.sent = 0
+    chunk = bytes(64 << 10)
+    for _ in range(1000):
+        await ws.send(chunk)
+        state.sent += 1
+'''}, send_budget=256 << 10)
+    raw = RawSocket(site.port, "/flood", rcvbuf=16 << 10)
+    assert (await raw.call(raw.open)).startswith(b"HTTP/1.1 101")
+    state = site.app.state
+    # The client reads nothing: the handler must end up waiting inside send().
+    conn = (await wait_until(lambda: state.get("ws"), what="handler started"))._conn
+    await wait_until(lambda: conn.transmitter.outstanding > 256 << 10, what="budget reached")
+    blocked_at = state.sent
+    assert conn.transmitter.outstanding <= (256 << 10) + (64 << 10) + 16
+    assert site.ctx.ledger.outstanding <= (256 << 10) + (64 << 10) + 16
+    assert blocked_at < 1000
+    # Reading lets it go on: send waited, it did not drop anything.
+    for _ in range(20):
+        opcode, payload = await raw.call(raw.read_frame)
+        assert opcode == 0x2 and len(payload) == 64 << 10
+    await wait_until(lambda: state.sent > blocked_at, what="send resumed")
+    raw.close()
+
+
+async def test_client_vanishing_mid_send_leaks_nothing(ws_site):
+    site = await ws_site({"flood.py": '''
+from server import websocket
+
+@websocket("/flood")
+async def flood(ws):
+    await ws.accept()
+    chunk = bytes(256 << 10)
+    while True:
+        await ws.send(chunk)
+'''})
+    before_tasks = len(_RUNNING)
+    clients = [RawSocket(site.port, "/flood", rcvbuf=16 << 10) for _ in range(5)]
+    for raw in clients:
+        assert (await raw.call(raw.open)).startswith(b"HTTP/1.1 101")
+        await raw.call(raw.read_frame)
+    await wait_until(lambda: site.ctx.ledger.outstanding > 0, what="bytes on loan")
+    assert STATS.open >= 5
+    for raw in clients:
+        raw.reset()
+    await wait_until(lambda: not site.ctx.connections, what="connections closed")
+    await wait_until(lambda: site.ctx.ledger.outstanding == 0, what="ledger repaid")
+    await wait_until(lambda: len(_RUNNING) == before_tasks, what="handler tasks ended")
+    assert STATS.open == 0
+
+
+async def test_client_vanishing_during_the_handshake_ends_the_handler(ws_site):
+    site = await ws_site({"slow.py": '''
+import asyncio
+from server import websocket
+
+@websocket("/slow")
+async def slow(ws):
+    ws.request.app.state.started = True
+    await asyncio.sleep(0.2)        # deciding, while the client goes away
+    await ws.accept()
+    await ws.receive()
+'''})
+    raw = RawSocket(site.port, "/slow")
+    sock_open = asyncio.to_thread(raw.open)
+    task = asyncio.ensure_future(sock_open)
+    await wait_until(lambda: site.app.state.get("started"), what="handler started")
+    raw.reset()
+    await asyncio.gather(task, return_exceptions=True)
+    await wait_until(lambda: not site.ctx.connections, what="connection closed")
+    await wait_until(lambda: not _RUNNING, what="handler task ended")
+
+
+async def test_broadcast_lends_one_payload_to_every_socket(ws_site):
+    site = await ws_site({"room.py": '''
+from server import websocket
+
+@websocket("/room")
+async def room(ws):
+    await ws.accept()
+    ws.request.app.state.setdefault("members", []).append(ws)
+    async for _ in ws:
+        pass
+'''})
+    from server import broadcast
+    n = 20
+    clients = [RawSocket(site.port, "/room", rcvbuf=8 << 10) for _ in range(n)]
+    for raw in clients:
+        assert (await raw.call(raw.open)).startswith(b"HTTP/1.1 101")
+    members = await wait_until(lambda: len(site.app.state.get("members", ())) == n
+                               and site.app.state.members, what="members joined")
+    payload = bytes(range(256)) * (24 << 10)      # 6 MiB: more than a socket buffer takes
+    sent = asyncio.create_task(broadcast(members, payload))
+    await wait_until(lambda: all(not m._conn.transmitter.idle for m in members), what="queued")
+    for m in members:
+        queued = m._conn.transmitter._slices
+        # The very same object (or a window onto it, once the kernel took a part).
+        assert any(s is payload or (isinstance(s, memoryview) and s.obj is payload) for s in queued)
+    for raw in clients:
+        opcode, data = await raw.call(raw.read_frame)
+        assert opcode == 0x2 and data == payload
+    assert await sent == n
+    for raw in clients:
+        raw.close()
+    await wait_until(lambda: not site.ctx.connections, what="connections closed")
+
+
+async def test_bundled_echo_is_served_by_default(server_process):
+    proc = server_process([])
+    async with connect(f"ws://127.0.0.1:{proc.port}/ws/echo", subprotocols=["echo"]) as ws:
+        assert ws.subprotocol == "echo"
+        await ws.send("hi")
+        assert await ws.recv() == "hi"
+    async with connect(f"ws://127.0.0.1:{proc.port}/ws/rooms/lobby") as a, \
+            connect(f"ws://127.0.0.1:{proc.port}/ws/rooms/lobby") as b:
+        await b.send("hello room")       # b is a member: its own handler broadcasts it
+        assert await asyncio.wait_for(b.recv(), 5) == "hello room"
+        assert await asyncio.wait_for(a.recv(), 5) == "hello room"
