@@ -16,9 +16,10 @@ import json
 
 import pytest
 import ws_fixtures
+from polling import until
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
-from ws_fixtures import RawSocket, masked_frame, wait_until
+from ws_fixtures import RawSocket, masked_frame
 
 from server.websocket.connection import STATS
 from server.websocket.native import _RUNNING
@@ -108,13 +109,13 @@ async def test_server_pings_and_closes_a_peer_that_never_answers(ws_site):
     close = [p for op, p in frames if op == 0x8]
     assert close and int.from_bytes(close[0][:2], "big") == 1011
     raw.close()
-    await wait_until(lambda: not site.ctx.connections, what="connection closed")
+    await until(lambda: not site.ctx.connections, what="connection closed")
 
 
 async def test_server_keeps_a_peer_that_answers_pings(ws_site):
     site = await ws_site(ECHO, ping_interval=0.05, ping_timeout=0.5)
     async with connect(site.url("/echo"), ping_interval=None) as ws:
-        conn = await wait_until(lambda: next(iter(site.ctx.connections), None))
+        conn = await until(lambda: next(iter(site.ctx.connections), None))
         pings = []
         session = conn.session
         original = session._pong_received
@@ -123,7 +124,7 @@ async def test_server_keeps_a_peer_that_answers_pings(ws_site):
             pings.append(1)
             original()
         session._pong_received = counted
-        await wait_until(lambda: len(pings) >= 3, what="three ping/pong rounds")
+        await until(lambda: len(pings) >= 3, what="three ping/pong rounds")
         await ws.send("still here")
         assert await ws.recv() == "still here"
 
@@ -142,7 +143,7 @@ async def record(ws):
 '''})
     async with connect(site.url("/record")) as ws:
         await ws.close(4001, "bye")
-    await wait_until(lambda: "closed" in site.app.state, what="handler saw the close")
+    await until(lambda: "closed" in site.app.state, what="handler saw the close")
     assert site.app.state.closed == (4001, "bye", 4001)
     assert ws.close_code == 4001                  # the server echoed the code back
 
@@ -162,7 +163,7 @@ async def closer(ws):
         with pytest.raises(ConnectionClosed) as info:
             await ws.recv()
     assert info.value.rcvd.code == 4002 and info.value.rcvd.reason == "done here"
-    await wait_until(lambda: not site.ctx.connections, what="TCP closed after the handshake")
+    await until(lambda: not site.ctx.connections, what="TCP closed after the handshake")
 
 
 async def test_handler_error_after_accept_closes_1011(ws_site):
@@ -285,7 +286,7 @@ async def crashed(ws):
             async with connect(site.url(path)):
                 pass
         assert info.value.response.status_code == status, path
-    await wait_until(lambda: not _RUNNING, what="handler tasks finished")
+    await until(lambda: not _RUNNING, what="handler tasks finished")
 
 
 async def test_draining_sends_going_away(ws_site):
@@ -319,8 +320,8 @@ async def flood(ws):
     assert (await raw.call(raw.open)).startswith(b"HTTP/1.1 101")
     state = site.app.state
     # The client reads nothing: the handler must end up waiting inside send().
-    conn = (await wait_until(lambda: state.get("ws"), what="handler started"))._conn
-    await wait_until(lambda: conn.transmitter.outstanding > 256 << 10, what="budget reached")
+    conn = (await until(lambda: state.get("ws"), what="handler started"))._conn
+    await until(lambda: conn.transmitter.outstanding > 256 << 10, what="budget reached")
     blocked_at = state.sent
     assert conn.transmitter.outstanding <= (256 << 10) + (64 << 10) + 16
     assert site.ctx.ledger.outstanding <= (256 << 10) + (64 << 10) + 16
@@ -329,7 +330,7 @@ async def flood(ws):
     for _ in range(20):
         opcode, payload = await raw.call(raw.read_frame)
         assert opcode == 0x2 and len(payload) == 64 << 10
-    await wait_until(lambda: state.sent > blocked_at, what="send resumed")
+    await until(lambda: state.sent > blocked_at, what="send resumed")
     raw.close()
 
 
@@ -349,13 +350,13 @@ async def flood(ws):
     for raw in clients:
         assert (await raw.call(raw.open)).startswith(b"HTTP/1.1 101")
         await raw.call(raw.read_frame)
-    await wait_until(lambda: site.ctx.ledger.outstanding > 0, what="bytes on loan")
+    await until(lambda: site.ctx.ledger.outstanding > 0, what="bytes on loan")
     assert STATS.open >= 5
     for raw in clients:
         raw.reset()
-    await wait_until(lambda: not site.ctx.connections, what="connections closed")
-    await wait_until(lambda: site.ctx.ledger.outstanding == 0, what="ledger repaid")
-    await wait_until(lambda: len(_RUNNING) == before_tasks, what="handler tasks ended")
+    await until(lambda: not site.ctx.connections, what="connections closed")
+    await until(lambda: site.ctx.ledger.outstanding == 0, what="ledger repaid")
+    await until(lambda: len(_RUNNING) == before_tasks, what="handler tasks ended")
     assert STATS.open == 0
 
 
@@ -374,11 +375,11 @@ async def slow(ws):
     raw = RawSocket(site.port, "/slow")
     sock_open = asyncio.to_thread(raw.open)
     task = asyncio.ensure_future(sock_open)
-    await wait_until(lambda: site.app.state.get("started"), what="handler started")
+    await until(lambda: site.app.state.get("started"), what="handler started")
     raw.reset()
     await asyncio.gather(task, return_exceptions=True)
-    await wait_until(lambda: not site.ctx.connections, what="connection closed")
-    await wait_until(lambda: not _RUNNING, what="handler task ended")
+    await until(lambda: not site.ctx.connections, what="connection closed")
+    await until(lambda: not _RUNNING, what="handler task ended")
 
 
 async def test_broadcast_lends_one_payload_to_every_socket(ws_site):
@@ -397,11 +398,11 @@ async def room(ws):
     clients = [RawSocket(site.port, "/room", rcvbuf=8 << 10) for _ in range(n)]
     for raw in clients:
         assert (await raw.call(raw.open)).startswith(b"HTTP/1.1 101")
-    members = await wait_until(lambda: len(site.app.state.get("members", ())) == n
+    members = await until(lambda: len(site.app.state.get("members", ())) == n
                                and site.app.state.members, what="members joined")
     payload = bytes(range(256)) * (24 << 10)      # 6 MiB: more than a socket buffer takes
     sent = asyncio.create_task(broadcast(members, payload))
-    await wait_until(lambda: all(not m._conn.transmitter.idle for m in members), what="queued")
+    await until(lambda: all(not m._conn.transmitter.idle for m in members), what="queued")
     for m in members:
         queued = m._conn.transmitter._slices
         # The very same object (or a window onto it, once the kernel took a part).
@@ -412,7 +413,7 @@ async def room(ws):
     assert await sent == n
     for raw in clients:
         raw.close()
-    await wait_until(lambda: not site.ctx.connections, what="connections closed")
+    await until(lambda: not site.ctx.connections, what="connections closed")
 
 
 async def test_bundled_echo_is_served_by_default(server_process):

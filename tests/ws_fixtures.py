@@ -16,7 +16,6 @@ import base64
 import os
 import socket
 import struct
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from handler_fixtures import write_modules
 from server.framework.build import AppOptions, build_application
 from server.websocket.options import WebSocketOptions
 
-__all__ = ["WsSite", "RawSocket", "ws_site", "wait_until", "masked_frame"]
+__all__ = ["WsSite", "RawSocket", "ws_site", "masked_frame"]
 
 
 class WsSite:
@@ -62,18 +61,6 @@ async def ws_site(serve: Any, tmp_path: Path) -> Any:
     yield start
     for app in apps:
         await app.shutdown()
-
-
-async def wait_until(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll `check()` until truthy, with a deadline (never a fixed sleep)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def masked_frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bool = True,

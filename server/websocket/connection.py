@@ -154,12 +154,11 @@ class WebSocketConnection:
         except LocalProtocolError:
             return
         for event in ws.events():
-            kind = type(event)
-            if kind is BytesMessage or kind is TextMessage:
+            if isinstance(event, (BytesMessage, TextMessage)):
                 if not self.open:
                     continue              # we are closing: data no longer delivered
-                chunk = event.data
-                n = len(chunk) if kind is BytesMessage or chunk.isascii() else len(chunk.encode())
+                chunk: Any = event.data     # bytes, or str (wsproto checked the UTF-8)
+                n = len(chunk.encode()) if isinstance(chunk, str) and not chunk.isascii() else len(chunk)
                 size = self._part_size + n
                 if size > self._max_message:
                     self._fail(1009, f"message over {self._max_message} bytes")
@@ -167,19 +166,19 @@ class WebSocketConnection:
                 if event.message_finished:
                     if self._parts:
                         self._parts.append(chunk)
-                        chunk = ("" if kind is TextMessage else b"").join(self._parts)
+                        chunk = ("" if isinstance(chunk, str) else b"").join(self._parts)
                         self._parts = []
                         self._part_size = 0
                     self._deliver(chunk)
                 else:
                     self._parts.append(chunk)
                     self._part_size = size
-            elif kind is Ping:
+            elif isinstance(event, Ping):
                 if ws.state is OPEN:
                     self._send_control(ws.send(event.response()))
-            elif kind is Pong:
+            elif isinstance(event, Pong):
                 self._pong_received()
-            elif kind is CloseConnection:
+            elif isinstance(event, CloseConnection):
                 self._close_frame(event)
                 break
         else:
@@ -257,7 +256,8 @@ class WebSocketConnection:
             return self._final
         if self._reader is not None:
             raise RuntimeError("another coroutine is already waiting to receive on this WebSocket")
-        reader = self._reader = self.loop.create_future()
+        reader: asyncio.Future[str | bytes | Closed] = self.loop.create_future()
+        self._reader = reader
         try:
             return await reader
         finally:
@@ -271,7 +271,8 @@ class WebSocketConnection:
             raise ConnectionClosed(self.close_code or 1006, self.close_reason)
         if self._compress:
             # permessage-deflate: compressed per connection, so wsproto frames it.
-            frame = self._ws.send(WsMessage(data=data if isinstance(data, str) else bytes(data)))
+            text_or_bytes: Any = data if isinstance(data, str) else bytes(data)
+            frame = self._ws.send(WsMessage(data=text_or_bytes))
             message = Message(0, (), (bytes(frame),))
         else:
             message = data_frame(data)
@@ -285,7 +286,7 @@ class WebSocketConnection:
         if not self.open:
             return False
         if self._compress:
-            data: str | bytes = bytes(payload).decode("utf-8") if text else bytes(payload)
+            data: Any = bytes(payload).decode("utf-8") if text else bytes(payload)
             frame = self._ws.send(WsMessage(data=data))
             return self.queue(Message(0, (), (bytes(frame),)))
         return self.queue(Message(0, (header,), (payload,) if len(payload) else ()))
@@ -306,7 +307,7 @@ class WebSocketConnection:
     @property
     def buffered(self) -> int:
         """Bytes queued on this socket that the kernel has not taken yet."""
-        return self.transmitter.outstanding
+        return int(self.transmitter.outstanding)
 
     async def drained(self) -> None:
         """Wait until the kernel has taken everything queued so far."""

@@ -49,19 +49,16 @@ def frame_payload(data: str | bytes | bytearray | memoryview) -> tuple[int, byte
     A bytearray or a writable memoryview is copied once: a payload must not change
     while it is on loan to the kernel (DESIGN.md rule 3), and the caller may reuse it.
     """
-    kind = type(data)
-    if kind is bytes:
-        return OP_BINARY, data
-    if kind is str:
-        return OP_TEXT, data.encode("utf-8")  # type: ignore[union-attr]
+    if isinstance(data, bytes):
+        return OP_BINARY, data if type(data) is bytes else bytes(data)
+    if isinstance(data, str):
+        return OP_TEXT, data.encode("utf-8")
     if isinstance(data, memoryview):
         flat = data.readonly and data.ndim == 1 and data.itemsize == 1 and data.c_contiguous
         return OP_BINARY, data if flat else data.tobytes()
-    if isinstance(data, (bytes, bytearray)):
+    if isinstance(data, bytearray):
         return OP_BINARY, bytes(data)
-    if isinstance(data, str):
-        return OP_TEXT, data.encode("utf-8")
-    raise TypeError(f"a WebSocket message is str or bytes, not {kind.__name__}")
+    raise TypeError(f"a WebSocket message is str or bytes, not {type(data).__name__}")
 
 
 def data_frame(data: str | bytes | bytearray | memoryview) -> Message:
