@@ -21,6 +21,13 @@ prebuilt JSONEncoder rebuilds its C encoder and a closure on every `encode`), an
 the entity header block is formatted with one bytes `%`.
 JSON is encoded strictly (`allow_nan=False`): NaN is not JSON, and a handler
 returning it fails loudly (500) instead of sending what clients cannot parse.
+
+What a handler answers is checked here, at the one door every handler result
+passes: a final status is 200..599 (a 1xx is not a final response: `100` with a
+body would desynchronise the client), and header fields are tokens and values free
+of control bytes (`wire.header_block`; raw header slices of a hand-made Message
+are checked for NUL).  A bad answer raises `InvalidResponse`, which the
+application turns into a 500 with a log line naming the fault.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from ..http.responses import StreamResponse, empty_response, message_response
 from ..http.upgrade import Upgrade
 from ..http.wire import header_block
 
-__all__ = ["to_response", "json_message", "encode_json", "NotAResponse"]
+__all__ = ["to_response", "json_message", "encode_json", "NotAResponse", "InvalidResponse"]
 
 _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
@@ -77,6 +84,35 @@ class NotAResponse(TypeError):
     """The handler returned something that cannot be turned into a response."""
 
 
+class InvalidResponse(ValueError):
+    """The handler's answer would put a malformed response on the wire."""
+
+
+def _check_status(status: object) -> None:
+    if type(status) is not int or not 200 <= status <= 599:
+        raise InvalidResponse(f"handler answered status {status!r}; a final status is 200..599")
+
+
+def _checked(msg: Message) -> Message:
+    """A hand-made Message: its status, and no NUL in its header slices."""
+    status = msg.status
+    if type(status) is not int or not 200 <= status <= 599:
+        _check_status(status)
+    for header in msg._stack:
+        if b"\0" in header:
+            raise InvalidResponse("handler answered a header containing NUL")
+    return msg
+
+
+def _checked_stream(resp: StreamResponse) -> StreamResponse:
+    _check_status(resp.status)
+    try:
+        header_block([("Content-Type", resp.content_type), *resp.headers])
+    except ValueError as exc:
+        raise InvalidResponse(str(exc)) from None
+    return resp
+
+
 def json_message(obj: Any, status: int = 200) -> Message:
     body = encode_json(obj)
     return Message(status, (_JSON_HEAD % len(body),), (body,))
@@ -90,7 +126,7 @@ def to_response(result: Any) -> Message | StreamResponse:
     """Turn a handler's return value into a response (see the table above)."""
     kind = type(result)
     if kind is Message:
-        return result
+        return _checked(result)
     if kind is dict or kind is list:
         return json_message(result)
     if kind is str:
@@ -99,9 +135,14 @@ def to_response(result: Any) -> Message | StreamResponse:
         return _body_message(_BYTES_HEAD, result)
     if result is None:
         return empty_response(204, length=False)
-    if isinstance(result, (Message, StreamResponse, Upgrade)):
+    if isinstance(result, Message):
+        return _checked(result)
+    if isinstance(result, StreamResponse):
+        return _checked_stream(result)
+    if isinstance(result, Upgrade):
         return result  # type: ignore[return-value]
     if isinstance(result, tuple) and 2 <= len(result) <= 3 and isinstance(result[1], int):
+        _check_status(result[1])
         return _with_status(*result)
     if isinstance(result, (dict, list)):
         return json_message(result)
@@ -129,6 +170,7 @@ def _with_status(body: Any, status: int, headers: Iterable[tuple[str, str]] = ()
     inner.status = status
     if isinstance(inner, StreamResponse):
         inner.headers.extend(headers)
+        _checked_stream(inner)
     elif headers:
         inner.push(header_block(headers, end=False))
     return inner

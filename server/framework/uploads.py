@@ -16,6 +16,10 @@ keeps filling the request's bounded chunk queue; when that queue is full the
 session stops reading the socket — back-pressure reaches the client, memory stays
 bounded by the queue plus one batch.
 
+A disk that fills up, a quota, or a file size limit (ENOSPC, EDQUOT, EFBIG) fails
+the upload with `HTTPError(507)` — Insufficient Storage, RFC 4918 §11.5 — and the
+temporary is removed like any abandoned upload's: the destination is untouched.
+
 A write still running in a worker thread when the upload is abandoned owns the
 descriptor until it returns; closing it under the thread could make the write land
 in whatever file next reuses the number.  So the descriptor is closed, and the
@@ -26,6 +30,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
+import logging
 import os
 import secrets
 from pathlib import Path
@@ -36,6 +42,11 @@ from ..http.errors import HTTPError
 from ..http.request import BodyTooLarge, Request
 
 __all__ = ["save_upload", "upload_path", "WRITE_BATCH"]
+
+log = logging.getLogger("pageloan.uploads")
+
+# The storage is full (or we may not write more): the client's request was fine.
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 WRITE_BATCH = 256 << 10     # bytes gathered before one write in the thread pool
 # Our own pool, not the loop's default: abandoning an upload needs the *thread's*
@@ -108,7 +119,12 @@ async def save_upload(request: Request, dest: os.PathLike | str, *, max_bytes: i
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_bytes:
             raise BodyTooLarge(f"upload of {declared} bytes is over {max_bytes}")
-    fd, temp = _open_temporary(dest)
+    try:
+        fd, temp = _open_temporary(dest)
+    except OSError as exc:
+        if exc.errno in _NO_SPACE:
+            raise _storage_error(exc, dest) from exc
+        raise
     in_thread: concurrent.futures.Future | None = None
     saved = 0
     batch: list[bytes] = []
@@ -136,6 +152,10 @@ async def save_upload(request: Request, dest: os.PathLike | str, *, max_bytes: i
         replace_in_background(temp, dest, asyncio.get_running_loop())
         committed = True
         return saved
+    except OSError as exc:
+        if exc.errno in _NO_SPACE:
+            raise _storage_error(exc, dest) from exc
+        raise
     finally:
         if not committed:
             if fd < 0:
@@ -145,6 +165,12 @@ async def save_upload(request: Request, dest: os.PathLike | str, *, max_bytes: i
                 in_thread.add_done_callback(lambda _f: _discard(fd, temp))
             else:
                 _discard(fd, temp)
+
+
+def _storage_error(exc: OSError, dest: Path) -> HTTPError:
+    """507 for a full disk or a size limit, logged naming the file."""
+    log.error("upload to %s failed: %s", dest, os.strerror(exc.errno or 0))
+    return HTTPError(507, "not enough storage to save the upload")
 
 
 def _unlink_quietly(path: Path) -> None:

@@ -28,6 +28,14 @@ PAUSE_ABOVE = 64 << 10
 _NO_PARAMS: Mapping[str, Any] = MappingProxyType({})   # shared, read-only: no dict per request
 
 
+_JSON_KINDS = {dict: "an object", list: "an array", str: "a string", int: "a number",
+               float: "a number", bool: "a boolean", type(None): "null"}
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 class BodyTooLarge(Exception):
     """The request body went past the configured limit (→ 413)."""
 
@@ -307,12 +315,32 @@ class Request:
         parts = [chunk async for chunk in self.stream()]
         return b"".join(parts)
 
-    async def json(self) -> Any:
+    async def json(self, expect: type | tuple[type, ...] | None = None) -> Any:
+        """The body parsed as JSON (None if empty); BadRequest (400) if it is not.
+
+        Strict RFC 8259: NaN and Infinity are refused, and nesting deeper than the
+        decoder's recursion bound is a 400, not a crash.  `expect=dict` (or `list`,
+        or a tuple of types) also refuses a document of any other kind, so a handler
+        that indexes the result cannot fail with a 500 on `3` or `"x"`.
+        """
         data = await self.body()
+        if not data:
+            if expect is not None:
+                raise BadRequest("body is empty, JSON expected")
+            return None
         try:
-            return _json.loads(data) if data else None
+            # RFC 8259 §8.1: JSON text is UTF-8; json.loads(bytes) would also take
+            # UTF-16/32 and let encoded surrogates through.
+            value = _json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
+        except RecursionError:
+            raise BadRequest("body is not valid JSON: nested too deeply") from None
         except ValueError as exc:
-            raise BadRequest(f"body is not valid JSON: {exc}") from exc
+            raise BadRequest(f"body is not valid JSON: {exc}") from None
+        if expect is not None and not isinstance(value, expect):
+            wanted = expect if isinstance(expect, tuple) else (expect,)
+            names = " or ".join(_JSON_KINDS.get(t, t.__name__) for t in wanted)
+            raise BadRequest(f"JSON body must be {names}, not {_JSON_KINDS.get(type(value), type(value).__name__)}")
+        return value
 
     async def text(self) -> str:
         return (await self.body()).decode("utf-8", errors="replace")

@@ -7,6 +7,7 @@ rebuilt at most once a second (`DateHeader`), as RFC 9110 §6.6.1 allows.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable
 from email.utils import formatdate
@@ -64,16 +65,22 @@ class DateHeader:
 DATE = DateHeader()
 
 
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
 def header_block(headers: Iterable[tuple[str, str]], *, end: bool = True) -> bytes:
     """Encode header fields as one slice; `end` appends the blank line closing the head.
 
-    Values are checked for CR/LF: a handler must never be able to split a response.
+    Names must be RFC 9110 tokens, and values free of control characters (CR, LF,
+    NUL, ...; HTAB is allowed): a handler must never be able to split a response or
+    send bytes a client's parser refuses.
     """
     out = []
     for name, value in headers:
         value = str(value)
-        if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
-            raise ValueError(f"invalid header field {name!r}")
+        if _TOKEN.fullmatch(name) is None or _CONTROL.search(value) is not None:
+            raise ValueError(f"invalid header field {name!r}: {value[:80]!r}")
         out.append(f"{name}: {value}\r\n")
     if end:
         out.append("\r\n")
