@@ -1,8 +1,15 @@
-"""What every connection of one server shares: config, application, ledger, log.
+r"""What every connection of one server shares: config, application, ledger, log.
 
 `ServerContext` is built by the Server and handed to each connection driver and
-session, so that none of them needs to know the Server itself.  The access log
-writes the Combined Log Format, one line per response.
+session, so that none of them needs to know the Server itself.
+
+The access log writes the Combined Log Format, one line per response, followed by
+the request time in seconds with millisecond resolution (nginx's `$request_time`,
+here from the end of the request head to the answer being queued).  Every field
+that comes from the client is escaped as nginx does by default: `"`, `\` and
+bytes below 0x20 or above 0x7e become `\xHH`, so a client can neither end a
+quoted field early nor start a line of its own, and combined-log parsers keep
+working whatever was sent.
 """
 
 from __future__ import annotations
@@ -65,18 +72,30 @@ class ServerContext:
             self.metrics.connections_open -= 1
 
 
+# nginx's default access-log escaping: `"`, `\`, controls and non-ASCII as \xHH.
+_LOG_ESCAPES = {c: f"\\x{c:02X}" for c in (*range(0x20), 0x22, 0x5C, *range(0x7F, 0x100))}
+
+
+def log_escape(text: str) -> str:
+    """`text` safe inside a quoted access-log field (and on one line)."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return text
+    return text.translate(_LOG_ESCAPES)
+
+
 def _access_logger() -> Callable[..., None]:
-    """Combined Log Format, one line per response."""
+    """Combined Log Format plus $request_time, one line per response."""
     def log_access(request: Any, msg: Any, client: tuple[str, int] | None) -> None:
-        host = client[0] if client else "-"
+        host = log_escape(client[0]) if client else "-"
         when = time.strftime("%d/%b/%Y:%H:%M:%S %z")
         if request is None:
-            line, referer, agent = "-", "-", "-"
+            line, referer, agent, took = "-", "-", "-", 0.0
         else:
-            line = f"{request.method} {request.target.decode('latin-1')} HTTP/{request.version}"
-            referer = request.headers.get("referer", "-")
-            agent = request.headers.get("user-agent", "-")
+            line = log_escape(f"{request.method} {request.target.decode('latin-1')} HTTP/{request.version}")
+            referer = log_escape(request.headers.get("referer", "-"))
+            agent = log_escape(request.headers.get("user-agent", "-"))
+            took = max(0.0, time.monotonic() - request.started)
         size = 0 if msg.head_only else msg.payload_length
-        access_logger.info('%s - - [%s] "%s" %d %d "%s" "%s"', host, when, line,
-                           msg.status, size, referer, agent)
+        access_logger.info('%s - - [%s] "%s" %d %d "%s" "%s" %.3f', host, when, line,
+                           msg.status, size, referer, agent, took)
     return log_access

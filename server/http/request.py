@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json as _json
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from http.cookies import SimpleCookie
@@ -27,6 +28,8 @@ __all__ = ["Headers", "Request", "RequestBody", "BodyTooLarge", "BadRequest"]
 PAUSE_ABOVE = 64 << 10
 _NO_PARAMS: Mapping[str, Any] = MappingProxyType({})   # shared, read-only: no dict per request
 
+
+_monotonic = time.monotonic
 
 _JSON_KINDS = {dict: "an object", list: "an array", str: "a string", int: "a number",
                float: "a number", bool: "a boolean", type(None): "null"}
@@ -181,7 +184,7 @@ class Request:
     __slots__ = ("method", "target", "version", "raw_headers", "keep_alive", "client",
                  "body_stream", "app", "_state", "route_params", "expect_continue",
                  "_headers", "_path", "_raw_path", "_query_string", "_query", "_cookies",
-                 "__weakref__")
+                 "started", "__weakref__")
 
     def __init__(self, method: str, target: bytes, version: str,
                  raw_headers: list[tuple[bytes, bytes]], keep_alive: bool,
@@ -203,6 +206,8 @@ class Request:
         self._query_string: str | None = None
         self._query: dict[str, list[str]] | None = None
         self._cookies: dict[str, str] | None = None
+        # When the head was complete (monotonic): the access log's $request_time.
+        self.started = _monotonic()
 
     @property
     def state(self) -> dict[str, Any]:
