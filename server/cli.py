@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import gc
 import logging
+import math
 import os
 import signal
 import sys
@@ -38,12 +39,70 @@ OPTION_PROVIDERS: list[Callable[[argparse.ArgumentParser], None]] = [
     add_static_arguments, add_ftp_arguments, add_websocket_arguments]
 
 
-def _size(text: str) -> int:
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    text = text.strip().lower().removesuffix("b").removesuffix("i")
-    if text and text[-1] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    return int(text)
+# -- numeric options, range-checked (argparse names the option in its message) ------------
+def _size(text: str, minimum: int = 0) -> int:
+    """A byte count: `512`, `64k`, `4MiB`, `1.5g` (powers of 1024)."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    spelled = text.strip().lower().removesuffix("b").removesuffix("i")
+    try:
+        if spelled and spelled[-1] in units:
+            number = float(spelled[:-1])
+            if not math.isfinite(number):
+                raise ValueError(text)
+            value = int(number * units[spelled[-1]])
+        else:
+            value = int(spelled)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size (a number of bytes, or with a unit: 64k, 4m, 1g)") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{text!r} is too small (at least {minimum} bytes)")
+    return value
+
+
+def _positive_size(text: str) -> int:
+    return _size(text, minimum=1)
+
+
+def _header_size(text: str) -> int:
+    # Below this not even a browser's request line and usual headers fit.
+    return _size(text, minimum=1 << 10)
+
+
+def _ranged_int(low: int, high: int | None, what: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low or (high is not None and value > high):
+            bound = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"{value} is not a valid {what} ({bound})")
+        return value
+    parse.__name__ = what      # argparse's fallback wording names the type
+    return parse
+
+
+def _seconds(minimum: float, *, inclusive: bool) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        too_small = value < minimum if inclusive else value <= minimum
+        if not math.isfinite(value) or too_small:
+            bound = f"at least {minimum:g}" if inclusive else f"more than {minimum:g}"
+            raise argparse.ArgumentTypeError(f"{text!r} is not a valid timeout ({bound} seconds)")
+        return value
+    parse.__name__ = "timeout"
+    return parse
+
+
+_port = _ranged_int(0, 65535, "port")
+_workers = _ranged_int(1, 1024, "worker count")
+_connections = _ranged_int(1, None, "connection limit")
+_timeout = _seconds(0.0, inclusive=False)
+_drain = _seconds(0.0, inclusive=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,8 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve a directory (default: the bundled static/ site)")
     serve.add_argument("root", nargs="?", type=Path, help="directory to serve (default: bundled static/)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
-    serve.add_argument("--workers", type=int, default=1, help="worker processes sharing the port (SO_REUSEPORT)")
+    serve.add_argument("--port", type=_port, default=8080, help="port (default 8080; 0 picks a free one)")
+    serve.add_argument("--workers", type=_workers, default=1, help="worker processes sharing the port (SO_REUSEPORT)")
     serve.add_argument("--handlers", type=Path, help="directory of drop-in handler modules")
     serve.add_argument("--reload", action="store_true", help="reload changed handler modules")
     serve.add_argument("--access-log", nargs="?", const="-", default=None, metavar="FILE",
@@ -65,17 +124,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-key", type=Path, help="PEM private key")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     limits = serve.add_argument_group("limits")
-    limits.add_argument("--max-header-size", type=_size, default=ServerConfig.max_header_bytes)
+    limits.add_argument("--max-header-size", type=_header_size, default=ServerConfig.max_header_bytes)
     limits.add_argument("--max-body-size", type=_size, default=ServerConfig.max_body_bytes)
-    limits.add_argument("--max-connections", type=int, default=ServerConfig.max_connections)
-    limits.add_argument("--header-timeout", type=float, default=ServerConfig.header_timeout)
-    limits.add_argument("--body-timeout", type=float, default=ServerConfig.body_timeout)
-    limits.add_argument("--keepalive-timeout", type=float, default=ServerConfig.keepalive_timeout)
-    limits.add_argument("--drain-timeout", type=float, default=ServerConfig.drain_timeout)
-    limits.add_argument("--connection-loan-budget", type=_size, default=ServerConfig.connection_loan_budget)
-    limits.add_argument("--global-loan-budget", type=_size, default=ServerConfig.global_loan_budget)
+    limits.add_argument("--max-connections", type=_connections, default=ServerConfig.max_connections)
+    limits.add_argument("--header-timeout", type=_timeout, default=ServerConfig.header_timeout)
+    limits.add_argument("--body-timeout", type=_timeout, default=ServerConfig.body_timeout)
+    limits.add_argument("--keepalive-timeout", type=_timeout, default=ServerConfig.keepalive_timeout)
+    limits.add_argument("--drain-timeout", type=_drain, default=ServerConfig.drain_timeout)
+    limits.add_argument("--connection-loan-budget", type=_positive_size, default=ServerConfig.connection_loan_budget)
+    limits.add_argument("--global-loan-budget", type=_positive_size, default=ServerConfig.global_loan_budget)
     tuning = serve.add_argument_group("send path")
-    tuning.add_argument("--sendfile-step", type=_size, default=ServerConfig.sendfile_step)
+    tuning.add_argument("--sendfile-step", type=_positive_size, default=ServerConfig.sendfile_step)
     tuning.add_argument("--gather-max", type=_size, default=ServerConfig.gather_max,
                         help="file regions up to this size leave as mmap windows in the header's writev")
     tuning.add_argument("--map-max", type=_size, default=StaticOptions.map_max,

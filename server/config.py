@@ -19,6 +19,7 @@ from pathlib import Path
 from .framework.build import AppOptions
 from .ftp import FtpConfig, ftp_config_from_args
 from .http.config import ServerConfig
+from .http.server import TlsSetupError, tls_context
 from .static.options import static_options_from_args
 from .websocket.options import WebSocketOptions, websocket_options_from_args
 
@@ -60,6 +61,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
         handlers = BUNDLED_HANDLERS
     if (args.tls_cert is None) != (args.tls_key is None):
         raise SystemExit("pageloan: --tls-cert and --tls-key go together")
+    if args.tls_cert is not None:
+        try:
+            tls_context(args.tls_cert, args.tls_key)     # checked now, not in every worker
+        except TlsSetupError as exc:
+            raise SystemExit(f"pageloan: {exc}") from None
     static = static_options_from_args(args)
     ftp = None
     if getattr(args, "ftp_port", None) is not None:

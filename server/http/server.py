@@ -12,7 +12,9 @@ timer, or even a clock read, per request.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 import socket
 import ssl
 from collections.abc import Callable
@@ -22,25 +24,91 @@ from .config import ServerConfig
 from .connection import SocketConnection, TlsConnection
 from .context import ReplayCache, ServerContext
 
-__all__ = ["Server", "ServerContext", "make_listener"]
+__all__ = ["ListenError", "Server", "TlsSetupError", "tls_context", "ServerContext", "make_listener"]
 
 log = logging.getLogger("pageloan.server")
 
 ACCEPT_BATCH = 64
 
 
+class ListenError(OSError):
+    """The server cannot listen where it was told to; the message says why and what to do."""
+
+    def __init__(self, message: str, errno_: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.errno = errno_
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# errno → what it means for a listening socket, and the fix.
+_LISTEN_ADVICE = {
+    errno.EADDRINUSE: "address already in use (is another server running? use --port)",
+    errno.EACCES: "permission denied (ports below 1024 need privileges; use --port)",
+    errno.EADDRNOTAVAIL: "this machine has no such address (use --host)",
+}
+
+
+class TlsSetupError(ValueError):
+    """The TLS certificate or key cannot be used; the message names the file."""
+
+
+def tls_context(cert: os.PathLike | str, key: os.PathLike | str | None) -> ssl.SSLContext:
+    """A server SSLContext for `cert` and `key`, or TlsSetupError naming the file at fault."""
+    for option, path in (("--tls-cert", cert), ("--tls-key", key)):
+        if path is None:
+            continue
+        try:
+            with open(path, "rb") as f:
+                head = f.read(1 << 16)
+        except OSError as exc:
+            raise TlsSetupError(f"cannot read {option} {path}: {(exc.strerror or str(exc)).lower()}") from None
+        if b"-----BEGIN " not in head:
+            raise TlsSetupError(f"{option} {path} is not a PEM file (expected a '-----BEGIN ...' block)")
+        wanted = b"CERTIFICATE-----" if option == "--tls-cert" else b"PRIVATE KEY-----"
+        if wanted not in head:
+            kind = "certificate" if option == "--tls-cert" else "private key"
+            raise TlsSetupError(f"{option} {path} holds no PEM {kind}")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(str(cert), str(key) if key else None)
+    except ssl.SSLError as exc:
+        what = (exc.reason or "").lower().replace("_", " ")
+        if not what or what == "pem lib":
+            what = "not a usable PEM certificate and private key"
+        raise TlsSetupError(f"cannot use --tls-cert {cert} with --tls-key {key}: {what} "
+                            "(is the key the certificate's, and both PEM?)") from None
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
 def make_listener(host: str, port: int, *, reuse_port: bool = False, backlog: int = 4096) -> socket.socket:
-    """A non-blocking listening TCP socket (IPv4 or IPv6 by the host's spelling)."""
-    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    """A non-blocking listening TCP socket (IPv4 or IPv6 by the host's spelling).
+
+    Raises ListenError naming the address and the fix (`cannot listen on
+    127.0.0.1:8080: address already in use ...`).
+    """
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ListenError(f"cannot listen on {where}: cannot resolve {host!r} ({exc.strerror}; use --host)") from None
     family, _type, _proto, _name, addr = infos[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    if family == socket.AF_INET6:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    sock.bind(addr)
-    sock.listen(backlog)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(addr)
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        reason = _LISTEN_ADVICE.get(exc.errno or 0, (exc.strerror or str(exc)).lower())
+        raise ListenError(f"cannot listen on {where}: {reason}", exc.errno) from None
     sock.setblocking(False)
     return sock
 
@@ -66,9 +134,7 @@ class Server:
         self.listener = sock
         self.port = sock.getsockname()[1]
         if config.tls_cert:
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            context.load_cert_chain(str(config.tls_cert), str(config.tls_key) if config.tls_key else None)
-            context.set_alpn_protocols(["http/1.1"])
+            context = tls_context(config.tls_cert, config.tls_key)
             self._tls_server = await self.loop.create_server(
                 lambda: TlsConnection(self.ctx), sock=sock, ssl=context,
                 ssl_handshake_timeout=config.header_timeout)
