@@ -427,3 +427,15 @@ async def test_bundled_echo_is_served_by_default(server_process):
         await b.send("hello room")       # b is a member: its own handler broadcasts it
         assert await asyncio.wait_for(b.recv(), 5) == "hello room"
         assert await asyncio.wait_for(a.recv(), 5) == "hello room"
+
+
+async def test_loadtest_client_echo_and_broadcast(ws_site):
+    from loadtest import ws_bench, ws_client
+    site = await ws_site({"bench.py": ws_bench.BENCH_HANDLER})
+    echo = await ws_client.run_echo(ws_client.parse_args(
+        ["echo", "--port", str(site.port), "--connections", "4", "--duration", "0.3"]))
+    assert echo["messages"] > 0 and echo["errors"] == 0
+    result = await ws_client.run_broadcast(ws_client.parse_args(
+        ["broadcast", "--port", str(site.port), "--connections", "20", "--size", "70000",
+         "--hold", "0.1", "--timeout", "20"]))
+    assert result["complete"] == 20

@@ -1,0 +1,219 @@
+"""The WebSocket scenarios: echo over 64 connections and a broadcast to 1,000 sockets.
+
+    python -m loadtest.ws_bench [--servers pageloan,pageloan-asgi,uvicorn]
+                                [--scenarios ws-echo,ws-broadcast] [--duration 10]
+
+wrk does not speak WebSocket, so the load comes from `loadtest/ws_client.py`, pinned to
+its own core as wrk is (server on the first CPU, client on the second).  Each (scenario,
+server) pair gets a fresh server; its CPU seconds and peak RSS are read from /proc
+around the run (procstat.py), and the client's JSON is the record.
+
+Servers, one worker each:
+* pageloan       native `@websocket` handlers (written into the run directory)
+* pageloan-asgi  `pageloan serve --asgi ws_app:app` — the Starlette app of peers/ws_app.py
+* uvicorn        the same Starlette app on uvicorn (httptools, uvloop, `--ws websockets`),
+                 run with the peers' interpreter (venv.py)
+
+Scenarios:
+* ws-echo       64 connections, 1 KiB binary messages, one in flight per connection:
+                messages/s (target: pageloan ≥ 1.5× uvicorn)
+* ws-broadcast  1,000 members with 4 KiB receive buffers, one 64 KiB message sent to
+                all while nobody reads for a second: the server's RSS growth in
+                payload copies (pageloan holds one; a server that frames per socket
+                holds up to one per socket), then the time to deliver it to all
+
+Results go to ~/.cache/pageloan-loadtest/results/ws-<time>.json (or --out), and a
+table with ratios to uvicorn is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from loadtest import PACKAGE_DIR, REPO_ROOT, procstat
+from loadtest.locations import CACHE_DIR, RESULTS_DIR
+from loadtest.process import ServerProcess, free_port
+from loadtest.results import base_meta, save
+from loadtest.servers import pageloan_env
+from loadtest.tools import find_tool
+from loadtest.venv import DEFAULT_VENV, peer_python
+
+BENCH_HANDLER = '''from server import broadcast, websocket
+
+MEMBERS = set()
+
+
+@websocket("/ws/echo")
+async def echo(ws):
+    await ws.accept()
+    async for message in ws:
+        await ws.send(message)
+
+
+@websocket("/ws/broadcast")
+async def room(ws):
+    await ws.accept()
+    MEMBERS.add(ws)
+    try:
+        async for message in ws:
+            if isinstance(message, str) and message.startswith("broadcast "):
+                payload = bytes(int(message.split()[1]))
+                await broadcast([m for m in MEMBERS if m is not ws], payload)
+    finally:
+        MEMBERS.discard(ws)
+'''
+
+
+@dataclass(frozen=True)
+class WsScenario:
+    name: str
+    summary: str
+    mode: str
+    connections: int
+    size: int
+    metric: str
+
+
+SCENARIOS = (
+    WsScenario("ws-echo", "WebSocket echo, 1 KiB binary messages, 64 connections",
+               "echo", 64, 1024, "messages_per_s"),
+    WsScenario("ws-broadcast", "one 64 KiB message to 1,000 sockets that do not read for 1 s",
+               "broadcast", 1000, 65536, "payload_copies"),
+)
+SERVERS = ("pageloan", "pageloan-asgi", "uvicorn")
+
+
+def _launch(server: str, rundir: Path, peers: Path) -> tuple[list[str], dict[str, str], int]:
+    port = free_port()
+    if server == "pageloan":
+        handlers = rundir / "handlers"
+        handlers.mkdir()
+        (handlers / "wsbench.py").write_text(BENCH_HANDLER)
+        argv = [sys.executable, "-m", "server", "serve", str(rundir), "--handlers", str(handlers)]
+    elif server == "pageloan-asgi":
+        argv = [sys.executable, "-m", "server", "serve", "--asgi", "ws_app:app",
+                "--app-dir", str(PACKAGE_DIR / "peers"), "--lifespan", "off"]
+    else:
+        return [str(peers), str(PACKAGE_DIR / "peers" / "ws_app.py"), str(rundir), str(port)], \
+            dict(os.environ), port
+    argv += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    return argv, pageloan_env(), port
+
+
+def _client(scenario: WsScenario, port: int, pid: int, duration: float, pin: list[str]) -> dict:
+    argv = [*pin, sys.executable, "-m", "loadtest.ws_client", scenario.mode, "--port", str(port),
+            "--connections", str(scenario.connections), "--size", str(scenario.size),
+            "--duration", str(duration), "--server-pid", str(pid)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 180,
+                          cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+    lines = done.stdout.strip().splitlines()
+    try:
+        return json.loads(lines[-1])
+    except (IndexError, ValueError):
+        return {"error": f"client exited {done.returncode}: {done.stderr.strip()[-400:]}"}
+
+
+def measure(server: str, scenario: WsScenario, duration: float, peers: Path,
+            server_pin: list[str], client_pin: list[str], workroot: Path) -> dict:
+    record: dict = {"scenario": scenario.name, "server": server, "metric": scenario.metric,
+                    "connections": scenario.connections, "error": None}
+    rundir = Path(tempfile.mkdtemp(prefix=f"{server}-{scenario.name}-", dir=workroot))
+    argv, env, port = _launch(server, rundir, peers)
+    proc = ServerProcess([*server_pin, *argv], env, rundir, rundir / "server.log")
+    try:
+        proc.start()
+        proc.wait_ready(port)
+        before = procstat.cpu_ticks(procstat.process_tree(proc.pid))
+        sampler = procstat.PeakMemory(proc.pid)
+        sampler.start()
+        try:
+            result = _client(scenario, port, proc.pid, duration, client_pin)
+        finally:
+            rss, anon = sampler.stop()
+            after = procstat.cpu_ticks(procstat.process_tree(proc.pid))
+        record.update(result)
+        record["cpu_s"] = round(procstat.cpu_seconds_between(before, after), 3)
+        record["peak_rss_mib"] = round(rss / 1024, 1)
+        record["peak_rss_anon_mib"] = round(anon / 1024, 1)
+    except Exception as exc:  # noqa: BLE001 - the record carries any failure
+        record["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        record["exit_status"] = proc.stop()
+        if record["error"]:
+            record["server_log_tail"] = proc.log_tail()
+        shutil.rmtree(rundir, ignore_errors=True)
+    return record
+
+
+def _table(records: list[dict]) -> str:
+    rows = []
+    for r in records:
+        if r.get("error"):
+            rows.append(f"{r['scenario']:<13} {r['server']:<14} ERROR {r['error']}")
+            continue
+        base = next((b for b in records if b["scenario"] == r["scenario"] and b["server"] == "uvicorn"
+                     and not b.get("error")), None)
+        if r["scenario"] == "ws-echo":
+            ratio = f"{r['messages_per_s'] / base['messages_per_s']:.2f}x uvicorn" if base else ""
+            rows.append(f"{r['scenario']:<13} {r['server']:<14} {r['messages_per_s']:>10.0f} msg/s  "
+                        f"cpu {r['cpu_s']:.1f}s  rss {r['peak_rss_mib']} MiB  {ratio}")
+        else:
+            rows.append(f"{r['scenario']:<13} {r['server']:<14} rss +{r['rss_growth_mib']} MiB "
+                        f"= {r['payload_copies']} payload copies; delivered to {r['complete']}/"
+                        f"{r['connections']} in {r['deliver_s']} s ({r['mb_per_s']} MB/s)")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m loadtest.ws_bench", description=__doc__.split("\n")[0])
+    p.add_argument("--servers", default=",".join(SERVERS), help=f"comma list from {', '.join(SERVERS)}")
+    p.add_argument("--scenarios", default=",".join(s.name for s in SCENARIOS))
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per echo run (default 10)")
+    p.add_argument("--peer-python", type=Path, help="interpreter with uvicorn, starlette, websockets")
+    p.add_argument("--venv", type=Path, default=DEFAULT_VENV)
+    p.add_argument("--out", type=Path, help="results JSON (default: the cache's results/)")
+    args = p.parse_args(argv)
+    servers = [s for s in args.servers.split(",") if s]
+    unknown = set(servers) - set(SERVERS)
+    if unknown:
+        p.error(f"unknown servers: {', '.join(sorted(unknown))}")
+    scenarios = [s for s in SCENARIOS if s.name in args.scenarios.split(",")]
+    # 1,000 sockets on each side (the servers inherit this limit).
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 4096 <= hard or soft < hard < 4096:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
+    cpus = sorted(os.sched_getaffinity(0))
+    taskset = find_tool("taskset")
+    server_pin = client_pin = []
+    if len(cpus) >= 2 and taskset:
+        server_pin, client_pin = [taskset, "-c", str(cpus[0])], [taskset, "-c", str(cpus[1])]
+        os.sched_setaffinity(0, {cpus[1]})
+    peers = peer_python(args.peer_python, args.venv)
+    workroot = CACHE_DIR / "work"
+    workroot.mkdir(parents=True, exist_ok=True)
+    records = []
+    for scenario in scenarios:
+        for server in servers:
+            print(f"{scenario.name} on {server} ...", file=sys.stderr, flush=True)
+            records.append(measure(server, scenario, args.duration, peers, server_pin,
+                                   client_pin, workroot))
+    out = args.out or RESULTS_DIR / time.strftime("ws-%Y%m%d-%H%M%S.json", time.gmtime())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save(out, {"meta": {**base_meta(sys.argv), "pinned": bool(server_pin)}, "records": records})
+    print(_table(records))
+    print(f"results: {out}")
+    return 1 if any(r.get("error") for r in records) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
