@@ -48,7 +48,8 @@ from .frames import OP_TEXT, frame_header, frame_payload
 from .handshake import Handshake, HandshakeRefused, check_handshake
 from .options import WebSocketOptions
 
-__all__ = ["WebSocket", "WebSocketDisconnect", "WebSocketEndpoint", "broadcast", "websocket"]
+__all__ = ["WebSocket", "WebSocketDisconnect", "WebSocketEndpoint", "WebSocketService", "broadcast",
+           "websocket"]
 
 log = logging.getLogger("pageloan.websocket")
 
@@ -58,8 +59,12 @@ _RUNNING: set[asyncio.Task] = set()     # handler tasks: strong references until
 Header = tuple[str, str]
 
 
-class WebSocketDisconnect(Exception):
-    """The WebSocket is closed: `code` (1000 normal, 1001 going away, 1006 vanished...)."""
+class WebSocketDisconnect(ConnectionError):
+    """The WebSocket is closed: `code` (1000 normal, 1001 going away, 1006 vanished...).
+
+    A ConnectionError (an OSError), so code that catches those for any connection —
+    the ASGI adapter among them, as ASGI 2.4 asks — catches this too.
+    """
 
     def __init__(self, code: int = 1000, reason: str = "") -> None:
         super().__init__(code, reason)
@@ -142,16 +147,37 @@ class WebSocket:
         self._decision.set_result(Upgrade(stack, take_over, self._abandoned))
         await self._opened
 
+    async def handshake_answer(self) -> Any:
+        """What the upgrade request is answered with: an Upgrade once `accept()` is
+        called, else the HTTP answer that refused it (`deny`, `close`, an error)."""
+        try:
+            return await asyncio.shield(self._decision)
+        except asyncio.CancelledError:
+            # The client left during the handshake.
+            self._abandoned()
+            raise
+
+    def deny(self, answer: Any) -> None:
+        """Refuse the handshake with this HTTP answer (a Message); for adapters — a
+        handler simply returns the response instead."""
+        self._deny(answer)
+
     def _abandoned(self) -> None:
         """The client left before the 101 could be sent."""
         self._ended(1006)
-        if not self._opened.done():
-            self._opened.set_exception(WebSocketDisconnect(1006, "client went away during the handshake"))
+        self._never_opened(WebSocketDisconnect(1006, "client went away during the handshake"))
 
     def _deny(self, answer: Any) -> None:
         if not self._decision.done():
             self._decision.set_result(answer)
         self._ended(1006 if self.close_code is None else self.close_code)
+        self._never_opened(WebSocketDisconnect(self.close_code or 1006, "the handshake was refused"))
+
+    def _never_opened(self, exc: WebSocketDisconnect) -> None:
+        opened = self._opened
+        if not opened.done():
+            opened.set_exception(exc)
+            opened.exception()     # whoever waits gets it; nobody waiting is no error
 
     def _ended(self, code: int, reason: str = "") -> None:
         self.state = "closed"
@@ -167,15 +193,19 @@ class WebSocket:
             asyncio.get_running_loop().call_later(self.options.close_timeout, _cancel_if_running, task)
 
     # -- messages ----------------------------------------------------------------------------
-    def _connection(self) -> WebSocketConnection:
+    async def _connection(self) -> WebSocketConnection:
         conn = self._conn
         if conn is None:
-            raise RuntimeError("the WebSocket is not accepted yet: await ws.accept() first")
+            if not self._decision.done():
+                raise RuntimeError("the WebSocket is not accepted yet: await ws.accept() first")
+            await self._opened            # accepted, 101 not handed over yet (or refused: raises)
+            conn = self._conn
+            assert conn is not None
         return conn
 
     async def receive(self) -> str | bytes:
         """The next message; WebSocketDisconnect once the socket is closed."""
-        item = await self._connection().receive()
+        item = await (await self._connection()).receive()
         if type(item) is Closed:
             self._ended(item.code, item.reason)
             raise WebSocketDisconnect(item.code, item.reason)
@@ -199,7 +229,7 @@ class WebSocket:
     async def send(self, data: str | bytes | bytearray | memoryview) -> None:
         """Send one message (str → text frame, bytes → binary); waits for a slow reader."""
         try:
-            await self._connection().send(data)
+            await (await self._connection()).send(data)
         except ConnectionClosed as exc:
             raise WebSocketDisconnect(exc.code, exc.reason) from None
 
@@ -272,11 +302,9 @@ class WebSocketEndpoint:
         _RUNNING.add(task)
         task.add_done_callback(_RUNNING.discard)
         try:
-            return await asyncio.shield(ws._decision)
+            return await ws.handshake_answer()
         except asyncio.CancelledError:
-            # The client left during the handshake: the handler goes too.
-            ws._abandoned()
-            task.cancel()
+            task.cancel()          # the client left during the handshake: the handler goes too
             raise
 
     async def _run(self, ws: WebSocket, params: dict[str, Any]) -> None:
@@ -319,6 +347,27 @@ async def _error_answer(request: Request, exc: Exception) -> Any:
         return error_response(exc.status, exc.detail, close=True, headers=exc.headers)
     log.error("WebSocket handler for %r failed before accepting", request.target, exc_info=exc)
     return error_response(500, close=True)
+
+
+class WebSocketService:
+    """Opens WebSockets for answers that are not `@websocket` routes (the ASGI
+    `websocket` scope): the handshake checked, a WebSocket in the CONNECTING state."""
+
+    def __init__(self, options: WebSocketOptions | None = None) -> None:
+        self.options = options or DEFAULT_OPTIONS
+
+    def open(self, request: Request) -> WebSocket | Any:
+        """A WebSocket for `request`, or the HTTP answer refusing its handshake.
+
+        Call it from a coroutine: the WebSocket's futures belong to the running loop.
+        """
+        try:
+            handshake = check_handshake(request)
+        except HandshakeRefused as refused:
+            log.info("%s: WebSocket handshake refused for %r: %d", request.client,
+                     request.target, refused.answer.status)
+            return refused.answer
+        return WebSocket(request, handshake, self.options, {})
 
 
 def websocket(pattern: str, *, name: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
