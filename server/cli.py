@@ -22,7 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, config_from_args
-from .framework.build import build_application
+from .config_file import (
+    ConfigFileError,
+    SiteConfig,
+    apply_config_file,
+    build_server_application,
+    check_config,
+    use_sites,
+)
 from .ftp import add_ftp_arguments, start_ftp
 from .http.config import ServerConfig
 from .http.server import Server
@@ -110,9 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pageloan {_version()}")
     sub = parser.add_subparsers(dest="command")
     serve = sub.add_parser("serve", help="serve a directory (default: the bundled static/ site)")
-    serve.add_argument("root", nargs="?", type=Path, help="directory to serve (default: bundled static/)")
+    serve.add_argument("root", nargs="?", type=Path,
+                       help="directory to serve (default: bundled static/); a lone number is the port "
+                            "(pageloan serve 8000) unless a directory of that name exists")
+    serve.add_argument("port_arg", nargs="?", type=_port, metavar="PORT", help="port, after ROOT")
+    serve.add_argument("--config", type=Path, metavar="FILE",
+                       help="TOML file with any of these options and several sites (flags override it)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=_port, default=8080, help="port (default 8080; 0 picks a free one)")
+    serve.add_argument("--port", type=_port, default=None, help="port (default 8080; 0 picks a free one)")
     serve.add_argument("--workers", type=_workers, default=1, help="worker processes sharing the port (SO_REUSEPORT)")
     serve.add_argument("--handlers", type=Path, help="directory of drop-in handler modules")
     serve.add_argument("--reload", action="store_true", help="reload changed handler modules")
@@ -144,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     for provide in OPTION_PROVIDERS:
         provide(serve)
     sub.add_parser("hash-password", help="read a password on stdin, print a hash for --ftp-users")
+    check = sub.add_parser("check-config", help="check a --config file; exit 0, or 2 with every problem")
+    check.add_argument("file", type=Path)
     precompress = sub.add_parser("precompress", help="write .br/.zst/.gz siblings of the text files under ROOT")
     add_precompress_arguments(precompress)
     return parser
@@ -170,7 +184,7 @@ def run_worker(config: Config, ready: Callable[[int], None] | None = None) -> in
     loop = _new_loop()
     asyncio.set_event_loop(loop)
     try:
-        app = build_application(config.app)
+        app = build_server_application(config)
     except Exception as exc:  # noqa: BLE001 - a handler failing to import stops start-up
         log.error("pageloan: cannot start: %s", exc)
         return 2
@@ -241,7 +255,7 @@ def run_workers(config: Config) -> int:
     worker that exits with status 2 (cannot start) is not restarted either.
     """
     try:
-        build_application(config.app)
+        build_server_application(config)
     except Exception as exc:  # noqa: BLE001
         log.error("pageloan: cannot start: %s", exc)
         return 2
@@ -303,7 +317,10 @@ def run_workers(config: Config) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    if args.command == "check-config":
+        return check_config(args.file, build_parser)
     if args.command == "hash-password":
         from .core.passwords import main as hash_main
         return hash_main() or 0
@@ -313,9 +330,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.command != "serve":
         parser.print_help()
         return 2
+    sites: list[SiteConfig] = []
+    if args.config is not None:
+        try:
+            args, sites = apply_config_file(args.config, build_parser, argv)
+        except ConfigFileError as exc:
+            for problem in exc.problems:
+                print(f"pageloan: {problem}", file=sys.stderr)
+            return 2
+        if sites:                      # the default site's root and handlers
+            args.root, args.handlers = sites[0].app.root, sites[0].app.handlers
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     config = config_from_args(args)
+    use_sites(config, sites)
     access_log = config.server.access_log
     if access_log:
         access = logging.getLogger("pageloan.access")

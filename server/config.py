@@ -15,6 +15,7 @@ import argparse
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .framework.build import AppOptions
 from .ftp import FtpConfig, ftp_config_from_args
@@ -48,10 +49,27 @@ class Config:
     app: AppOptions = field(default_factory=AppOptions)
     ftp: FtpConfig | None = None
     websocket: WebSocketOptions = field(default_factory=WebSocketOptions)
+    # Virtual hosts from a config file (config_file.py); empty: the one site of `app`.
+    sites: list[Any] = field(default_factory=list)
+
+
+def _port_habit(args: argparse.Namespace) -> None:
+    """`pageloan serve 8000`, as with `python -m http.server 8000`: a lone number is the
+    port, unless a directory of that name exists (then it is the root: the file system
+    wins).  `pageloan serve ROOT PORT` works too."""
+    lone = getattr(args, "port_arg", None)
+    root = args.root
+    if lone is None and root is not None and str(root).isdigit() and not Path(root).is_dir():
+        lone, args.root = int(str(root)), None
+    if lone is not None:
+        if args.port is not None and args.port != lone:
+            raise SystemExit(f"pageloan: port given twice ({lone} and --port {args.port})")
+        args.port = lone
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
     """The Config the `serve` flags describe; SystemExit naming the option at fault."""
+    _port_habit(args)
     root_given = args.root is not None
     root = (args.root if root_given else BUNDLED_STATIC).resolve()
     if not root.is_dir():
@@ -76,7 +94,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         except (OSError, ValueError) as exc:
             raise SystemExit(f"pageloan: FTP: {exc}") from None
     server = ServerConfig(
-        host=args.host, port=args.port, workers=max(1, args.workers),
+        host=args.host, port=8080 if args.port is None else args.port, workers=max(1, args.workers),
         access_log=args.access_log, debug=args.debug, tls_cert=args.tls_cert, tls_key=args.tls_key,
         max_header_bytes=args.max_header_size, max_body_bytes=args.max_body_size,
         max_connections=args.max_connections, header_timeout=args.header_timeout,

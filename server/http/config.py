@@ -41,3 +41,5 @@ class ServerConfig:
     debug: bool = False                # tracebacks to the client on 500
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # Virtual hosts with their own certificate, chosen by SNI: ((names, cert, key), ...).
+    tls_sni: tuple[tuple[tuple[str, ...], Path, Path], ...] = ()

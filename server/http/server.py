@@ -113,6 +113,23 @@ def make_listener(host: str, port: int, *, reuse_port: bool = False, backlog: in
     return sock
 
 
+def _sni_chooser(sites: tuple) -> Callable[[ssl.SSLObject, str, ssl.SSLContext], int | None]:
+    """An SNI callback that gives each virtual host its own certificate (else the default)."""
+    by_name: dict[str, ssl.SSLContext] = {}
+    for names, cert, key in sites:
+        context = tls_context(cert, key)
+        for name in names:
+            by_name.setdefault(name.lower().rstrip("."), context)
+
+    def choose(sock: ssl.SSLObject, name: str, _default: ssl.SSLContext) -> int | None:
+        if name is not None:      # None when the client sent no server name
+            chosen = by_name.get(name.lower().rstrip("."))
+            if chosen is not None:
+                sock.context = chosen
+        return None
+    return choose
+
+
 class Server:
     """Accepts connections on a listening socket and serves them until drained."""
 
@@ -135,6 +152,8 @@ class Server:
         self.port = sock.getsockname()[1]
         if config.tls_cert:
             context = tls_context(config.tls_cert, config.tls_key)
+            if config.tls_sni:
+                context.sni_callback = _sni_chooser(config.tls_sni)
             self._tls_server = await self.loop.create_server(
                 lambda: TlsConnection(self.ctx), sock=sock, ssl=context,
                 ssl_handshake_timeout=config.header_timeout)
