@@ -53,6 +53,16 @@ class VirtualHosts:
         self.answer_memo = default.answer_memo
         self.state = default.state
 
+    @property
+    def websocket_options(self) -> Any:
+        return self.default.websocket_options
+
+    @websocket_options.setter
+    def websocket_options(self, value: Any) -> None:
+        # Server-wide options (set by the CLI on "the" application) hold for every site.
+        for app in self.sites:
+            app.websocket_options = value
+
     def site_for(self, host: bytes | None) -> Application:
         if host is None:
             return self.default
