@@ -105,7 +105,7 @@ def test_problems_name_file_line_and_key(tree):
         apply_config_file(config, build_parser, ["serve", "--config", str(config)])
     problems = caught.value.problems
     text = "\n".join(problems)
-    assert f"{config}:3: server.port: expected a number, got 'eighty'" in problems
+    assert f"{config}:3: server.port: 'eighty' is not a whole number" in text
     assert f"{config}:5: server.no-such-flag: unknown option" in text
     assert f"{config}:6: server.log-level: 'loud' is not one of debug, info, warning, error" in problems
     assert f"{config}:11: site[0].autoindex: expected true or false, got 'yes'" in problems
