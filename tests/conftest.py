@@ -1,163 +1,103 @@
-"""Shared fixtures: a real pageloan server on 127.0.0.1, in-process or as a subprocess."""
+"""Shared fixtures (harness.py has the servers and clients they hand out).
+
+    serve           async: `await serve(app=..., root=..., **ServerConfig)` → RunningServer,
+                    in the test's own loop; closed after the test
+    server_process  `server_process(args, prefix=[...], env=..., stderr=...)` → ServerProcess,
+                    `python -m server serve ARGS`; killed after the test
+    handler_site    async: `await handler_site({"name.py": source}, root=..., **options)` → Site,
+                    handler modules built as `pageloan serve --handlers` builds them
+    serve_thread    `serve_thread(app, **ServerConfig)` → ThreadedServer (a thread of its
+                    own, for blocking clients); stopped after the test
+
+Older names stay importable from here (`from conftest import free_port, ...`).
+"""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import (
+    REPO,
+    RunningServer,
+    ServerProcess,
+    Site,
+    ThreadedServer,
+    free_port,
+    make_server,
+    raw_exchange,
+    start_handler_site,
+    start_in_loop,
+    start_process,
+    wait_for_port,
+)
 
-from server.core.filecache import OpenFileCache
-from server.framework.application import Application
-from server.http.config import ServerConfig
-from server.http.server import Server
-from server.static.options import StaticOptions
-from server.static.site import StaticSite
+__all__ = ["REPO", "free_port", "wait_for_port", "make_server", "raw_exchange", "Running", "ServerProcess"]
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-class Running:
-    """A started in-process server: address, the Server object, and its context."""
-
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.host = "127.0.0.1"
-        self.port = server.port
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+Running = RunningServer     # the old name of the in-loop server's face
 
 
 @pytest.fixture
-async def serve() -> Any:
+async def serve() -> AsyncIterator[Callable[..., Any]]:
     """Start servers in this test's loop: `await serve(app=..., root=..., **config)`."""
-    started: list[Server] = []
+    started: list[RunningServer] = []
 
-    async def start(app: Callable | None = None, root: Path | None = None, **options: Any) -> Running:
-        map_max = options.pop("map_max", StaticOptions.map_max)
-        config = ServerConfig(host="127.0.0.1", port=0, **options)
-        if app is None:
-            static = StaticSite(root, cache=OpenFileCache(map_max=map_max)) if root else None
-            app = Application(static)
-        server = make_server(config, app, asyncio.get_running_loop())
-        await server.start()
-        started.append(server)
-        return Running(server)
+    async def start(app: Callable[..., Any] | None = None, root: Path | None = None,
+                    **options: Any) -> RunningServer:
+        running = await start_in_loop(app, root, **options)
+        started.append(running)
+        return running
 
     yield start
-    for server in started:
-        await server.close()
-
-
-def make_server(config: ServerConfig, app: Any, loop: asyncio.AbstractEventLoop) -> Server:
-    """A Server for `app`, replaying its static answers as `pageloan serve` does."""
-    memo = getattr(app, "answer_memo", None)
-    if memo is not None and config.access_log is None:
-        memo.share_stats_on(loop)
-    else:
-        memo = None
-    return Server(config, app, loop, replay=memo)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout: float = 10.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited early with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on {port}")
-
-
-class ServerProcess:
-    def __init__(self, proc: subprocess.Popen, port: int) -> None:
-        self.proc = proc
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
-        """Signal the whole process group: a wrapper (strace) and the server both stop."""
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        # strace exits on the signal without waiting for its tracee: reap the group too
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(self.proc.pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.05)
-        else:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        return self.proc.returncode
+    for running in started:
+        await running.server.close()
 
 
 @pytest.fixture
-def server_process() -> Any:
+def server_process() -> Iterator[Callable[..., ServerProcess]]:
     """Start `python -m server serve ...` as a subprocess: `server_process(args, prefix=[...])`."""
     procs: list[ServerProcess] = []
 
-    def start(args: list[str], prefix: list[str] | None = None, env: dict | None = None,
-              stdout: Any = subprocess.DEVNULL, stderr: Any = None) -> ServerProcess:
-        port = free_port()
-        cmd = (prefix or []) + [sys.executable, "-m", "server", "serve", *args,
-                                "--host", "127.0.0.1", "--port", str(port)]
-        full_env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
-        proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=stdout, start_new_session=True,
-                                stderr=stderr if stderr is not None else subprocess.DEVNULL)
-        running = ServerProcess(proc, port)
+    def start(args: list[str], **options: Any) -> ServerProcess:
+        running = start_process(args, **options)
         procs.append(running)
-        wait_for_port(port, proc=proc)
         return running
 
     yield start
     for running in procs:
-        running.stop(signal.SIGKILL)
+        running.stop(9)
 
 
-def raw_exchange(port: int, data: bytes, *, timeout: float = 5.0, until_close: bool = True) -> bytes:
-    """Send raw bytes, read until the server closes (or timeout)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(data)
-        chunks = []
-        try:
-            while True:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                if not until_close:
-                    break
-        except TimeoutError:
-            pass
-        return b"".join(chunks)
+@pytest.fixture
+def serve_thread() -> Iterator[Callable[..., ThreadedServer]]:
+    """Start a server in a thread of its own: `serve_thread(app, **config)`."""
+    started: list[ThreadedServer] = []
+
+    def start(app: Any, **config: Any) -> ThreadedServer:
+        running = ThreadedServer(app, **config).start()
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.stop()
+
+
+@pytest.fixture
+async def handler_site(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    """`await handler_site({"name.py": source, ...}, root=..., debug=..., ...)` → Site."""
+    started: list[tuple[Site, RunningServer]] = []
+
+    async def start(modules: dict[str, str] | None = None, *, root: Path | None = None,
+                    directory: Path | None = None, **options: Any) -> Site:
+        directory = directory or tmp_path / f"handlers{len(started) + 1}"
+        site, running = await start_handler_site(directory, modules, root=root, **options)
+        started.append((site, running))
+        return site
+
+    yield start
+    for site, running in reversed(started):
+        await site.app.shutdown()
+        await running.server.close()

@@ -9,6 +9,8 @@ import socket
 import time
 
 import pytest
+from harness import read_response
+from polling import until
 
 from server.core.message import Message
 from server.framework.application import Application
@@ -33,21 +35,6 @@ def echo_app():
             return body_report(request)
         return text_response(f"{request.method} {request.path} {request.version}")
     return app
-
-
-async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict, bytes]:
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {}
-    for line in lines[1:]:
-        if line:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-    body = b""
-    if "content-length" in headers:
-        body = await reader.readexactly(int(headers["content-length"]))
-    return status, headers, body
 
 
 async def test_keep_alive_serves_many_requests_on_one_connection(serve):
@@ -245,17 +232,13 @@ async def test_idle_keep_alive_connection_is_closed(serve):
     await read_response(reader)
     assert await asyncio.wait_for(reader.read(), 5) == b""
     writer.close()
-    for _ in range(50):
-        if not srv.server.ctx.connections:
-            break
-        await asyncio.sleep(0.05)
-    assert not srv.server.ctx.connections
+    await until(lambda: not srv.server.ctx.connections, "the server to drop the idle connection")
 
 
 async def test_connections_over_the_limit_get_503(serve):
     srv = await serve(app=echo_app(), max_connections=2)
     held = [await asyncio.open_connection(srv.host, srv.port) for _ in range(2)]
-    await asyncio.sleep(0.1)
+    await until(lambda: len(srv.server.ctx.connections) == 2, "the two connections to be accepted")
     reader, writer = await asyncio.open_connection(srv.host, srv.port)
     status, headers, _ = await asyncio.wait_for(read_response(reader), 5)
     assert status == 503
@@ -327,11 +310,14 @@ def test_message_header_stack_goes_on_the_wire_top_first():
 
 async def test_socket_closed_mid_request_does_not_disturb_the_server(serve):
     srv = await serve(app=echo_app())
+    opened_before = srv.server.ctx.metrics.connections_total
     for _ in range(20):
         s = socket.create_connection((srv.host, srv.port))
         s.sendall(b"POST /body HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nabc")
         s.close()
-    await asyncio.sleep(0.2)
+    await until(lambda: srv.server.ctx.metrics.connections_total - opened_before >= 20
+                and not srv.server.ctx.connections,
+                "the 20 abandoned connections to be accepted and closed")
     reader, writer = await asyncio.open_connection(srv.host, srv.port)
     writer.write(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
     assert (await read_response(reader))[0] == 200

@@ -9,6 +9,7 @@ import os
 import socket
 
 import pytest
+from polling import until, until_stable
 
 from server.core.filecache import OpenFile
 from server.core.loans import LoanLedger
@@ -80,6 +81,15 @@ async def test_truncated_mmap_window_fails_one_send_without_sigbus(tmp_path):
     b.close()
 
 
+async def stalled_sender(srv):
+    """The one connection, once its transmitter has stopped making progress: the
+    client reads nothing, so the kernel's buffers fill and the server waits."""
+    (conn,) = await until(lambda: tuple(srv.server.ctx.connections), "the connection")
+    await until(lambda: conn.transmitter.accepted > 0, "the first bytes to be sent")
+    await until_stable(lambda: conn.transmitter.accepted, what="the send to stall")
+    return conn
+
+
 async def test_file_truncated_while_being_sent_costs_only_that_connection(serve, tmp_path, caplog):
     data = make_file(tmp_path / "victim.bin", 64 << 20)
     make_file(tmp_path / "other.bin", 1 << 20)
@@ -87,7 +97,7 @@ async def test_file_truncated_while_being_sent_costs_only_that_connection(serve,
     reader, writer = await asyncio.open_connection(srv.host, srv.port, limit=1 << 20)
     writer.transport.pause_reading()
     writer.write(b"GET /victim.bin HTTP/1.1\r\nHost: x\r\n\r\n")
-    await asyncio.sleep(0.3)                  # the server fills the socket buffers and waits
+    await stalled_sender(srv)                 # the server fills the socket buffers and waits
     with caplog.at_level(logging.ERROR, logger="pageloan.transmitter"):
         os.truncate(tmp_path / "victim.bin", 1 << 20)
         writer.transport.resume_reading()
@@ -110,12 +120,10 @@ async def test_connection_budget_makes_a_slow_reader_wait_instead_of_buffering(s
         return bytes_response(payload)
 
     srv = await serve(app=app, connection_loan_budget=256 << 10)
-    ctx = srv.server.ctx
     reader, writer = await asyncio.open_connection(srv.host, srv.port, limit=1 << 20)
     writer.transport.pause_reading()
     writer.write(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n" * 60)     # 60 × 200 KiB = 12 MiB asked for
-    await asyncio.sleep(0.5)
-    (conn,) = ctx.connections
+    conn = await stalled_sender(srv)
     # only what fits the socket buffers plus at most one over-budget message is on loan
     assert conn.transmitter.outstanding <= (256 << 10) + len(payload) + 4096
     assert len(conn.session._pipeline) > 0          # the rest waits unanswered
@@ -140,7 +148,9 @@ async def test_global_ledger_full_makes_connections_wait(serve):
         writer.transport.pause_reading()
         writer.write(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n" * 40)
         conns.append((reader, writer))
-    await asyncio.sleep(0.5)
+    await until(lambda: len(ctx.connections) == 4, "four connections")
+    await until_stable(lambda: (ctx.ledger.outstanding, sum(c.transmitter.accepted for c in ctx.connections)),
+                       what="all four senders to stall")
     # bounded: at most one message per connection over the global budget
     assert ctx.ledger.outstanding <= (400 << 10) + 4 * (len(payload) + 4096)
     for _reader, writer in conns:
