@@ -155,9 +155,12 @@ class ThreadedServer(RunningServer):
         asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
         return self
 
-    def call(self, function: Callable[..., Any], *args: Any) -> None:
-        """Run `function(*args)` in the server's loop (its state is not thread-safe)."""
-        self.loop.call_soon_threadsafe(function, *args)
+    def call(self, function: Callable[..., Any], *args: Any, timeout: float = 10.0) -> Any:
+        """Run `function(*args)` in the server's loop (its state is not thread-safe) and
+        return its result once it has run."""
+        async def run() -> Any:
+            return function(*args)
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout)
 
     def stop(self) -> None:
         asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(10)

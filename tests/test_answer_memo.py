@@ -14,13 +14,12 @@ import http.client
 import logging
 import os
 import socket
-import time
 from pathlib import Path
 
 import handler_fixtures
 import pytest
 from handler_fixtures import fetch_on
-from polling import wait_until
+from polling import until, wait_until
 from static_fixtures import RawClient, ThreadedServer, serve_site
 
 from server.core.filecache import OpenFileCache
@@ -132,16 +131,44 @@ def test_requests_that_never_repeat_are_not_kept(root):
         assert len(memo) == 0 and memo.replays == 0
 
 
-def test_replayed_date_is_current(root):
+class FakeClock:
+    """The wall clock the Date header and the memo read, moved by the test alone."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """Replace the wall clock of the Date line (wire.py) and of the memo's staleness
+    check (answer_memo.py) with one the test sets: no waiting for a real second."""
+    import server.http.wire as wire
+    import server.static.answer_memo as answer_memo
+
+    fake = FakeClock(1_700_000_000.25)
+    monkeypatch.setattr(wire, "time", fake)
+    monkeypatch.setattr(answer_memo, "time", fake.time)
+    monkeypatch.setattr(wire.DATE, "until", 0.0)    # forget the line of the real second
+    return fake
+
+
+def test_replayed_date_is_current(root, clock):
     with serve_site(root) as running, RawClient(running.port) as c:
-        for _ in range(3):
-            first = c.request("GET", "/a.txt").header("date")
-        assert memo_of(running).replays >= 1
-        time.sleep(1.1)
+        memo = memo_of(running)
+        answers = [c.request("GET", "/a.txt") for _ in range(3)]
+        assert memo.replays == 1                      # the third was a replay
+        assert {r.header("date") for r in answers} == {"Tue, 14 Nov 2023 22:13:20 GMT"}
+        clock.now += 0.5                              # the same second: still replayed
+        assert c.request("GET", "/a.txt").header("date") == "Tue, 14 Nov 2023 22:13:20 GMT"
+        assert memo.replays == 2
+        clock.now += 0.5                              # the next second: never the old line
         again = c.request("GET", "/a.txt")
-        assert again.header("date") != first
-        stamp = time.mktime(time.strptime(again.header("date"), "%a, %d %b %Y %H:%M:%S GMT"))
-        assert abs(stamp - time.mktime(time.gmtime())) <= 2
+        assert again.header("date") == "Tue, 14 Nov 2023 22:13:21 GMT"
+        assert memo.replays == 2
+        assert again.body == b"hello\n"
 
 
 def test_pipelined_repeats_are_answered_in_order(root):
@@ -245,8 +272,7 @@ def test_new_routes_forget_replayed_answers(root):
             assert app.answer_memo.replays == 1
             router = Router()
             router.add(Route("/a.txt", lambda request: "from a handler", "GET"))
-            running.loop.call_soon_threadsafe(app.install, router)
-            time.sleep(0.2)
+            running.call(app.install, router)
             assert c.request("GET", "/a.txt").body == b"from a handler"
             assert c.request("GET", "/a.txt").body == b"from a handler"
     finally:
@@ -269,12 +295,9 @@ async def test_replay_larger_than_the_socket_buffer_waits_and_keeps_order(tmp_pa
     want = (b"HEAD\r\n\r\n" + body) * 2
     loop = asyncio.get_running_loop()
     while len(got) < len(want):
-        try:
-            got += b.recv(1 << 20)
-        except BlockingIOError:
-            await asyncio.sleep(0.001)
+        got += await loop.sock_recv(b, 1 << 20)
     assert bytes(got) == want
-    await asyncio.sleep(0.01)
+    await until(lambda: tx.idle, "the transmitter to see the last bytes taken")
     assert tx.idle and tx.outstanding == 0 and metrics.ledger.outstanding == 0
     assert loop.is_running()
     a.close()

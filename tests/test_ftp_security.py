@@ -16,6 +16,7 @@ import socket
 import time
 
 import pytest
+from polling import until
 from test_ftp_support import (
     PASSWORD,
     AsyncControl,
@@ -358,13 +359,9 @@ async def test_connections_per_address_are_limited(ftp):
         await third.read_reply()
     await first.cmd("QUIT")
     await first.close()
-    fourth = None
-    for _ in range(50):                  # the slot frees once the server has seen the QUIT
-        fourth = await AsyncControl.connect(service.port)
-        if fourth.greeting[0] == 220:
-            break
-        await fourth.close()
-        await asyncio.sleep(0.02)
+    # The slot frees once the server has seen the QUIT.
+    await until(lambda: service.sessions < 2, "the QUIT session's slot to free")
+    fourth = await AsyncControl.connect(service.port)
     assert fourth.greeting[0] == 220
     for control in (second, third, fourth):
         await control.close()

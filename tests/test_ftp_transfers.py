@@ -11,10 +11,10 @@ import re
 import shutil
 import socket
 import struct
-import time
 from pathlib import Path
 
 import pytest
+from polling import wait_stable, wait_until
 from test_ftp_support import (
     BIG_SIZE,
     PASSWORD,
@@ -181,12 +181,8 @@ def _start_upload(port: int, name: str, chunk: bytes) -> tuple:
 
 
 def _wait_for(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
+    wait_until(predicate, "the upload's files to reach the expected state", timeout=timeout)
+    return True
 
 
 def _partial_appears(root: Path) -> bool:
@@ -237,8 +233,8 @@ def test_lost_control_connection_keeps_existing_file(site):
     ftp.close()                                      # control gone, data still open
     assert _wait_for(lambda: partial_files(root) == [])
     data.close()
-    time.sleep(0.2)
-    assert sha256_of(target) == before
+    # Nothing may land after the data connection closes either: the file stays as it was.
+    assert wait_stable(lambda: (sha256_of(target), partial_files(root))) == (before, [])
     assert partial_files(root) == []
 
 

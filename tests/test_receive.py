@@ -14,6 +14,7 @@ import stat
 import struct
 
 import pytest
+from polling import until
 
 from server.core import receive
 from server.core.receive import IncompleteReceive, ResumeOffsetError, is_partial_name, receive_to_file
@@ -78,11 +79,7 @@ async def test_reset_mid_upload_leaves_existing_file_untouched(tmp_path, use_spl
     receiver, sender = await tcp_pair()
     receiving = asyncio.ensure_future(receive_to_file(receiver, dest, use_splice=use_splice, stall_timeout=10))
     await send_then(sender, os.urandom(1 << 20), close=False)
-    for _ in range(200):                    # wait until the temporary really holds data
-        if leftovers(tmp_path):
-            break
-        await asyncio.sleep(0.01)
-    assert leftovers(tmp_path)
+    await until(lambda: leftovers(tmp_path), "the temporary file to hold data")
     sender.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sender.close()                          # RST, as from a crashed client
     with pytest.raises(ConnectionResetError):
@@ -99,8 +96,7 @@ async def test_cancellation_deletes_the_temporary(tmp_path):
     receiver, sender = await tcp_pair()
     receiving = asyncio.ensure_future(receive_to_file(receiver, dest))
     await send_then(sender, b"partial data", close=False)
-    await asyncio.sleep(0.1)
-    assert leftovers(tmp_path)
+    await until(lambda: leftovers(tmp_path), "the temporary file to appear")
     receiving.cancel()
     with pytest.raises(asyncio.CancelledError):
         await receiving

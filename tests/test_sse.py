@@ -12,6 +12,7 @@ from pathlib import Path
 
 import handler_fixtures
 import pytest
+from polling import until
 
 from server.framework.sse import HEARTBEAT, Event, encode_event
 
@@ -111,7 +112,7 @@ import asyncio
 from server import route
 from server.framework.sse import Event, sse_response
 
-STATE = {"closed": 0}
+STATE = {"closed": 0, "go": None}
 
 @route("/events")
 def events(request):
@@ -120,7 +121,8 @@ def events(request):
             yield "first"
             yield Event("two\\nlines", event="multi", id="2")
             yield {"json": True}
-            await asyncio.sleep(0.35)          # silence: heartbeats fill it
+            STATE["go"] = asyncio.Event()
+            await STATE["go"].wait()           # silence until the test has seen heartbeats
             yield "after the pause"
             while True:                        # until the client leaves
                 await asyncio.sleep(0.05)
@@ -136,6 +138,9 @@ async def test_events_heartbeats_and_client_departure(handler_site):
     state = site.app.router.routes[0].handler.__globals__["STATE"]
     stream, writer, status, headers = await open_stream(site.port, "/events")
     blocks = []
+    while blocks.count(HEARTBEAT) < 2:           # the silence is filled with heartbeats
+        blocks.append(await asyncio.wait_for(stream.next_block(), 10))
+    state["go"].set()
     while len([b for b in blocks if b != HEARTBEAT]) < 6:
         blocks.append(await asyncio.wait_for(stream.next_block(), 10))
     events = [parse_event(b) for b in blocks if b != HEARTBEAT]
@@ -144,12 +149,12 @@ async def test_events_heartbeats_and_client_departure(handler_site):
     assert events[2] == {"event": "multi", "id": "2", "data": "two\nlines"}
     assert events[3] == {"data": '{"json":true}'}
     assert events[4] == {"data": "after the pause"}
-    assert blocks.count(HEARTBEAT) >= 2          # 0.35 s of silence, a heartbeat every 0.1 s
+    # Two heartbeats filled the silence (the producer waited for them), before the
+    # event that ended it.
+    pause_ended = next(i for i, b in enumerate(blocks) if b != HEARTBEAT and parse_event(b) == events[4])
+    assert blocks[:pause_ended].count(HEARTBEAT) >= 2
     assert state["closed"] == 0
 
     writer.transport.abort()                     # the client leaves
-    for _ in range(100):
-        if state["closed"]:
-            break
-        await asyncio.sleep(0.05)
+    await until(lambda: state["closed"], "the generator to be closed")
     assert state["closed"] == 1                  # the generator was closed, its finally ran

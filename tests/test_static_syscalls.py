@@ -28,10 +28,10 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from polling import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 STRACE = shutil.which("strace")
@@ -49,6 +49,17 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _open_sockets(pid: int) -> int:
+    """How many sockets process `pid` has open (listeners and connections)."""
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+        except OSError:
+            pass
+    return count
 
 
 def _summary(path: Path) -> dict[str, int]:
@@ -88,23 +99,20 @@ def _traced_run(root: Path, work: Path, count: int, options: list[str]) -> dict[
     with open(log, "wb") as log_file:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log_file)
     try:
-        deadline = time.monotonic() + 60
-        pid = None
-        while pid is None:
+        def started() -> int | None:
             if proc.poll() is not None:
                 text = log.read_text(errors="replace")
                 if "ptrace" in text or "Operation not permitted" in text:
                     pytest.skip(f"strace cannot trace here: {text[-300:]}")
                 raise AssertionError(f"server exited early: {text[-2000:]}")
             found = re.search(r"serving .* \(pid (\d+)\)", log.read_text(errors="replace"))
-            if found:
-                pid = int(found.group(1))
-            elif time.monotonic() > deadline:
-                raise AssertionError("server did not start")
-            else:
-                time.sleep(0.05)
+            return int(found.group(1)) if found else None
+
+        pid = wait_until(started, "the traced server's 'serving' log line", timeout=60, interval=0.05)
+        listening = _open_sockets(pid)
         _requests(port, 1)                 # warm-up connection, closed: see the docstring
-        time.sleep(0.2)
+        # Measure only once the server has closed its end of the warm-up connection.
+        wait_until(lambda: _open_sockets(pid) == listening, "the warm-up connection to close")
         _requests(port, count)
         os.kill(pid, signal.SIGINT)
         proc.wait(60)

@@ -15,6 +15,7 @@ from pathlib import Path
 import handler_fixtures
 import pytest
 from handler_fixtures import raw_request
+from polling import until
 
 from server.core.receive import is_partial_name
 from server.framework.uploads import upload_path
@@ -55,12 +56,8 @@ async def test_upload_is_saved_byte_for_byte(uploads):
 
 
 async def _wait_for(predicate, timeout: float = 5.0) -> bool:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.05)
-    return predicate()
+    await until(predicate, "the upload's files to reach the expected state", timeout=timeout)
+    return True
 
 
 async def test_interrupted_upload_leaves_the_old_file_and_no_temporary(uploads):
