@@ -39,6 +39,19 @@ def _leftovers(directory: Path) -> list[str]:
     return [name for name in os.listdir(directory) if is_partial_name(name)]
 
 
+def _open_in(directory: Path) -> list[str]:
+    """Files under `directory` this process (the server) still holds open, unlinked ones too."""
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(directory) + os.sep):
+            held.append(target)
+    return held
+
+
 async def test_upload_is_saved_byte_for_byte(uploads):
     site, target = uploads
     body = os.urandom(3 << 20) + b"tail"
@@ -47,7 +60,7 @@ async def test_upload_is_saved_byte_for_byte(uploads):
     assert reply.json() == {"saved": "data.bin", "bytes": len(body)}
     saved = (target / "data.bin").read_bytes()
     assert hashlib.sha256(saved).hexdigest() == hashlib.sha256(body).hexdigest()
-    assert _leftovers(target) == []
+    assert _leftovers(target) == [] and _open_in(target) == []
     # and it comes back through file_response (sendfile, validators)
     reply = await site.get("/upload/data.bin")
     assert hashlib.sha256(reply.body).hexdigest() == hashlib.sha256(body).hexdigest()
@@ -70,6 +83,8 @@ async def test_interrupted_upload_leaves_the_old_file_and_no_temporary(uploads):
     assert await _wait_for(lambda: _leftovers(target) != [])     # the upload is under way
     writer.transport.abort()                                       # the client vanishes
     assert await _wait_for(lambda: _leftovers(target) == [])
+    # ... and its descriptor is closed once no write holds it: nothing leaks.
+    assert await _wait_for(lambda: _open_in(target) == [])
     assert (target / "keep.txt").read_bytes() == b"the old, complete version\n"
     # the server is fine
     assert (await site.get("/upload/keep.txt")).body == b"the old, complete version\n"
@@ -83,7 +98,7 @@ async def test_upload_over_the_body_limit_mid_stream_leaves_nothing(uploads):
            + b"".join(b"10000\r\n" + chunk + b"\r\n" for _ in range(9 * 16)) + b"0\r\n\r\n")
     answer = await raw_request(site.port, raw)
     assert answer.startswith(b"HTTP/1.1 413")
-    assert await _wait_for(lambda: _leftovers(target) == [])
+    assert await _wait_for(lambda: _leftovers(target) == [] and _open_in(target) == [])
     assert (target / "big.bin").read_bytes() == b"old"
 
 

@@ -10,31 +10,39 @@ that listings hide it, and `os.replace`s it over the destination only after the 
 byte: a client that disconnects, a body over the limit, or a cancelled handler
 leaves the old file untouched and no temporary behind.
 
-The writes run in a small thread pool (`os.writev` on a batch of chunks, so a
-stream of small chunks does not cost one thread hop each), while the connection
-keeps filling the request's bounded chunk queue; when that queue is full the
-session stops reading the socket — back-pressure reaches the client, memory stays
-bounded by the queue plus one batch.
+The writes have no kernel shortcut (the bytes are already in Python) and may block
+on the disk, so they run off the loop through aiofiles: the temporary is an aiofiles
+file with a WRITE_BATCH buffer, and chunks are handed over a batch at a time
+(`writelines`, one thread hop per batch, one write call per full buffer), while the
+connection keeps filling the request's bounded chunk queue; when that queue is full
+the session stops reading the socket — back-pressure reaches the client, memory
+stays bounded by the queue plus one batch.
 
 A disk that fills up, a quota, or a file size limit (ENOSPC, EDQUOT, EFBIG) fails
 the upload with `HTTPError(507)` — Insufficient Storage, RFC 4918 §11.5 — and the
 temporary is removed like any abandoned upload's: the destination is untouched.
 
-A write still running in a worker thread when the upload is abandoned owns the
-descriptor until it returns; closing it under the thread could make the write land
-in whatever file next reuses the number.  So the descriptor is closed, and the
-temporary removed, by whichever finishes last: the upload or that write.
+Abandoning an upload (client gone, body over the limit, handler cancelled) must not
+close the descriptor under a write still running in a worker thread: that write
+could then land in whatever file next reuses the number.  The buffered file object
+serialises the two — its `close` takes the lock the running write holds — so an
+abandoned upload unlinks the temporary at once and lets `close` run in the
+background, after the write.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import errno
 import logging
 import os
 import secrets
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Protocol
+
+import aiofiles
+import aiofiles.os
 
 from ..core.receive import PARTIAL_MARK, PARTIAL_SUFFIX, replace_in_background
 from ..core.safepath import UnsafePath, confine, virtual_parts
@@ -48,10 +56,22 @@ log = logging.getLogger("pageloan.uploads")
 # The storage is full (or we may not write more): the client's request was fine.
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
-WRITE_BATCH = 256 << 10     # bytes gathered before one write in the thread pool
-# Our own pool, not the loop's default: abandoning an upload needs the *thread's*
-# future (still running or not), which run_in_executor's asyncio future hides.
-_WRITERS = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="pageloan-upload")
+WRITE_BATCH = 256 << 10     # bytes gathered before one hop to a worker thread (and its buffer)
+_fsync = aiofiles.os.wrap(os.fsync)
+
+
+class _AsyncWriter(Protocol):
+    """What an upload needs of the aiofiles file it writes through."""
+
+    async def writelines(self, lines: Iterable[bytes], /) -> None: ...
+
+    async def flush(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+# Closes of abandoned uploads still running (a reference keeps each task alive).
+_CLOSING: set[asyncio.Task[None]] = set()
 
 
 def upload_path(directory: os.PathLike | str, name: str) -> Path:
@@ -83,26 +103,24 @@ def _open_temporary(dest: Path) -> tuple[int, Path]:
     raise FileExistsError(f"no free temporary name next to {dest}")
 
 
-def _write_all(fd: int, chunks: list[bytes]) -> None:
-    """Write every byte of `chunks` (writev may take less than all of it)."""
-    views = [memoryview(c) for c in chunks]
-    while views:
-        written = os.writev(fd, views)
-        while views and written >= len(views[0]):
-            written -= len(views[0])
-            views.pop(0)
-        if views and written:
-            views[0] = views[0][written:]
-
-
-def _discard(fd: int, temp: Path) -> None:
+async def _close_after_writes(file: _AsyncWriter, fd: int) -> None:
     try:
-        os.close(fd)
+        await file.close()          # waits for a write still running in its thread
+    except OSError as exc:          # the buffer's last write failed: nothing to keep anyway
+        log.debug("closing an abandoned upload's temporary: %s", exc)
     finally:
-        try:
-            os.unlink(temp)
-        except FileNotFoundError:
-            pass
+        os.close(fd)
+
+
+def _abandon(file: _AsyncWriter | None, fd: int, temp: Path) -> None:
+    """Remove the temporary now; close its descriptor once no write holds it."""
+    _unlink_quietly(temp)
+    if file is None:                # never wrapped: nothing else can be using fd
+        os.close(fd)
+        return
+    task = asyncio.get_running_loop().create_task(_close_after_writes(file, fd))
+    _CLOSING.add(task)
+    task.add_done_callback(_CLOSING.discard)
 
 
 async def save_upload(request: Request, dest: os.PathLike | str, *, max_bytes: int | None = None,
@@ -125,12 +143,15 @@ async def save_upload(request: Request, dest: os.PathLike | str, *, max_bytes: i
         if exc.errno in _NO_SPACE:
             raise _storage_error(exc, dest) from exc
         raise
-    in_thread: concurrent.futures.Future | None = None
+    # fd stays ours (closefd=False): it is closed exactly once, by us, after the file
+    # object — and so any write running in its thread — is done with it.
+    file: _AsyncWriter | None = None
     saved = 0
     batch: list[bytes] = []
     batched = 0
     committed = False
     try:
+        file = opened = await aiofiles.open(fd, "wb", buffering=WRITE_BATCH, closefd=False)
         async for chunk in request.stream():
             saved += len(chunk)
             if max_bytes is not None and saved > max_bytes:
@@ -138,15 +159,15 @@ async def save_upload(request: Request, dest: os.PathLike | str, *, max_bytes: i
             batch.append(chunk)
             batched += len(chunk)
             if batched >= WRITE_BATCH:
-                in_thread = _WRITERS.submit(_write_all, fd, batch)
-                await asyncio.wrap_future(in_thread)
+                await opened.writelines(batch)
                 batch, batched = [], 0
         if batch:
-            in_thread = _WRITERS.submit(_write_all, fd, batch)
-            await asyncio.wrap_future(in_thread)
+            await opened.writelines(batch)
+        await opened.flush()
         if fsync:
-            in_thread = _WRITERS.submit(os.fsync, fd)
-            await asyncio.wrap_future(in_thread)
+            await _fsync(fd)
+        await opened.close()
+        file = None
         os.close(fd)
         fd = -1
         replace_in_background(temp, dest, asyncio.get_running_loop())
@@ -160,11 +181,8 @@ async def save_upload(request: Request, dest: os.PathLike | str, *, max_bytes: i
         if not committed:
             if fd < 0:
                 _unlink_quietly(temp)
-            elif in_thread is not None and not in_thread.done():
-                # A cancelled await does not stop the thread: let it finish first.
-                in_thread.add_done_callback(lambda _f: _discard(fd, temp))
             else:
-                _discard(fd, temp)
+                _abandon(file, fd, temp)
 
 
 def _storage_error(exc: OSError, dest: Path) -> HTTPError:
