@@ -7,7 +7,7 @@ about).  Every `import` / `from ... import` naming a server module is resolved t
 module it loads, and two rules are checked:
 
 * layers: a module may import from its own package or from a package of lower rank
-  (the table below, docs/design.md "What each package owns").  ftp sits at rank 1
+  (the table below, docs/design.md "The packages").  ftp sits at rank 1
   beside http but may import core alone.  A package missing from the table fails the
   test, so a new layer has to be given a place before it can land.
 * no cycles: the module graph (edges to the module an import executes; `from pkg

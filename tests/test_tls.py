@@ -1,4 +1,4 @@
-"""TLS: the copy path (DESIGN.md rule 5) serves the same bytes, and counts them."""
+"""TLS: the copy path (docs/design.md rule 5) serves the same bytes, and counts them."""
 
 from __future__ import annotations
 

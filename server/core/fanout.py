@@ -1,4 +1,4 @@
-"""Fan-out: one stream lent to many readers without a copy per reader (DESIGN.md rule 6).
+"""Fan-out: one stream lent to many readers without a copy per reader (docs/design.md rule 6).
 
 Theory of operation.  A `Channel` is one shared log of immutable chunks (`bytes`, or
 read-only memoryviews of immutable memory), numbered by a sequence number `seq`.

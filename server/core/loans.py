@@ -1,6 +1,6 @@
 """Loans: bytes handed to the kernel and not yet accepted, and the budgets that bound them.
 
-Theory of operation (DESIGN.md rules 3 and 4): every payload slice a transmitter holds
+Theory of operation (docs/design.md rules 3 and 4): every payload slice a transmitter holds
 is *on loan* from the moment its Message is queued until the kernel has accepted its
 bytes (`sendmsg` returned past them, `sendfile` advanced past them).  While on loan the
 slice is referenced by the transmitter's queue, which is what keeps an mmap window

@@ -1,6 +1,6 @@
 """The Message: what a response *is* before the transmitter hands it to the kernel.
 
-Theory of operation (DESIGN.md rule 1, after Plan 9's "Messages replacing Blocks"):
+Theory of operation (docs/design.md rule 1, after Plan 9's "Messages replacing Blocks"):
 a Message is a small mutable *stack of header slices* plus a tuple of *immutable
 payload slices*.  Producers build the payload once — `bytes`, `memoryview` windows of
 an mmap'd file, or `FileRegion`s (fd, offset, count) — and never change it again.

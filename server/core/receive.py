@@ -1,6 +1,6 @@
 """The receive path: bulk bytes from a socket into a file, renamed into place when complete.
 
-Theory of operation (DESIGN.md rule 7, "receive is the hard side"):
+Theory of operation (docs/design.md rule 7, "receive is the hard side"):
 
 * **Where the bytes go.**  On Linux the bytes move socket → pipe → file with
   `os.splice`, so they travel as page references inside the kernel and never become

@@ -1,6 +1,6 @@
 """The transmitter: the only code that hands response bytes to the kernel.
 
-Theory of operation (DESIGN.md rule 2, after nginx's sendfile chain):
+Theory of operation (docs/design.md rule 2, after nginx's sendfile chain):
 a transmitter owns one socket and a queue of Messages.  `flush()` walks the queue
 front to back the way nginx walks its chain of buffers:
 

@@ -1,6 +1,6 @@
 """Saving a request body to disk: streamed, bounded, and renamed into place only when whole.
 
-Theory of operation (DESIGN.md rule 7).  An HTTP body does not arrive on a socket
+Theory of operation (docs/design.md rule 7).  An HTTP body does not arrive on a socket
 we could splice from: httptools parses it out of the bytes the connection reads, so
 what a handler has are the parser's chunks, from `request.stream()`.  (The
 socket → pipe → file path of server/receive.py is for FTP's raw data connections.)

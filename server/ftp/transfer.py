@@ -8,7 +8,7 @@ socket carries nothing else, so there is no header to share a segment with, and 
 multi-GiB file must never be mapped.
 
 The region is lent one window at a time (`WINDOW` bytes), and each window first
-waits for room in the global loan ledger (DESIGN.md rule 4: when the budget is full
+waits for room in the global loan ledger (docs/design.md rule 4: when the budget is full
 the connection waits, it does not buffer).  The sendfile calls the kernel sees are
 the same either way: the transmitter steps through a region in `sendfile_step`
 chunks.

@@ -30,7 +30,7 @@ class ServerConfig:
     keepalive_timeout: float = 30.0    # idle between requests
     send_timeout: float = 60.0         # no progress while the client does not read
     drain_timeout: float = 30.0        # SIGTERM: how long in-flight responses may take
-    # loans (docs/design.md, "Loans")
+    # loans (docs/design.md, "The loan model")
     connection_loan_budget: int = 4 << 20
     global_loan_budget: int = 64 << 20
     # send path tuning (chosen by measurement, see loadtest/)

@@ -162,7 +162,7 @@ def _sealed_memory_file(data: bytes, name: str) -> OpenDescriptor:
         try:
             import fcntl
             # Sealed: nobody (not even this process) can change, grow or shrink it, so
-            # pages lent to the kernel cannot change under a send (DESIGN.md rule 3).
+            # pages lent to the kernel cannot change under a send (docs/design.md rule 3).
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK
                         | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
         except (ImportError, AttributeError, OSError):

@@ -16,7 +16,7 @@ payload is any sequence of immutable slices — bytes, memoryviews, and FileRegi
 from `file_region(request, path, offset, count)` — sent in order.  Regions of small
 files come from mapped files, so the transmitter lends their pages to one writev
 together with the header and the bytes between them; larger regions go by sendfile.
-Nothing is concatenated in Python: the response is a list of loans (DESIGN.md
+Nothing is concatenated in Python: the response is a list of loans (docs/design.md
 rules 1-3).
 """
 

@@ -47,7 +47,7 @@ def frame_payload(data: str | bytes | bytearray | memoryview) -> tuple[int, byte
     """(opcode, immutable payload) for a message: text is encoded, bytes kept as they are.
 
     A bytearray or a writable memoryview is copied once: a payload must not change
-    while it is on loan to the kernel (DESIGN.md rule 3), and the caller may reuse it.
+    while it is on loan to the kernel (docs/design.md rule 3), and the caller may reuse it.
     """
     if isinstance(data, bytes):
         return OP_BINARY, data if type(data) is bytes else bytes(data)
