@@ -37,8 +37,9 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
+import pytest
 from polling import wait_until
 
 from server.core.filecache import OpenFileCache
@@ -54,11 +55,40 @@ __all__ = [
     "ThreadedServer", "serve_site", "ServerProcess", "start_process",
     "write_modules", "Site", "start_handler_site",
     "Response", "RawClient", "read_response", "fetch_raw", "raw_exchange", "raw_request",
-    "Reply", "fetch", "fetch_on",
+    "Reply", "fetch", "fetch_on", "needs_tools", "tool_marks",
 ]
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
+
+
+# -- external programs ---------------------------------------------------------------------------
+
+# Debian packages that provide the programs tests drive (.ci/run installs the same).
+TOOL_PACKAGES = {"chromedriver": "chromium-driver", "nginx": "nginx-light"}
+_Test = TypeVar("_Test")
+
+
+def _missing(names: tuple[str, ...]) -> list[str]:
+    import shutil
+    return [n for n in names if shutil.which(n) is None and not os.access(f"/usr/sbin/{n}", os.X_OK)]
+
+
+def tool_marks(*names: str) -> list[pytest.MarkDecorator]:
+    """`pytestmark = tool_marks("strace")`: marked `tools`, skipped when one is missing."""
+    missing = _missing(names)
+    packages = " ".join(TOOL_PACKAGES.get(n, n) for n in missing)
+    return [pytest.mark.tools,
+            pytest.mark.skipif(bool(missing), reason=f"{', '.join(missing)} not installed (apt-get install {packages})")]
+
+
+def needs_tools(*names: str) -> Callable[[_Test], _Test]:
+    """`@needs_tools("curl")`: the decorator form of `tool_marks`."""
+    def apply(test: _Test) -> _Test:
+        for mark in tool_marks(*names):
+            test = mark(test)
+        return test
+    return apply
 
 
 # -- ports ---------------------------------------------------------------------------------------

@@ -7,11 +7,11 @@ failed with "421 Too many connections".
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 
 import pytest
+from harness import needs_tools
 from test_ftp_support import REPO, FtpProcess, run_client, sha256_of, write_random
 
 from server.ftp.config import DEFAULT_MAX_PER_IP, FtpConfig
@@ -32,7 +32,7 @@ def test_help_shows_the_limit_and_its_default(argv):
     assert f"control connections allowed per client address (default: {DEFAULT_MAX_PER_IP})" in text
 
 
-@pytest.mark.skipif(shutil.which("lftp") is None, reason="lftp not installed")
+@needs_tools("lftp")
 def test_lftp_mirror_parallel_20_completes(tmp_path):
     root = tmp_path / "root"
     root.mkdir()

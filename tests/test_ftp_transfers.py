@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import io
 import re
-import shutil
 import socket
 import struct
 from pathlib import Path
 
 import pytest
+from harness import needs_tools
 from polling import wait_stable, wait_until
 from test_ftp_support import (
     BIG_SIZE,
@@ -28,9 +28,9 @@ from test_ftp_support import (
     write_random,
 )
 
-needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed (apt-get install curl)")
-needs_lftp = pytest.mark.skipif(shutil.which("lftp") is None, reason="lftp not installed (apt-get install lftp)")
-needs_strace = pytest.mark.skipif(shutil.which("strace") is None, reason="strace not installed (apt-get install strace)")
+needs_curl = needs_tools("curl")
+needs_lftp = needs_tools("lftp")
+needs_strace = needs_tools("strace")
 
 
 @pytest.fixture(scope="module")

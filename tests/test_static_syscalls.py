@@ -31,6 +31,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from harness import tool_marks
 from polling import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,7 +43,7 @@ FILE_SIZE = 64 << 10
 # once-a-second sweeper waking epoll, a garbage collection): allowed in total.
 INCIDENTAL = 20
 
-pytestmark = pytest.mark.skipif(STRACE is None, reason="strace is not installed (apt-get install strace)")
+pytestmark = tool_marks("strace")
 
 
 def _free_port() -> int:

@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from harness import needs_tools
 from static_fixtures import serve_site
 
 REPO = Path(__file__).resolve().parent.parent
@@ -22,8 +23,8 @@ CURL = shutil.which("curl")
 WGET = shutil.which("wget")
 SITE_FILES = sorted(p.name for p in BUNDLED.iterdir() if p.is_file())
 
-needs_curl = pytest.mark.skipif(CURL is None, reason="curl is not installed")
-needs_wget = pytest.mark.skipif(WGET is None, reason="wget is not installed (apt-get install wget)")
+needs_curl = needs_tools("curl")
+needs_wget = needs_tools("wget")
 
 
 @pytest.fixture(scope="module")

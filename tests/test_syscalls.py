@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-import shutil
 import socket
 
 import pytest
+from harness import tool_marks
 
-pytestmark = pytest.mark.skipif(shutil.which("strace") is None, reason="strace not installed")
+pytestmark = tool_marks("strace")
 
 SEND_CALLS = ("sendmsg", "writev", "write", "sendto", "sendfile", "send")
 

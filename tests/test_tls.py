@@ -10,8 +10,9 @@ import ssl
 import subprocess
 
 import pytest
+from harness import tool_marks
 
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI not installed")
+pytestmark = tool_marks("openssl")
 
 
 @pytest.fixture(scope="module")
