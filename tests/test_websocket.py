@@ -13,6 +13,10 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import os
+import shutil
+import ssl
+import subprocess
 
 import pytest
 import ws_fixtures
@@ -439,3 +443,49 @@ async def test_loadtest_client_echo_and_broadcast(ws_site):
         ["broadcast", "--port", str(site.port), "--connections", "20", "--size", "70000",
          "--hold", "0.1", "--timeout", "20"]))
     assert result["complete"] == 20
+
+
+async def test_ping_flood_from_a_client_that_never_reads_is_bounded(ws_site):
+    site = await ws_site(ECHO, send_budget=64 << 10)
+    raw = RawSocket(site.port, "/echo", rcvbuf=4 << 10)
+    assert (await raw.call(raw.open)).startswith(b"HTTP/1.1 101")
+    ping = masked_frame(0x9, b"x" * 125)
+    burst = ping * 2000                      # 262 KB of pings per write, pongs never read
+
+    def flood() -> int:
+        sent = 0
+        raw.sock.settimeout(0.5)
+        try:
+            for _ in range(200):             # bounded: at most ~52 MB offered
+                raw.sock.sendall(burst)
+                sent += len(burst)
+        except (TimeoutError, OSError):
+            pass                             # the server stopped reading: that is the point
+        return sent
+    sent = await raw.call(flood)
+    conn = next(iter(site.ctx.connections))
+    # The pongs owed are bounded by the send budget (plus one read's worth), not by the flood.
+    assert conn.transmitter.outstanding <= (64 << 10) + 70_000
+    assert sent < 200 * len(burst)
+    raw.reset()
+    await until(lambda: not site.ctx.connections, what="connection closed")
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI not installed")
+async def test_wss_over_tls_goes_through_the_copy_path(ws_site, tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    site = await ws_site(ECHO, config={"tls_cert": cert, "tls_key": key})
+    client = ssl.create_default_context(cafile=str(cert))
+    copied = site.ctx.metrics.bytes_copy
+    big = os.urandom(300_000)
+    async with connect(f"wss://127.0.0.1:{site.port}/echo", ssl=client) as ws:
+        await ws.send("secure")
+        assert await ws.recv() == "secure"
+        await ws.send(big)
+        assert await ws.recv() == big
+    assert ws.close_code == 1000
+    assert site.ctx.metrics.bytes_copy - copied >= len(big)
+    await until(lambda: not site.ctx.connections, what="connection closed")

@@ -120,7 +120,8 @@ class WebSocketConnection:
         self._inbox: deque[str | bytes] = deque()
         self._inbox_bytes = 0
         self._reader: asyncio.Future | None = None
-        self._paused = False
+        self._paused = False          # reading paused: the inbox is full
+        self._throttled = False       # reading paused: our replies are not being read
         self._final: Closed | None = None
         self.close_code: int | None = None
         self.close_reason = ""
@@ -186,7 +187,19 @@ class WebSocketConnection:
             header = decoder.header if decoder is not None else None
             if header is not None and header.payload_len > self._max_frame:
                 self._fail(1009, f"frame over {self._max_frame} bytes")
-        self.transmitter.flush()
+        transmitter = self.transmitter
+        transmitter.flush()
+        if transmitter.outstanding > self._budget and not self._throttled and not self.closed:
+            # What the peer makes us send (pongs to a ping flood, a close) while it
+            # reads nothing: stop reading until the kernel has taken it (loan rule 4).
+            self._throttled = True
+            self.driver.pause_reading()
+            transmitter.enqueue(Message(0, ()), self._unthrottle)
+
+    def _unthrottle(self, exc: BaseException | None) -> None:
+        self._throttled = False
+        if exc is None and not self._paused and not self.closed:
+            self.driver.resume_reading()
 
     def _deliver(self, message: str | bytes) -> None:
         STATS.messages_in += 1
@@ -249,7 +262,7 @@ class WebSocketConnection:
             self._inbox_bytes -= len(message)
             if self._paused and self._inbox_bytes <= self.options.receive_buffer // 2:
                 self._paused = False
-                if not self.closed:
+                if not self.closed and not self._throttled:
                     self.driver.resume_reading()
             return message
         if self._final is not None:
