@@ -1,18 +1,23 @@
 """Uploads: `POST /upload/{name}` streams the body to a file; `GET` gives it back.
 
 The body goes to disk chunk by chunk and replaces the file only when it is complete
-(server/uploads.py), so an interrupted upload leaves the previous version intact.
-Files land in $PAGELOAN_UPLOAD_DIR if set, else in a temporary directory made on the
-first request and removed at shut-down (and on reload of this module) — one per
-worker process, so set the variable when running with --workers.  The size of one upload
-is bounded by the server's body limit (--max-body-size).
+(server/framework/uploads.py), so an interrupted upload leaves the previous version
+intact.  Files land in $PAGELOAN_UPLOAD_DIR if set, else in a temporary directory
+made on the first request and removed at shut-down (and on reload of this module) —
+one per worker process, so set the variable when running with --workers.  The size
+of one upload is bounded by the server's body limit (--max-body-size).
 
     curl -T photo.jpg http://127.0.0.1:8080/upload/photo.jpg
     curl --data-binary @photo.jpg http://127.0.0.1:8080/upload/photo.jpg
+    curl -F file=@photo.jpg http://127.0.0.1:8080/upload/photo.jpg
+    curl -F a=@one.txt -F b=@two.txt http://127.0.0.1:8080/upload
     curl http://127.0.0.1:8080/upload/photo.jpg -o copy.jpg
 
-The body is the file: a browser form's multipart/form-data envelope is refused
-(415) rather than saved with its boundaries — this example does not parse forms.
+A browser form (multipart/form-data) is parsed with `request.form()`: each file part
+is streamed to a hidden temporary file in the upload directory and renamed into
+place, so what is saved is the file, never the form's envelope.  `POST
+/upload/{name}` saves the form's `file` part (or its only file part) as `name`;
+`POST /upload` saves every file part under its own file name.
 """
 
 import os
@@ -20,7 +25,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from server import HTTPError, file_response, on_shutdown, route, save_upload, upload_path
+from server import (
+    HTTPError,
+    UploadFile,
+    file_response,
+    on_shutdown,
+    route,
+    save_upload,
+    upload_path,
+)
 
 
 def upload_directory(app):
@@ -40,13 +53,42 @@ def remove_temporary_upload_directory(app):
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def is_form(request):
+    return (request.headers.get("content-type") or "").lower().startswith("multipart/form-data")
+
+
 @route("/upload/{name}", methods=["POST", "PUT"])
 async def receive(request, name):
-    if (request.headers.get("content-type") or "").lower().startswith("multipart/"):
-        raise HTTPError(415, "send the file itself as the body (curl -T or --data-binary)")
-    dest = upload_path(upload_directory(request.app), name)   # refuses "..", "/", dotfiles
-    size = await save_upload(request, dest)
-    return {"saved": dest.name, "bytes": size}, 201
+    directory = upload_directory(request.app)
+    dest = upload_path(directory, name)        # refuses "..", "/", dotfiles
+    if not is_form(request):
+        size = await save_upload(request, dest)
+        return {"saved": dest.name, "bytes": size}, 201
+    with await request.form(upload_dir=directory) as form:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            files = form.files
+            if len(files) != 1:
+                raise HTTPError(400, "send one file, as the form field 'file' (curl -F file=@name)")
+            upload = files[0]
+        await upload.save(dest)
+        return {"saved": dest.name, "bytes": upload.size}, 201
+
+
+@route("/upload", methods=["POST"])
+async def receive_form(request):
+    if not is_form(request):
+        raise HTTPError(415, "send a multipart form (curl -F file=@name), or POST to /upload/{name}")
+    directory = upload_directory(request.app)
+    saved = []
+    with await request.form(upload_dir=directory) as form:
+        for upload in form.files:
+            dest = upload_path(directory, upload.filename)
+            await upload.save(dest)
+            saved.append({"saved": dest.name, "bytes": upload.size})
+    if not saved:
+        raise HTTPError(400, "the form has no file part")
+    return saved, 201
 
 
 @route("/upload/{name}")

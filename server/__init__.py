@@ -35,7 +35,9 @@ from .framework.hooks import (
 from .framework.routing import Mount, Route, add_converter, mount, route
 from .framework.sse import Event, sse_response
 from .framework.uploads import save_upload, upload_path
+from .http.cookies import cookie_header, delete_cookie, set_cookie
 from .http.errors import HTTPError
+from .http.forms import FormData, UploadFile
 from .http.request import BadRequest, BodyTooLarge, Headers, Request
 from .http.responses import (
     StreamResponse,
@@ -51,13 +53,13 @@ from .static.file_response import file_region, file_response, gather_response, o
 from .websocket.native import WebSocket, WebSocketDisconnect, broadcast, websocket
 
 __all__ = [
-    "BadRequest", "BodyTooLarge", "Channel", "Event", "FileRegion", "HTTPError", "Headers", "Message",
-    "Mount", "Request", "Route", "SlowReader", "StreamResponse", "Subscription", "add_converter", "add_header",
+    "BadRequest", "BodyTooLarge", "Channel", "Event", "FileRegion", "FormData", "HTTPError", "Headers", "Message",
+    "Mount", "Request", "Route", "SlowReader", "StreamResponse", "Subscription", "UploadFile", "add_converter", "add_header",
     "after_request", "before_request", "bytes_response", "channel", "channel_events",
-    "channel_response", "channels", "empty_response", "error_handler",
+    "channel_response", "channels", "cookie_header", "delete_cookie", "empty_response", "error_handler",
     "error_response", "file_region", "file_response", "gather_response", "json_response",
     "message_response", "middleware", "mount", "on_shutdown", "on_startup", "open_file",
     "publish_body", "publish_from",
-    "redirect_response", "route", "save_upload", "sse_response", "text_response", "upload_path",
+    "redirect_response", "route", "save_upload", "set_cookie", "sse_response", "text_response", "upload_path",
     "WebSocket", "WebSocketDisconnect", "broadcast", "websocket",
 ]

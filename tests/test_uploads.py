@@ -139,11 +139,12 @@ async def test_per_upload_limit(handler_site, tmp_path: Path):
     assert _leftovers(tmp_path) == []
 
 
-async def test_browser_form_upload_is_refused_not_saved_with_its_envelope(uploads):
+async def test_browser_form_upload_saves_the_file_not_its_envelope(uploads):
     site, target = uploads
     envelope = (b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.txt\"\r\n\r\n"
                 b"hello\r\n--XyZ--\r\n")
     reply = await site.fetch("POST", "/upload/a.txt", body=envelope,
                              headers={"Content-Type": "multipart/form-data; boundary=XyZ"})
-    assert reply.status == 415
-    assert os.listdir(target) == []
+    assert reply.status == 201 and reply.json() == {"saved": "a.txt", "bytes": 5}
+    assert os.listdir(target) == ["a.txt"]          # no temporary left beside it
+    assert (target / "a.txt").read_bytes() == b"hello"

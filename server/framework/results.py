@@ -8,7 +8,7 @@ into responses here, once, after the handler finished:
     bytes / bytearray /
       memoryview           → 200 application/octet-stream
     None                   → 204 No Content
-    async iterator         → 200 chunked stream (application/octet-stream)
+    async iterator         → 200 chunked stream (text/plain; charset=utf-8)
     (body, status)         → the body converted as above, with that status
     (body, status, headers)→ ... and extra header fields
     Message, StreamResponse→ sent as they are
@@ -75,6 +75,7 @@ def encode_json(obj: Any) -> bytes:
         return "".join(_C_JSON(obj, 0)).encode("utf-8")
     return _JSON.encode(obj).encode("utf-8")
 
+STREAM_CONTENT_TYPE = "text/plain; charset=utf-8"
 _JSON_HEAD = b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
 _TEXT_HEAD = b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n\r\n"
 _BYTES_HEAD = b"Content-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n"
@@ -151,7 +152,9 @@ def to_response(result: Any) -> Message | StreamResponse:
     if isinstance(result, (bytes, bytearray, memoryview)):
         return _body_message(_BYTES_HEAD, bytes(result))
     if hasattr(result, "__aiter__"):
-        return StreamResponse(result)
+        # Most generators a handler returns yield text (lines, progress, logs); one
+        # that yields binary says so by returning StreamResponse(..., content_type=).
+        return StreamResponse(result, content_type=STREAM_CONTENT_TYPE)
     raise NotAResponse(f"handler returned {kind.__name__}; return a dict, list, str, bytes, None, "
                        f"a Message or a StreamResponse")
 

@@ -18,10 +18,12 @@ import json as _json
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from http.cookies import SimpleCookie
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import parse_qs, unquote
+
+from .cookies import parse_cookie_header
+from .forms import FormData, FormLimits, parse_form
 
 __all__ = ["Headers", "Request", "RequestBody", "BodyTooLarge", "BadRequest"]
 
@@ -184,7 +186,7 @@ class Request:
     __slots__ = ("method", "target", "version", "raw_headers", "keep_alive", "client",
                  "body_stream", "app", "_state", "route_params", "expect_continue",
                  "_headers", "_path", "_raw_path", "_query_string", "_query", "_cookies",
-                 "started", "__weakref__")
+                 "started", "_form", "__weakref__")
 
     def __init__(self, method: str, target: bytes, version: str,
                  raw_headers: list[tuple[bytes, bytes]], keep_alive: bool,
@@ -208,6 +210,7 @@ class Request:
         self._cookies: dict[str, str] | None = None
         # When the head was complete (monotonic): the access log's $request_time.
         self.started = _monotonic()
+        self._form: FormData | None = None
 
     @property
     def state(self) -> dict[str, Any]:
@@ -294,14 +297,13 @@ class Request:
 
     @property
     def cookies(self) -> dict[str, str]:
+        """The Cookie header as name → value (lenient, as browsers send it: cookies.py)."""
         if self._cookies is None:
-            jar: SimpleCookie = SimpleCookie()
+            jar: dict[str, str] = {}
             for value in self.headers.getall("cookie"):
-                try:
-                    jar.load(value)
-                except Exception:  # noqa: BLE001 - a malformed cookie is ignored, not fatal
-                    continue
-            self._cookies = {k: m.value for k, m in jar.items()}
+                for name, val in parse_cookie_header(value).items():
+                    jar.setdefault(name, val)
+            self._cookies = jar
         return self._cookies
 
     # -- the body ----------------------------------------------------------------------
@@ -349,6 +351,18 @@ class Request:
 
     async def text(self) -> str:
         return (await self.body()).decode("utf-8", errors="replace")
+
+    async def form(self, *, max_fields: int = 1000, max_files: int = 1000,
+                   max_part_size: int = 1 << 20, max_file_size: int | None = None,
+                   upload_dir: Any = None) -> FormData:
+        """The body as a form (urlencoded or multipart), parsed as it arrives; file
+        parts are streamed to temporary files (forms.py).  Over a limit → 413,
+        malformed → 400, not a form → 415.  Parsed once: later calls return it again."""
+        if self._form is None:
+            limits = FormLimits(max_fields, max_files, max_part_size, max_file_size)
+            self._form = await parse_form(self.headers.get("content-type"), self.stream(),
+                                          limits=limits, upload_dir=upload_dir)
+        return self._form
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.target!r}>"
