@@ -90,7 +90,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         try:
             # FTP serves the same root under the same name rules as the static site.
             ftp = ftp_config_from_args(args, root, show_dotfiles=static.show_dotfiles,
-                                       follow_symlinks=static.follow_symlinks)
+                                       follow_symlinks=static.follow_symlinks,
+                                       tls_cert=args.tls_cert, tls_key=args.tls_key)
         except (OSError, ValueError) as exc:
             raise SystemExit(f"pageloan: FTP: {exc}") from None
     server = ServerConfig(

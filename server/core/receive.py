@@ -49,13 +49,14 @@ import os
 import secrets
 import socket
 import stat
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from .metrics import METRICS
 
 __all__ = ["receive_to_file", "IncompleteReceive", "ResumeOffsetError", "is_partial_name",
            "splice_available", "PARTIAL_MARK", "PARTIAL_SUFFIX",
-           "replace_in_background"]
+           "replace_in_background", "receive_stream_to_file"]
 
 # Temporary names are `.NAME` + PARTIAL_MARK + 8 hex digits + PARTIAL_SUFFIX; other
 # writers (the HTTP upload handler) use the same shape so listings hide theirs too.
@@ -420,3 +421,45 @@ async def receive_to_file(
         partial.discard()
         raise
     return len(initial) + received
+
+
+async def receive_stream_to_file(
+    read: Callable[[], Awaitable[bytes]],
+    dest: Path | str,
+    *,
+    offset: int = 0,
+    append: bool = False,
+    fsync: bool = False,
+    loop: asyncio.AbstractEventLoop | None = None,
+) -> int:
+    """Like `receive_to_file`, for a source that is not a socket we can splice from.
+
+    `read()` returns the next bytes, b"" at the end; it owns the stall timeout.  For
+    sources whose bytes already are Python objects (a TLS data connection decrypts
+    in userspace), each chunk is written where it belongs with `pwrite` — the one
+    copy the decryption forced, counted as received by copy.  Same temporary file,
+    same resume/append seeding, same commit-only-on-success as `receive_to_file`.
+    """
+    if append and offset:
+        raise ValueError("offset and append are exclusive")
+    if offset < 0:
+        raise ValueError("bad offset")
+    loop = loop or asyncio.get_running_loop()
+    dest = Path(dest)
+    partial = _PartialFile(dest)
+    try:
+        pos = await loop.run_in_executor(
+            None, _seed_from_existing, dest, os.dup(partial.fd), offset, append)
+        received = 0
+        # Bounded: each pass writes >= 1 byte, or `read` ends the stream or raises.
+        while chunk := await read():
+            _pwrite_all(partial.fd, chunk, pos + received)
+            received += len(chunk)
+            METRICS.bytes_received_copy += len(chunk)
+        if fsync:
+            await loop.run_in_executor(None, _fsync_owned, os.dup(partial.fd))
+        partial.commit(loop)
+    except BaseException:
+        partial.discard()
+        raise
+    return received

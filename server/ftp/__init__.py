@@ -11,9 +11,10 @@ The package reads top-down as the data flows:
     session     one control connection: read, dispatch, reply; the transfer task
     commands    the verb table; cmd_session / cmd_files / cmd_transfer implement it
     accounts    who may log in (accounts file, anonymous) and login throttling
-    vfs         the client's virtual "/" and confinement to the root
+    vfs         the client's virtual "/", confinement and core's NamePolicy (dotfiles)
     dataconn    PASV/EPSV listeners and PORT/EPRT targets, bounce refusal
     transfer    bytes over a data socket: transmitter out, receive_to_file in
+    tls         explicit FTPS (AUTH TLS, PROT P): the context, TLS data connections
     listing     LIST (ls -l) and MLSD/MLST facts
     replies     reply formatting and the errno → reply-code map
 

@@ -8,6 +8,11 @@ LoginThrottle's delay — one second, doubling per failure from the same address
 guessing is slow and tells nothing about which names exist.  After several failures
 in one session the connection is closed.
 
+TLS (RFC 4217): AUTH TLS upgrades the control connection (234, then the
+handshake); PBSZ 0 and PROT P/C choose whether data connections are TLS; CCC (back
+to clear text) is refused by policy.  With `tls_required` USER and PASS are refused
+(530) until the control connection is TLS, and transfers (521) until PROT P.
+
 Parameters are answered honestly: TYPE A is accepted because stock clients send it
 for listings, but files are never converted, and the reply says so.  Only stream
 mode and file structure exist here; the other values RFC 959 defines get 504.
@@ -35,7 +40,13 @@ MAX_FAILED_LOGINS = 5
 
 # -- login -------------------------------------------------------------------------------
 
+def _require_tls_if_configured(s: Session) -> None:
+    if s.config.tls_required and not s.tls:
+        raise FtpError(530, "TLS required: send AUTH TLS before logging in.")
+
+
 async def cmd_user(s: Session, arg: str) -> None:
+    _require_tls_if_configured(s)
     # A new USER logs the session out first (RFC 959 allows changing user).
     s.account = None
     s.vfs.cwd = []
@@ -44,6 +55,7 @@ async def cmd_user(s: Session, arg: str) -> None:
 
 
 async def cmd_pass(s: Session, arg: str) -> None:
+    _require_tls_if_configured(s)
     if s.account is not None:
         raise FtpError(503, "Already logged in.")
     name, s.pending_user = s.pending_user, None
@@ -70,6 +82,63 @@ async def cmd_pass(s: Session, arg: str) -> None:
 
 async def cmd_acct(s: Session, arg: str) -> None:
     raise FtpError(502, "ACCT not implemented: no accounts beyond USER.")
+
+
+# -- TLS (RFC 4217) --------------------------------------------------------------------------
+
+async def cmd_auth(s: Session, arg: str) -> None:
+    if s.service.tls_context is None:
+        raise FtpError(502, "AUTH not available: no TLS certificate configured.")
+    if arg.upper() not in ("TLS", "TLS-C", "SSL"):
+        raise FtpError(504, "Only AUTH TLS is supported.")
+    if s.tls:
+        raise FtpError(503, "Already using TLS.")
+    if s.pipelined():
+        # Bytes behind AUTH were sent in clear text; run after the upgrade they would
+        # pass for protected commands (CVE-2011-0411).  Refuse to upgrade instead.
+        log.warning("refused AUTH TLS from %s: commands pipelined behind it", s.client_ip)
+        raise FtpError(503, "Commands sent after AUTH TLS before the handshake: AUTH refused.")
+    # A new security exchange logs the session out (RFC 4217 §4: AUTH resets the state).
+    s.account = None
+    s.pending_user = None
+    s.vfs.cwd = []
+    s.reply(234, "AUTH TLS successful; proceed with the TLS handshake.")
+    await s.start_tls()
+
+
+async def cmd_pbsz(s: Session, arg: str) -> None:
+    if not s.tls:
+        raise FtpError(503, "PBSZ needs AUTH TLS first.")
+    if not arg.isdigit():
+        raise FtpError(501, "PBSZ needs a number (0 for TLS).")
+    s.pbsz = True
+    s.reply(200, "PBSZ=0")           # TLS does its own framing: the buffer size is always 0
+
+
+async def cmd_prot(s: Session, arg: str) -> None:
+    level = arg.upper()
+    if not s.tls:
+        raise FtpError(503, "PROT needs AUTH TLS first.")
+    if not s.pbsz:
+        raise FtpError(503, "PROT needs PBSZ first.")
+    if level == "P":
+        s.prot_private = True
+        s.reply(200, "Protection level set to P: data connections use TLS.")
+    elif level == "C":
+        if s.config.tls_required:
+            raise FtpError(534, "Clear data connections are refused by policy: use PROT P.")
+        s.prot_private = False
+        s.reply(200, "Protection level set to C: data connections in clear text.")
+    elif level in ("S", "E"):
+        raise FtpError(536, f"PROT {level} is not supported with TLS; use P or C.")
+    else:
+        raise FtpError(504, "PROT takes C or P.")
+
+
+async def cmd_ccc(s: Session, arg: str) -> None:
+    if not s.tls:
+        raise FtpError(533, "The control connection is not protected.")
+    raise FtpError(534, "CCC refused by policy: the control connection stays encrypted.")
 
 
 # -- transfer parameters -----------------------------------------------------------------
@@ -128,6 +197,8 @@ async def cmd_syst(s: Session, arg: str) -> None:
 async def cmd_feat(s: Session, arg: str) -> None:
     facts = "".join(f"{f}{'*' if f in s.mlst_facts else ''};" for f in ALL_FACTS)
     features = ["EPRT", "EPSV", "MDTM", f"MLST {facts}", "REST STREAM", "SIZE", "TVFS", "UTF8"]
+    if s.service.tls_context is not None:
+        features = ["AUTH TLS", "PBSZ", "PROT", *features]
     s.reply(211, "Features:", features)
 
 
@@ -151,7 +222,8 @@ async def cmd_opts(s: Session, arg: str) -> None:
 async def cmd_stat(s: Session, arg: str) -> None:
     if not arg:
         who = s.account.name if s.account else "nobody (not logged in)"
-        lines = [f"Connected from {s.client_ip}", f"Logged in as {who}",
+        security = ("TLS, data " + ("TLS" if s.prot_private else "clear")) if s.tls else "clear text"
+        lines = [f"Connected from {s.client_ip}", f"Logged in as {who}", f"Control connection: {security}",
                  f"TYPE: {s.type}, STRUcture: File, MODE: Stream"]
         lines.append(f"Transfer in progress: {s.transfer_label}" if s.transferring
                      else "No data connection")

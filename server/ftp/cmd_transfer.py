@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import stat
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING
 from .dataconn import parse_eprt_arg, parse_port_arg
 from .listing import Entry, has_glob, render_list, render_mlsd, render_names, scan
 from .replies import FtpError
-from .transfer import OpenFile, receive_file, send_bytes, send_file
+from .transfer import DataConn, OpenFile, receive_file, send_bytes, send_file
 from .vfs import VirtualFS
 
 if TYPE_CHECKING:
@@ -80,6 +79,8 @@ async def cmd_eprt(s: Session, arg: str) -> None:
 
 
 def _require_data_setup(s: Session) -> None:
+    if s.config.tls_required and not s.prot_private:
+        raise FtpError(521, "Data connections must be encrypted: send PBSZ 0 and PROT P.")
     if not s.data.ready:
         raise FtpError(425, "Use PORT, EPRT, PASV or EPSV first.")
 
@@ -120,8 +121,8 @@ async def _send_listing(s: Session, client_path: str, render: Callable[[list[Ent
     listing = await asyncio.get_running_loop().run_in_executor(None, build)
     timeout = s.config.data_timeout
 
-    async def work(sock: socket.socket) -> str:
-        await send_bytes(sock, listing, timeout)
+    async def work(conn: DataConn) -> str:
+        await send_bytes(conn, listing, timeout)
         return "Directory send OK."
 
     s.start_transfer(f"listing of {client_path or '.'}", "Here comes the directory listing.", work)
@@ -165,8 +166,8 @@ async def cmd_retr(s: Session, arg: str) -> None:
     end = st.st_size
     timeout = s.config.data_timeout
 
-    async def work(sock: socket.socket) -> str:
-        sent = await send_file(sock, file, offset, end, timeout)
+    async def work(conn: DataConn) -> str:
+        sent = await send_file(conn, file, offset, end, timeout)
         return f"Transfer complete, {sent} bytes sent."
 
     mode = "BINARY" if s.type == "I" else "ASCII (bytes sent as-is)"
@@ -196,8 +197,8 @@ async def _store(s: Session, arg: str, append: bool) -> None:
             raise FtpError(554, "Invalid REST parameter: beyond the end of the file.")
     timeout = s.config.data_timeout
 
-    async def work(sock: socket.socket) -> str:
-        received = await receive_file(sock, real, offset=offset, append=append,
+    async def work(conn: DataConn) -> str:
+        received = await receive_file(conn, real, offset=offset, append=append,
                                       data_timeout=timeout)
         return f"Transfer complete, {received} bytes received."
 

@@ -5,8 +5,8 @@ handler and the conditions the session's dispatcher enforces first, in this orde
 unknown verb → 500; argument missing or unexpected → 501; not logged in → 530;
 write command from a read-only account → 550.  Handlers therefore only deal with
 their own meaning.  Verbs RFC 959 defines that this server deliberately does not do
-(REIN, SMNT, STOU, SITE, and the TLS negotiation verbs of RFC 4217) are in the table
-as 502 "not implemented", which tells a client to fall back, unlike a 500.
+(REIN, SMNT, STOU, SITE, ADAT) are in the table as 502 "not implemented", which
+tells a client to fall back, unlike a 500; so is AUTH when no certificate is set.
 
 The X-prefixed aliases (XPWD, XCWD, ...) are the RFC 775 names some old clients
 still send.
@@ -72,6 +72,11 @@ COMMANDS: dict[str, Command] = {
     "STRU": Command(c.cmd_stru, _REQ, syntax="F"),
     "REST": Command(c.cmd_rest, _REQ, syntax="<offset>"),
     "ALLO": Command(c.cmd_allo, _OPT, syntax="<size>"),
+    # TLS (RFC 4217)
+    "AUTH": Command(c.cmd_auth, _REQ, login=False, syntax="TLS"),
+    "PBSZ": Command(c.cmd_pbsz, _REQ, login=False, syntax="0"),
+    "PROT": Command(c.cmd_prot, _REQ, login=False, syntax="C | P"),
+    "CCC": Command(c.cmd_ccc, _NONE, login=False),
     # data connection set-up
     "PASV": Command(t.cmd_pasv, _NONE),
     "EPSV": Command(t.cmd_epsv, _OPT, syntax="[1 | 2 | ALL]"),
@@ -106,10 +111,6 @@ COMMANDS: dict[str, Command] = {
     "SMNT": Command(c.not_implemented, _OPT),
     "STOU": Command(c.not_implemented, _OPT),
     "SITE": Command(c.not_implemented, _OPT),
-    "AUTH": Command(c.not_implemented, _OPT, login=False),
-    "PBSZ": Command(c.not_implemented, _OPT, login=False),
-    "PROT": Command(c.not_implemented, _OPT, login=False),
-    "CCC": Command(c.not_implemented, _OPT, login=False),
     "ADAT": Command(c.not_implemented, _OPT, login=False),
 }
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..core.safepath import NamePolicy
 from .accounts import Account, load_accounts
+from .tls import make_tls_context
 
 __all__ = ["FtpConfig", "add_ftp_arguments", "ftp_config_from_args", "parse_port_range"]
 
@@ -46,6 +47,10 @@ class FtpConfig:
     # The served root's name rules, the same values HTTP's static site gets.
     show_dotfiles: bool = False                  # --show-dotfiles
     follow_symlinks: bool = False                # --follow-symlinks (reads only)
+    # Explicit FTPS (RFC 4217): AUTH TLS is offered when a certificate is set.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_required: bool = False                   # no login, no clear data, before TLS
 
     def __post_init__(self) -> None:
         # The virtual file system compares resolved paths: resolve the root once here.
@@ -54,6 +59,11 @@ class FtpConfig:
             raise ValueError(f"FTP root {self.root} is not a directory")
         if self.max_per_ip < 1 or self.idle_timeout <= 0 or self.data_timeout <= 0:
             raise ValueError("FTP limits and timeouts must be positive")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--ftp-tls-cert and --ftp-tls-key go together")
+        if self.tls_required and self.tls_cert is None:
+            raise ValueError("--ftp-tls-required needs a certificate: give --ftp-tls-cert and "
+                             "--ftp-tls-key (or --tls-cert and --tls-key)")
 
     @property
     def names(self) -> NamePolicy:
@@ -114,18 +124,28 @@ def add_ftp_arguments(parser: argparse.ArgumentParser) -> None:
                        metavar="SECONDS", help="give up on a data connection that does not "
                                                "connect or stalls (425/426; "
                                                f"default: {DEFAULT_DATA_TIMEOUT:g})")
+    group.add_argument("--ftp-tls-cert", type=Path, default=None, metavar="FILE",
+                       help="PEM certificate for explicit FTPS (AUTH TLS); default: --tls-cert")
+    group.add_argument("--ftp-tls-key", type=Path, default=None, metavar="FILE",
+                       help="PEM private key for --ftp-tls-cert; default: --tls-key")
+    group.add_argument("--ftp-tls-required", action="store_true",
+                       help="refuse login before AUTH TLS (530) and clear-text data "
+                            "connections (521): PROT P is required")
     group.add_argument("--ftp-max-per-ip", type=_positive_int, default=DEFAULT_MAX_PER_IP,
                        metavar="N", help="control connections allowed per client address "
                                          f"(default: {DEFAULT_MAX_PER_IP})")
 
 
 def ftp_config_from_args(args: argparse.Namespace, root: Path, *, show_dotfiles: bool = False,
-                         follow_symlinks: bool = False) -> FtpConfig | None:
+                         follow_symlinks: bool = False, tls_cert: Path | None = None,
+                         tls_key: Path | None = None) -> FtpConfig | None:
     """The FtpConfig the options ask for, or None when --ftp-port was not given.
 
     `show_dotfiles` and `follow_symlinks` are the served root's name rules, owned by
     the static site's options (--show-dotfiles, --follow-symlinks): the caller passes
-    the same values so that FTP and HTTP serve the same names.
+    the same values so that FTP and HTTP serve the same names.  `tls_cert`/`tls_key`
+    (HTTP's --tls-cert/--tls-key) are used when --ftp-tls-cert/--ftp-tls-key are not
+    given; the pair that applies is loaded once here so a bad file fails start-up.
 
     Raises ValueError (with the file and line) for an unreadable or malformed
     accounts file, and OSError/ValueError for a root that is not a directory.
@@ -134,6 +154,11 @@ def ftp_config_from_args(args: argparse.Namespace, root: Path, *, show_dotfiles:
         return None
     host = args.ftp_host or getattr(args, "host", None) or "127.0.0.1"
     accounts = load_accounts(args.ftp_users) if args.ftp_users is not None else {}
+    ftp_cert, ftp_key = getattr(args, "ftp_tls_cert", None), getattr(args, "ftp_tls_key", None)
+    if ftp_cert is None and ftp_key is None:
+        ftp_cert, ftp_key = tls_cert, tls_key
+    if ftp_cert is not None and ftp_key is not None:
+        make_tls_context(ftp_cert, ftp_key)      # ValueError naming the files
     return FtpConfig(
         root=root,
         host=host,
@@ -146,4 +171,7 @@ def ftp_config_from_args(args: argparse.Namespace, root: Path, *, show_dotfiles:
         max_per_ip=args.ftp_max_per_ip,
         show_dotfiles=show_dotfiles,
         follow_symlinks=follow_symlinks,
+        tls_cert=ftp_cert,
+        tls_key=ftp_key,
+        tls_required=getattr(args, "ftp_tls_required", False),
     )

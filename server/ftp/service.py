@@ -28,6 +28,7 @@ from .config import FtpConfig
 from .dataconn import normalize_ip
 from .replies import format_reply
 from .session import MAX_LINE, Session
+from .tls import make_tls_context
 
 __all__ = ["FtpService", "start_ftp"]
 
@@ -62,6 +63,10 @@ class FtpService:
     def __init__(self, config: FtpConfig) -> None:
         self.config = config
         self.throttle = LoginThrottle(config.login_delay)
+        # One context for every control and data connection: its session cache is what
+        # lets a client resume the control connection's TLS session on a data connection.
+        self.tls_context = (make_tls_context(config.tls_cert, config.tls_key)
+                            if config.tls_cert is not None and config.tls_key is not None else None)
         self.port = 0
         self._server: asyncio.AbstractServer | None = None
         self._sessions: set[asyncio.Task] = set()
@@ -72,6 +77,9 @@ class FtpService:
         self.port = sock.getsockname()[1]
         self._server = await asyncio.start_server(self._on_client, sock=sock, limit=MAX_LINE)
         log.info("FTP serving %s on %s port %d", self.config.root, self.config.host, self.port)
+        if self.tls_context is not None:
+            log.info("FTP offers AUTH TLS with %s%s", self.config.tls_cert,
+                     " (required before login)" if self.config.tls_required else "")
         if not self.config.accounts and not self.config.anonymous:
             log.warning("FTP has neither --ftp-users nor --ftp-anonymous: nobody can log in")
 

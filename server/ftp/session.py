@@ -17,6 +17,13 @@ replies stay in order.  The idle timeout does not run while a transfer is under 
 reason, its transfer is cancelled — an upload's temporary file is deleted — and its
 data sockets are closed.
 
+TLS (RFC 4217, tls.py): `AUTH TLS` is answered 234 and the control connection is
+upgraded in place; anything the client pipelined behind AUTH in clear text is
+refused first (a man in the middle could otherwise inject commands that would run
+as if they came over TLS: the STARTTLS injection of CVE-2011-0411).  With PROT P a
+transfer's data socket gets its TLS handshake right after it connects, before the
+transfer body runs.
+
 Telnet: clients send ABOR as urgent data, sometimes wrapped in Telnet IP/DM
 sequences.  The listening socket sets SO_OOBINLINE so urgent bytes stay in the
 stream, and IAC sequences (0xFF + one byte, never valid inside UTF-8) are stripped
@@ -28,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -39,6 +46,8 @@ from .commands import COMMANDS, TRANSFER_TIME_COMMANDS
 from .dataconn import DataChannel
 from .listing import DEFAULT_FACTS
 from .replies import FtpError, format_reply, reply_for_oserror
+from .tls import TlsData, open_tls_data
+from .transfer import DataConn
 from .vfs import VirtualFS
 
 if TYPE_CHECKING:
@@ -51,7 +60,7 @@ log = logging.getLogger("pageloan.ftp")
 MAX_LINE = 4096
 _TELNET_IAC = re.compile(rb"\xff[\x00-\xff]")
 
-Work = Callable[[socket.socket], Awaitable[str]]   # a transfer body: data socket → 226 text
+Work = Callable[[DataConn], Awaitable[str]]   # a transfer body: data connection → 226 text
 
 
 class Session:
@@ -78,6 +87,10 @@ class Session:
         self.rename_from = None
         self.epsv_all = False
         self.mlst_facts = DEFAULT_FACTS
+        # RFC 4217 state: control connection under TLS, PBSZ seen, data protection.
+        self.tls = False
+        self.pbsz = False
+        self.prot_private = False
         self.transfer: asyncio.Task | None = None
         self.transfer_label = ""
         self.closing = False
@@ -195,17 +208,35 @@ class Session:
                 log.info("no data connection from %s: %r", self.client_ip, exc)
                 self.reply(425, "Can't open data connection.")
                 return
+            conn: DataConn = sock
             try:
-                done_text = await work(sock)
+                if self.prot_private:
+                    try:
+                        conn = await open_tls_data(sock, self.service.tls_context, self.config.data_timeout)
+                    except (TimeoutError, OSError, ssl.SSLError) as exc:
+                        log.info("TLS handshake failed on a data connection from %s: %r", self.client_ip, exc)
+                        self.reply(425, "Can't open data connection: TLS negotiation failed.")
+                        return
+                    log.debug("TLS data connection from %s (%s, session reused: %s)", self.client_ip,
+                              conn.transport.get_extra_info("cipher"), conn.session_reused)
+                done_text = await work(conn)
+                if isinstance(conn, TlsData):
+                    conn.close()             # close_notify; the shutdown ends in the background
+            except BaseException:
+                if isinstance(conn, TlsData):
+                    conn.abort()
+                raise
             finally:
-                sock.close()
+                if not isinstance(conn, TlsData):
+                    sock.close()             # a TLS transport owns (and closes) its socket
             self.reply(226, done_text)
             log.info("%s %s: %s", self.client_ip, self.transfer_label, done_text)
         except asyncio.CancelledError:
             raise                               # ABOR or session end: they reply / clean up
         except TimeoutError:
             self.reply(426, "Data connection stalled; transfer aborted.")
-        except ConnectionError:
+        except ConnectionError as exc:
+            log.info("data connection from %s lost: %r", self.client_ip, exc)
             self.reply(426, "Data connection closed; transfer aborted.")
         except FtpError as exc:
             self.reply(exc.code, exc.text)
@@ -230,6 +261,30 @@ class Session:
         task.cancel()
         await asyncio.wait({task})
         return True
+
+    # -- TLS on the control connection ------------------------------------------------------
+    def pipelined(self) -> bool:
+        """Whether the client has sent bytes beyond the command being answered."""
+        # StreamReader has no public view of its buffer; its `_buffer` is a bytearray.
+        return bool(getattr(self.reader, "_buffer", b""))
+
+    async def start_tls(self) -> None:
+        """Upgrade the control connection (after the 234 reply); close it on failure."""
+        context = self.service.tls_context
+        try:
+            # Awaited directly, not through wait_for's task: the transport must switch
+            # to TLS before the loop turns again, or a ClientHello arriving meanwhile
+            # would be read as clear text and the handshake would never finish.
+            await self.writer.start_tls(context, ssl_handshake_timeout=self.config.data_timeout)
+        except (TimeoutError, OSError, ssl.SSLError) as exc:
+            log.info("TLS handshake failed on the control connection from %s: %r", self.client_ip, exc)
+            self.closing = True
+            self.writer.transport.abort()
+            return
+        self.tls = True
+        ssl_object = self.writer.get_extra_info("ssl_object")
+        log.info("FTP control connection from %s now TLS (%s)", self.client_ip,
+                 ssl_object.version() if ssl_object else "?")
 
     # -- the end ---------------------------------------------------------------------------
     async def end(self) -> None:

@@ -21,6 +21,11 @@ the transmitter, which repays whatever is still on loan.
 
 An upload is `receive.receive_to_file`: splice into a temporary file renamed into
 place only when the data connection ended cleanly.
+
+A TLS data connection (PROT P, see tls.py) is a `TlsData` instead of a socket: the
+same windows go to its CopyTransmitter (the counted copy path), and an upload is
+`receive_stream_to_file` fed with decrypted chunks.  Everything else — windows,
+ledger, stall rule, temporary file — is the same.
 """
 
 from __future__ import annotations
@@ -32,10 +37,14 @@ from pathlib import Path
 
 from ..core.message import FileRegion, Message
 from ..core.metrics import METRICS
-from ..core.receive import receive_to_file
-from ..core.transmitter import SocketTransmitter
+from ..core.receive import receive_stream_to_file, receive_to_file
+from ..core.transmitter import CopyTransmitter, SocketTransmitter
+from .tls import TlsData
 
-__all__ = ["OpenFile", "send_file", "send_bytes", "receive_file", "WINDOW"]
+__all__ = ["DataConn", "OpenFile", "send_file", "send_bytes", "receive_file", "WINDOW"]
+
+DataConn = socket.socket | TlsData      # a plain data socket, or a TLS one (PROT P)
+Transmitter = SocketTransmitter | CopyTransmitter
 
 WINDOW = 4 << 20
 
@@ -54,7 +63,14 @@ class OpenFile:
             self.fd = -1
 
 
-async def _send_watched(transmitter: SocketTransmitter, message: Message,
+def _transmitter_for(conn: DataConn) -> Transmitter:
+    if isinstance(conn, TlsData):
+        assert conn.transmitter is not None
+        return conn.transmitter
+    return SocketTransmitter(conn, asyncio.get_running_loop(), gather_max=0)
+
+
+async def _send_watched(transmitter: Transmitter, message: Message,
                         data_timeout: float) -> None:
     """Send `message`; TimeoutError if the kernel accepts nothing for `data_timeout`."""
     sending = asyncio.ensure_future(transmitter.send(message))
@@ -73,14 +89,14 @@ async def _send_watched(transmitter: SocketTransmitter, message: Message,
             sending.cancel()
 
 
-async def send_file(sock: socket.socket, file: OpenFile, offset: int, end: int,
+async def send_file(conn: DataConn, file: OpenFile, offset: int, end: int,
                     data_timeout: float) -> int:
-    """sendfile `file[offset:end]` to `sock`; return bytes sent.
+    """sendfile (or, over TLS, copy) `file[offset:end]` to `conn`; return bytes sent.
 
     TimeoutError when the client stops taking data for `data_timeout`;
     TruncatedFileError when the file shrank under the transfer.
     """
-    transmitter = SocketTransmitter(sock, asyncio.get_running_loop(), gather_max=0)
+    transmitter = _transmitter_for(conn)
     ledger = METRICS.ledger
     position = offset
     try:
@@ -95,11 +111,11 @@ async def send_file(sock: socket.socket, file: OpenFile, offset: int, end: int,
     return position - offset
 
 
-async def send_bytes(sock: socket.socket, data: bytes, data_timeout: float) -> int:
+async def send_bytes(conn: DataConn, data: bytes, data_timeout: float) -> int:
     """Send a small built payload (a listing) through the transmitter."""
     if not data:
         return 0
-    transmitter = SocketTransmitter(sock, asyncio.get_running_loop(), gather_max=0)
+    transmitter = _transmitter_for(conn)
     try:
         await _send_watched(transmitter, Message(status=0, payload=[data]), data_timeout)
     finally:
@@ -107,8 +123,11 @@ async def send_bytes(sock: socket.socket, data: bytes, data_timeout: float) -> i
     return len(data)
 
 
-async def receive_file(sock: socket.socket, dest: Path, *, offset: int, append: bool,
+async def receive_file(conn: DataConn, dest: Path, *, offset: int, append: bool,
                        data_timeout: float) -> int:
     """Receive until the client closes the data connection; return bytes received."""
-    return await receive_to_file(sock, dest, offset=offset, append=append,
+    if isinstance(conn, TlsData):
+        return await receive_stream_to_file(lambda: conn.read(data_timeout), dest,
+                                            offset=offset, append=append)
+    return await receive_to_file(conn, dest, offset=offset, append=append,
                                  stall_timeout=data_timeout)
