@@ -104,7 +104,8 @@ class TlsData(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._eof = True
+        if exc is None:
+            self._eof = True
         self._lost = exc
         if self.transmitter is not None:
             self.transmitter.close(exc)
@@ -126,10 +127,13 @@ class TlsData(asyncio.Protocol):
     async def read(self, stall_timeout: float) -> bytes:
         """The next plaintext chunk; b"" at the end; TimeoutError after a stall."""
         while not self._chunks:
-            if self._lost is not None:
-                raise ConnectionError(f"TLS data connection lost: {self._lost!r}")
+            # EOF first: a client that sent close_notify and closed may reset the
+            # connection when our own close_notify reaches it, and that late reset
+            # must not turn a complete upload into a failed one.
             if self._eof:
                 return b""
+            if self._lost is not None:
+                raise ConnectionError(f"TLS data connection lost: {self._lost!r}")
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await asyncio.wait_for(self._waiter, stall_timeout)
