@@ -50,6 +50,7 @@ from .http.responses import (
     text_response,
 )
 from .static.file_response import file_region, file_response, gather_response, open_file
+from .websocket.channels import channel_websocket
 from .websocket.native import WebSocket, WebSocketDisconnect, broadcast, websocket
 
 __all__ = [
@@ -61,5 +62,5 @@ __all__ = [
     "message_response", "middleware", "mount", "on_shutdown", "on_startup", "open_file",
     "publish_body", "publish_from",
     "redirect_response", "route", "save_upload", "set_cookie", "sse_response", "text_response", "upload_path",
-    "WebSocket", "WebSocketDisconnect", "broadcast", "websocket",
+    "WebSocket", "WebSocketDisconnect", "broadcast", "channel_websocket", "websocket",
 ]

@@ -489,3 +489,48 @@ async def test_wss_over_tls_goes_through_the_copy_path(ws_site, tmp_path):
     assert ws.close_code == 1000
     assert site.ctx.metrics.bytes_copy - copied >= len(big)
     await until(lambda: not site.ctx.connections, what="connection closed")
+
+
+async def test_channel_readers_over_websocket_get_every_chunk(ws_site):
+    site = await ws_site({"follow.py": '''
+from server import channel, channel_websocket, websocket
+
+@websocket("/follow/{name}")
+async def follow(ws, name):
+    await ws.accept()
+    await channel_websocket(ws, channel(name))
+'''})
+    from server import channel
+    ch = channel("ws-test-feed")
+    async with connect(site.url("/follow/ws-test-feed")) as a, \
+            connect(site.url("/follow/ws-test-feed")) as b:
+        await until(lambda: ch.readers == 2, what="two readers subscribed")
+        chunks = [os.urandom(1000 + i) for i in range(20)]
+        for chunk in chunks:
+            await ch.publish(chunk)
+        ch.close()
+        for ws in (a, b):
+            got = [await ws.recv() for _ in chunks]
+            assert got == chunks
+            with pytest.raises(ConnectionClosed):
+                await ws.recv()
+            assert ws.close_code == 1000          # the channel ended
+    await until(lambda: ch.readers == 0, what="readers left")
+
+
+async def test_channel_reader_leaving_a_silent_channel_unsubscribes_at_once(ws_site):
+    site = await ws_site({"follow.py": '''
+from server import channel, channel_websocket, websocket
+
+@websocket("/follow/{name}")
+async def follow(ws, name):
+    await ws.accept()
+    await channel_websocket(ws, channel(name))
+'''})
+    from server import channel
+    ch = channel("ws-test-silent")
+    async with connect(site.url("/follow/ws-test-silent")):
+        await until(lambda: ch.readers == 1, what="subscribed")
+    await until(lambda: ch.readers == 0, what="unsubscribed without any chunk published")
+    await until(lambda: not _RUNNING, what="handler ended")
+    ch.close()
