@@ -534,3 +534,33 @@ async def follow(ws, name):
     await until(lambda: ch.readers == 0, what="unsubscribed without any chunk published")
     await until(lambda: not _RUNNING, what="handler ended")
     ch.close()
+
+
+def test_serve_flags_set_the_websocket_options_and_refuse_bad_values(capsys):
+    from server.cli import build_parser
+    from server.config import config_from_args
+    args = build_parser().parse_args(["serve", "--ws-max-size", "64k", "--ws-ping-interval", "0",
+                                      "--ws-ping-timeout", "5", "--ws-send-budget", "1m",
+                                      "--ws-per-message-deflate"])
+    options = config_from_args(args).websocket
+    assert (options.max_message_size, options.max_frame_size) == (64 << 10, 64 << 10)
+    assert options.ping_interval is None and options.ping_timeout == 5.0
+    assert options.send_budget == 1 << 20 and options.per_message_deflate
+    for bad in (["--ws-max-size", "0"], ["--ws-ping-timeout", "-1"], ["--ws-send-budget", "lots"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["serve", *bad])
+        assert bad[0] in capsys.readouterr().err
+
+
+async def test_per_message_deflate_when_enabled_and_offered(ws_site):
+    site = await ws_site(ECHO, per_message_deflate=True)
+    async with connect(site.url("/echo"), compression="deflate") as ws:
+        assert "permessage-deflate" in (ws.response.headers.get("Sec-WebSocket-Extensions") or "")
+        text = "compress me " * 1000
+        await ws.send(text)
+        assert await ws.recv() == text
+    site2 = await ws_site(ECHO)                # off by default: not negotiated
+    async with connect(site2.url("/echo"), compression="deflate") as ws:
+        assert ws.response.headers.get("Sec-WebSocket-Extensions") is None
+        await ws.send("plain")
+        assert await ws.recv() == "plain"

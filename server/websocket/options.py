@@ -27,15 +27,29 @@ class WebSocketOptions:
 
 
 def _size(text: str) -> int:
+    """A byte count of at least 1: `512`, `64k`, `16MiB` (powers of 1024)."""
     units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    text = text.strip().lower().removesuffix("b").removesuffix("i")
-    if text and text[-1] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    return int(text)
+    spelled = text.strip().lower().removesuffix("b").removesuffix("i")
+    try:
+        if spelled and spelled[-1] in units:
+            value = int(float(spelled[:-1]) * units[spelled[-1]])
+        else:
+            value = int(spelled)
+    except (ValueError, OverflowError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 1048576, 64k, 16m)") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is too small (at least 1 byte)")
+    return value
 
 
 def _seconds_or_off(text: str) -> float | None:
-    value = float(text)
+    """Seconds > 0, or 0 to turn the timer off."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value != value or value < 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a valid time (seconds >= 0; 0 turns it off)")
     return value if value > 0 else None
 
 
