@@ -36,6 +36,33 @@ SMALL = bytes(range(256)) * 40          # 10 KiB: mapped, gathered with its head
 handler_site = handler_fixtures.handler_site   # the fixture
 
 
+class FakeClock:
+    """The wall clock the Date header and the memo read, moved by the test alone."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+
+@pytest.fixture(autouse=True)
+def clock(monkeypatch):
+    """Replace the wall clock of the Date line (wire.py) and of the memo's staleness
+    check (answer_memo.py) with one the test sets: no waiting for a real second, and
+    no test that counts replays can see a second boundary pass in the middle of it
+    (an entry is dropped when its Date second ends)."""
+    import server.http.wire as wire
+    import server.static.answer_memo as answer_memo
+
+    fake = FakeClock(1_700_000_000.25)
+    monkeypatch.setattr(wire, "time", fake)
+    monkeypatch.setattr(answer_memo, "time", fake.time)
+    monkeypatch.setattr(wire.DATE, "until", 0.0)    # forget the line of the real second
+    return fake
+
+
+
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     site = tmp_path / "site"
@@ -129,30 +156,6 @@ def test_requests_that_never_repeat_are_not_kept(root):
         for n in range(20):
             assert c.request("GET", f"/a.txt?n={n}").body == b"hello\n"
         assert len(memo) == 0 and memo.replays == 0
-
-
-class FakeClock:
-    """The wall clock the Date header and the memo read, moved by the test alone."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def time(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock(monkeypatch):
-    """Replace the wall clock of the Date line (wire.py) and of the memo's staleness
-    check (answer_memo.py) with one the test sets: no waiting for a real second."""
-    import server.http.wire as wire
-    import server.static.answer_memo as answer_memo
-
-    fake = FakeClock(1_700_000_000.25)
-    monkeypatch.setattr(wire, "time", fake)
-    monkeypatch.setattr(answer_memo, "time", fake.time)
-    monkeypatch.setattr(wire.DATE, "until", 0.0)    # forget the line of the real second
-    return fake
 
 
 def test_replayed_date_is_current(root, clock):

@@ -25,7 +25,7 @@ CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
 
-pytestmark = [pytest.mark.tools, pytest.mark.skipif(
+pytestmark = [pytest.mark.tools, pytest.mark.slow, pytest.mark.skipif(
     not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)),
     reason="headless Chromium not available (apt-get install chromium chromium-driver)",
 )]

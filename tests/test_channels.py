@@ -330,6 +330,7 @@ async def test_stalled_sse_reader_is_skipped_to_the_live_edge_and_told(handler_s
     fast.close()
 
 
+@pytest.mark.slow
 async def test_block_policy_pushes_back_on_the_producer_until_the_reader_leaves(handler_site):
     site = await handler_site({"policy.py": POLICY_MODULE})
     stalled = stalled_reader(site.port, "/c/block")

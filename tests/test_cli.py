@@ -10,6 +10,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import pytest
 from harness import REPO, free_port, wait_for_port
 from polling import wait_until
 
@@ -37,6 +38,7 @@ def test_serve_with_no_arguments_serves_the_bundled_site(server_process):
     assert b"pageloan" in body.lower()
 
 
+@pytest.mark.slow
 def test_sigterm_drains_in_flight_responses_then_exits(server_process, tmp_path):
     data = os.urandom(8 << 20)
     site = tmp_path / "site"
@@ -79,6 +81,7 @@ def test_sigterm_drains_in_flight_responses_then_exits(server_process, tmp_path)
     assert srv.proc.wait(15) == 0
 
 
+@pytest.mark.slow
 def test_workers_share_the_port_and_a_dead_worker_is_restarted(tmp_path):
     (tmp_path / "index.html").write_text("w")
     port = free_port()

@@ -270,6 +270,7 @@ def _precompress(root: Path, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.slow
 def test_precompress_writes_siblings_and_skips_up_to_date_ones(root):
     done = _precompress(root, "--quiet")
     assert done.returncode == 0, done.stderr

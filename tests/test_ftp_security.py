@@ -297,6 +297,7 @@ async def _timed_login(control: AsyncControl, user: str, password: str) -> tuple
 
 
 @pytest.mark.asyncio
+@pytest.mark.slow
 async def test_failed_logins_are_delayed_more_each_time(ftp):
     service = await ftp.start(login_delay=0.3)
     control = await AsyncControl.connect(service.port)
@@ -327,6 +328,7 @@ async def test_too_many_failed_logins_close_the_session(ftp):
     await control.close()
 
 
+@pytest.mark.slow
 def test_default_failed_login_delay_is_a_second(tmp_path):
     root = tmp_path / "root"
     root.mkdir()

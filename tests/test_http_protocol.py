@@ -192,6 +192,7 @@ async def test_chunked_body_over_the_limit_gets_413(serve):
     writer.close()
 
 
+@pytest.mark.slow
 async def test_slowloris_client_is_closed_by_the_header_timeout(serve):
     srv = await serve(app=echo_app(), header_timeout=1.0)
     sock = socket.create_connection((srv.host, srv.port))
@@ -225,6 +226,7 @@ async def test_slowloris_client_is_closed_by_the_header_timeout(serve):
     assert received == b"" or received.startswith(b"HTTP/1.1 408")
 
 
+@pytest.mark.slow
 async def test_idle_keep_alive_connection_is_closed(serve):
     srv = await serve(app=echo_app(), keepalive_timeout=1.0)
     reader, writer = await asyncio.open_connection(srv.host, srv.port)

@@ -43,6 +43,7 @@ def _serve(*args: str, timeout: float = 20) -> subprocess.CompletedProcess:
     (["--sendfile-step", "0"], ["--sendfile-step", "too small"]),
     (["--gather-max", "lots"], ["--gather-max", "not a size"]),
 ])
+@pytest.mark.slow
 def test_numeric_options_are_range_checked(args, words):
     out = _serve(*args)
     assert out.returncode == 2
@@ -91,6 +92,7 @@ def pems(tmp_path_factory) -> Path:
     return d
 
 
+@pytest.mark.slow
 def test_tls_errors_name_the_file(pems):
     cases = [
         (["--tls-cert", str(pems / "missing.crt"), "--tls-key", str(pems / "a.key")],

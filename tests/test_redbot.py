@@ -23,6 +23,8 @@ from static_fixtures import serve_site
 
 pytest.importorskip("redbot", reason="redbot is not installed (pip install redbot)")
 
+pytestmark = pytest.mark.slow     # one redbot run per page: seconds each
+
 REPO = Path(__file__).resolve().parent.parent
 WATCHED = {"VALIDATION", "RANGE", "CACHING", "CONNEG"}
 

@@ -404,6 +404,7 @@ def test_deleted_file_is_gone(tmp_path):
         assert c.request("GET", "/a.txt").status == 404
 
 
+@pytest.mark.slow
 def test_rename_during_download(tmp_path):
     """A download in progress keeps the old bytes; a new request gets the new file at once."""
     root = tmp_path / "site"

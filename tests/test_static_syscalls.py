@@ -43,7 +43,7 @@ FILE_SIZE = 64 << 10
 # once-a-second sweeper waking epoll, a garbage collection): allowed in total.
 INCIDENTAL = 20
 
-pytestmark = tool_marks("strace")
+pytestmark = [*tool_marks("strace"), pytest.mark.slow]   # two traced runs of 2100 requests
 
 
 def _free_port() -> int:
