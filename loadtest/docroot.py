@@ -21,6 +21,7 @@ SIZED_FILES: dict[str, int] = {
     "256m.bin": 256 * 1024 * 1024,
 }
 SITE_PAGES: tuple[str, ...] = ("index.html", "about.html", "style.css", "app.js", "logo.png")
+TEXT_FILE = "text-48k.txt"     # compressible text for the browser-br scenario
 # The version is part of the directory name: change the content, bump the name.
 DEFAULT_DOCROOT = Path.home() / ".cache" / "pageloan-loadtest" / "docroot-v1"
 _BLOCK = 64 * 1024
@@ -40,7 +41,7 @@ def build_docroot(root: Path, with_big: bool = False) -> Path:
         if name == "256m.bin" and not with_big:
             continue
         _write_if_needed(root / name, size, block)
-    for name, content in site_files().items():
+    for name, content in {**site_files(), TEXT_FILE: text_file()}.items():
         path = root / name
         if not path.exists() or path.read_bytes() != content:
             _atomic_write(path, [content])
@@ -90,6 +91,22 @@ def site_files() -> dict[str, bytes]:
         "app.js": js,
         "logo.png": png_image(64, 64),
     }
+
+
+def text_file(size: int = 48 * 1024) -> bytes:
+    """Deterministic English-like text of `size` bytes: compresses about as an article does."""
+    words = ("the server lends pages to the kernel which sends them without a copy while "
+             "python only arranges slices of headers files and memory so that each answer "
+             "leaves in one gather call and nothing is read twice").split()
+    state, out, length = 12345, [], 0
+    while length < size:
+        state = (state * 1103515245 + 12345) & 0x7FFFFFFF     # a fixed LCG: same bytes every run
+        word = words[state % len(words)]
+        if state % 13 == 0:
+            word += ".\n" if state % 3 == 0 else ","
+        out.append(word)
+        length += len(word) + 1
+    return " ".join(out).encode()[:size]
 
 
 def png_image(width: int, height: int) -> bytes:

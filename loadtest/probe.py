@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
 from pathlib import Path
 
 from loadtest.docroot import SITE_PAGES
@@ -48,6 +49,8 @@ def probe_http(port: int, scenario: Scenario, docroot: Path) -> dict:
             if status != 200 or _size(body) != want:
                 return _verdict(False, status, body, f"/{page}: expected 200 with {want} bytes")
         return _verdict(True, status, body, "")
+    if scenario.expect == "br":
+        return _probe_br(port, scenario, docroot)
     headers = {"Range": scenario.script_args[0]} if scenario.expect == "ranges" else {}
     status, ctype, body = _get(port, scenario.path, headers)
     if scenario.expect == "ranges":
@@ -63,6 +66,29 @@ def probe_http(port: int, scenario: Scenario, docroot: Path) -> dict:
     want = (docroot / scenario.path.lstrip("/")).stat().st_size
     ok = status == 200 and _size(body) == want
     return _verdict(ok, status, body, "" if ok else f"expected 200 with {want} bytes")
+
+
+def _probe_br(port: int, scenario: Scenario, docroot: Path) -> dict:
+    """Ask with Accept-Encoding: br until the answer is brotli (a server that builds the
+    variant on first request answers plain meanwhile), at most 5 s; check it decodes."""
+    import brotli
+
+    original = (docroot / scenario.path.lstrip("/")).read_bytes()
+    deadline = time.monotonic() + 5
+    while True:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            conn.request("GET", scenario.path, headers={"Accept-Encoding": "br"})
+            resp = conn.getresponse()
+            status, coding, body = resp.status, resp.getheader("Content-Encoding", ""), resp.read()
+        finally:
+            conn.close()
+        if status == 200 and coding == "br":
+            ok = brotli.decompress(body) == original
+            return _verdict(ok, status, body, "" if ok else "br body does not decode to the file")
+        if time.monotonic() > deadline:
+            return _verdict(False, status, body, f"no br answer within 5 s (got {status} {coding or 'identity'})")
+        time.sleep(0.05)
 
 
 def _verdict(ok: bool, status: int, body: bytes | int, note: str) -> dict:

@@ -23,7 +23,7 @@ class Scenario:
     script: str | None = None       # a Lua script in loadtest/
     script_args: tuple[str, ...] = ()
     metric: str = "req_per_s"       # the figure the ratio is taken on
-    expect: str = "file"            # file | ranges | json | site | retr | stor
+    expect: str = "file"            # file | ranges | json | site | retr | stor | br
     timeout_s: int = 8              # wrk --timeout
     big_file: bool = False          # needs 256m.bin
 
@@ -42,6 +42,10 @@ SCENARIOS: tuple[Scenario, ...] = (
              path="/1m.bin", script="ranges.lua", script_args=(RANGES,), expect="ranges"),
     Scenario("smallsite", "GET cycling through a five-file site (html, css, js, png)",
              path="/index.html", script="smallsite.lua", expect="site"),
+    Scenario("browser-text", "GET /text-48k.txt as a browser asks, Accept-Encoding: identity (uncompressed)",
+             path="/text-48k.txt", script="browser_text.lua", script_args=("identity",)),
+    Scenario("browser-br", "GET /text-48k.txt as a browser asks, Accept-Encoding: br (brotli, built once)",
+             path="/text-48k.txt", script="browser_text.lua", script_args=("br",), expect="br"),
     Scenario("json", "GET /json from a handler: the framework's own overhead",
              path="/json", expect="json"),
     Scenario("ftp-retr", "FTP RETR of 256m.bin with curl, one transfer at a time",
