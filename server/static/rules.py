@@ -586,6 +586,9 @@ class SiteRules:
         if self.spa_path is not None:
             last = parts[-1] if parts else ""
             plan.spa = "." not in last
+        if (plan.redirect is None and plan.rewrite is None and plan.guard is None and plan.cors is None
+                and not plan.spa):
+            return _NOTHING               # no rule concerns this path: the site's own lookup
         return plan
 
     def respond(self, request: Request, *, replayable: bool = False) -> Any:
