@@ -145,6 +145,9 @@ def measure(server: str, scenario: WsScenario, duration: float, peers: Path,
         record["cpu_s"] = round(procstat.cpu_seconds_between(before, after), 3)
         record["peak_rss_mib"] = round(rss / 1024, 1)
         record["peak_rss_anon_mib"] = round(anon / 1024, 1)
+        if result.get("messages"):
+            # Server CPU per echoed message: the figure that survives a busy machine.
+            record["cpu_us_per_msg"] = round(record["cpu_s"] * 1e6 / result["messages"], 1)
     except Exception as exc:  # noqa: BLE001 - the record carries any failure
         record["error"] = f"{type(exc).__name__}: {exc}"
     finally:
@@ -166,7 +169,7 @@ def _table(records: list[dict]) -> str:
         if r["scenario"] == "ws-echo":
             ratio = f"{r['messages_per_s'] / base['messages_per_s']:.2f}x uvicorn" if base else ""
             rows.append(f"{r['scenario']:<13} {r['server']:<14} {r['messages_per_s']:>10.0f} msg/s  "
-                        f"cpu {r['cpu_s']:.1f}s  rss {r['peak_rss_mib']} MiB  {ratio}")
+                        f"{r.get('cpu_us_per_msg', 0):.0f} us cpu/msg  rss {r['peak_rss_mib']} MiB  {ratio}")
         else:
             rows.append(f"{r['scenario']:<13} {r['server']:<14} rss +{r['rss_growth_mib']} MiB "
                         f"= {r['payload_copies']} payload copies; delivered to {r['complete']}/"
