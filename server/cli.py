@@ -151,6 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="file regions up to this size leave as mmap windows in the header's writev")
     tuning.add_argument("--map-max", type=_size, default=StaticOptions.map_max,
                         help="files up to this size are mapped, so their small ranges can be gathered")
+    tuning.add_argument("--zerocopy", action="store_true",
+                        help="send large memory slices and mapped files with MSG_ZEROCOPY (Linux; docs/zerocopy.md)")
+    tuning.add_argument("--zerocopy-min", type=_size, default=ServerConfig.zerocopy_min, metavar="SIZE",
+                        help="smallest gather call sent with MSG_ZEROCOPY (default 10k)")
+    tuning.add_argument("--zerocopy-copied-limit", type=int, default=ServerConfig.zerocopy_copied_limit,
+                        metavar="N", help="copied-anyway sends in a row before a connection stops using "
+                        "zerocopy (default 8; 0 never)")
     tuning.add_argument("--no-answer-memo", dest="answer_memo", action="store_false",
                         help="parse and build every request, even byte-identical repeats of static ones")
     for provide in OPTION_PROVIDERS:

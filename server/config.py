@@ -102,7 +102,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         body_timeout=args.body_timeout, keepalive_timeout=args.keepalive_timeout,
         drain_timeout=args.drain_timeout, connection_loan_budget=args.connection_loan_budget,
         global_loan_budget=args.global_loan_budget, sendfile_step=args.sendfile_step,
-        gather_max=args.gather_max)
+        gather_max=args.gather_max, zerocopy=args.zerocopy, zerocopy_min=args.zerocopy_min,
+        zerocopy_copied_limit=args.zerocopy_copied_limit)
     app = AppOptions(root=root, static=static, handlers=handlers,
                      reload=args.reload, metrics=args.metrics, debug=args.debug)
     return Config(server=server, app=app, ftp=ftp, websocket=websocket_options_from_args(args))

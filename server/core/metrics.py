@@ -23,6 +23,8 @@ class Metrics:
         "send_errors", "bytes_received_splice", "bytes_received_copy", "ledger",
         "variants_built", "variants_dropped", "variant_bytes_held",
         "channels", "fanout_dropped", "fanout_skipped",
+        "zerocopy_sends", "zerocopy_completions", "zerocopy_copied", "zerocopy_fallbacks",
+        "zerocopy_enobufs", "zerocopy_pending_bytes",
     )
 
     def __init__(self, ledger: LoanLedger | None = None) -> None:
@@ -46,6 +48,16 @@ class Metrics:
         self.channels: weakref.WeakSet[Any] = weakref.WeakSet()
         self.fanout_dropped = 0          # slow readers cut off (policy "drop")
         self.fanout_skipped = 0          # chunks slow readers jumped over (policy "skip")
+        # --zerocopy (zerocopy.py): calls made with MSG_ZEROCOPY, calls the kernel's
+        # notices confirmed, of those the ones it copied anyway, connections that fell
+        # back to the ordinary path, ENOBUFS refusals, and bytes awaiting notices
+        # (also counted in the ledger: they are on loan).
+        self.zerocopy_sends = 0
+        self.zerocopy_completions = 0
+        self.zerocopy_copied = 0
+        self.zerocopy_fallbacks = 0
+        self.zerocopy_enobufs = 0
+        self.zerocopy_pending_bytes = 0
 
     def fanout(self) -> tuple[int, int, int]:
         """(readers, chunks held, bytes held) over every live fan-out channel."""
@@ -79,6 +91,12 @@ class Metrics:
             "fanout_bytes_held": held,
             "fanout_dropped": self.fanout_dropped,
             "fanout_skipped": self.fanout_skipped,
+            "zerocopy_sends": self.zerocopy_sends,
+            "zerocopy_completions": self.zerocopy_completions,
+            "zerocopy_copied": self.zerocopy_copied,
+            "zerocopy_fallbacks": self.zerocopy_fallbacks,
+            "zerocopy_enobufs": self.zerocopy_enobufs,
+            "zerocopy_pending_bytes": self.zerocopy_pending_bytes,
         }
 
     def render(self) -> str:
@@ -143,6 +161,24 @@ class Metrics:
             "# HELP pageloan_fanout_skipped_total Chunks slow readers skipped, moved to the live edge by policy skip.",
             "# TYPE pageloan_fanout_skipped_total counter",
             f"pageloan_fanout_skipped_total {self.fanout_skipped}",
+            "# HELP pageloan_zerocopy_sends_total Gather calls made with MSG_ZEROCOPY (--zerocopy).",
+            "# TYPE pageloan_zerocopy_sends_total counter",
+            f"pageloan_zerocopy_sends_total {self.zerocopy_sends}",
+            "# HELP pageloan_zerocopy_completions_total Zerocopy calls whose completion notice arrived.",
+            "# TYPE pageloan_zerocopy_completions_total counter",
+            f"pageloan_zerocopy_completions_total {self.zerocopy_completions}",
+            "# HELP pageloan_zerocopy_copied_total Completed zerocopy calls the kernel copied anyway (always, to a peer on this host).",
+            "# TYPE pageloan_zerocopy_copied_total counter",
+            f"pageloan_zerocopy_copied_total {self.zerocopy_copied}",
+            "# HELP pageloan_zerocopy_fallbacks_total Connections that went back to ordinary sends after repeated copies.",
+            "# TYPE pageloan_zerocopy_fallbacks_total counter",
+            f"pageloan_zerocopy_fallbacks_total {self.zerocopy_fallbacks}",
+            "# HELP pageloan_zerocopy_enobufs_total Zerocopy calls refused with ENOBUFS (optmem limit) and sent ordinarily.",
+            "# TYPE pageloan_zerocopy_enobufs_total counter",
+            f"pageloan_zerocopy_enobufs_total {self.zerocopy_enobufs}",
+            "# HELP pageloan_zerocopy_pending_bytes Bytes sent with MSG_ZEROCOPY awaiting their notice (part of pageloan_loans_outstanding).",
+            "# TYPE pageloan_zerocopy_pending_bytes gauge",
+            f"pageloan_zerocopy_pending_bytes {self.zerocopy_pending_bytes}",
         ]
         return "\n".join(lines) + "\n"
 

@@ -36,6 +36,12 @@ class ServerConfig:
     # send path tuning (chosen by measurement, see loadtest/)
     sendfile_step: int = 2 << 20
     gather_max: int = 64 << 10        # regions up to this size leave as mmap windows in a writev
+    # MSG_ZEROCOPY (docs/zerocopy.md): gather calls of at least zerocopy_min bytes lend
+    # their pages until the kernel's notice; a connection falls back to ordinary sends
+    # after zerocopy_copied_limit copied-anyway sends in a row (0: never)
+    zerocopy: bool = False
+    zerocopy_min: int = 10 << 10
+    zerocopy_copied_limit: int = 8
     # features
     access_log: str | None = None      # "-" for stdout, or a file path
     debug: bool = False                # tracebacks to the client on 500

@@ -22,6 +22,7 @@ import asyncio
 import logging
 import socket
 
+from ..core import zerocopy
 from ..core.transmitter import CopyTransmitter, SocketTransmitter
 from .context import ServerContext
 from .session import HttpSession
@@ -52,10 +53,20 @@ class SocketConnection:
             pass   # AF_UNIX and friends
         config = ctx.config
         self.session = HttpSession(ctx, self, None, _peer(addr))
-        self.transmitter = SocketTransmitter(
-            sock, self.loop, ledger=ctx.ledger, metrics=ctx.metrics,
-            on_error=self._send_failed, on_idle=self.session.on_transmit_idle,
-            sendfile_step=config.sendfile_step, gather_max=config.gather_max)
+        # --zerocopy picks another transmitter here, so the ordinary one never asks.
+        self._zc = zerocopy.attach(sock, self.loop, ctx.metrics, ctx.ledger,
+                                   config.zerocopy_copied_limit) if config.zerocopy else None
+        if self._zc is None:
+            self.transmitter = SocketTransmitter(
+                sock, self.loop, ledger=ctx.ledger, metrics=ctx.metrics,
+                on_error=self._send_failed, on_idle=self.session.on_transmit_idle,
+                sendfile_step=config.sendfile_step, gather_max=config.gather_max)
+        else:
+            self.loop = self._zc.loop   # remembers our reader, to re-arm it (zerocopy.py)
+            self.transmitter = zerocopy.ZeroCopyTransmitter(
+                sock, self._zc, min_bytes=config.zerocopy_min, ledger=ctx.ledger,
+                metrics=ctx.metrics, on_error=self._send_failed,
+                on_idle=self.session.on_transmit_idle, sendfile_step=config.sendfile_step)
         self.session.transmitter = self.transmitter
         # Replayed answers are laid out for this transmitter (windows, gather).
         self.session.memo = ctx.replay
@@ -135,10 +146,13 @@ class SocketConnection:
         self._reading = False
         self.transmitter.close()
         self.session.connection_lost()
-        try:
-            self.sock.close()
-        except OSError:
-            pass
+        if self._zc is not None:
+            self._zc.retire()    # closes the fd once no completion notice is owed
+        else:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
         self.ctx.connection_closed(self)
 
 
@@ -155,6 +169,8 @@ class TlsConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         addr = transport.get_extra_info("peername")
         self.session = HttpSession(self.ctx, self, None, _peer(addr))
+        if self.ctx.config.zerocopy:
+            zerocopy.note_unsupported("TLS connections (the copy path)")
         self.transmitter = CopyTransmitter(
             transport, self.loop, ledger=self.ctx.ledger, metrics=self.ctx.metrics,  # type: ignore[arg-type]
             on_error=lambda exc: self.abort(), on_idle=self.session.on_transmit_idle)
