@@ -21,6 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .asgi.build import build_asgi_adapter
+from .asgi.lifespan import LifespanFailure
+from .asgi.options import add_asgi_arguments
 from .config import Config, config_from_args
 from .config_file import (
     ConfigFileError,
@@ -43,7 +46,7 @@ log = logging.getLogger("pageloan")
 
 # Each layer adds its own `serve` flags, so this file does not know their meaning.
 OPTION_PROVIDERS: list[Callable[[argparse.ArgumentParser], None]] = [
-    add_static_arguments, add_ftp_arguments, add_websocket_arguments]
+    add_static_arguments, add_ftp_arguments, add_websocket_arguments, add_asgi_arguments]
 
 
 # -- numeric options, range-checked (argparse names the option in its message) ------------
@@ -186,12 +189,19 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+def _build(config: Config) -> Any:
+    """The application callable: the handler framework's, or an ASGI app's (--asgi)."""
+    if config.asgi is not None:
+        return build_asgi_adapter(config.asgi, config.app, tls=config.server.tls_cert is not None)
+    return build_server_application(config)
+
+
 def run_worker(config: Config, ready: Callable[[int], None] | None = None) -> int:
     """Serve in this process until SIGTERM/SIGINT; returns the exit status."""
     loop = _new_loop()
     asyncio.set_event_loop(loop)
     try:
-        app = build_server_application(config)
+        app = _build(config)
     except Exception as exc:  # noqa: BLE001 - a handler failing to import stops start-up
         log.error("pageloan: cannot start: %s", exc)
         return 2
@@ -213,6 +223,9 @@ def run_worker(config: Config, ready: Callable[[int], None] | None = None) -> in
         if startup is not None:
             await startup()
         await server.start()
+        listening_on = getattr(app, "listening_on", None)
+        if listening_on is not None:
+            listening_on(config.server.host, server.port)
         ftp_config = config.ftp
         if ftp_config is not None:
             service = await start_ftp(ftp_config)
@@ -222,7 +235,7 @@ def run_worker(config: Config, ready: Callable[[int], None] | None = None) -> in
     try:
         loop.run_until_complete(start())
     except Exception as exc:  # noqa: BLE001 - a failing start-up hook or bind stops start-up
-        log.error("pageloan: cannot start: %s", exc, exc_info=not isinstance(exc, OSError))
+        log.error("pageloan: cannot start: %s", exc, exc_info=not isinstance(exc, (OSError, LifespanFailure)))
         loop.close()
         return 2
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -231,7 +244,9 @@ def run_worker(config: Config, ready: Callable[[int], None] | None = None) -> in
     # move it out of the collector's generations so collections scan only request garbage.
     gc.freeze()
     scheme = "https" if config.server.tls_cert else "http"
-    log.info("pageloan: serving %s on %s://%s:%d/ (pid %d)", config.app.root, scheme,
+    served = config.app.root if config.asgi is None else \
+        f"ASGI app {config.asgi.app}" + (f" with {config.app.root}" if config.app.root else "")
+    log.info("pageloan: serving %s on %s://%s:%d/ (pid %d)", served, scheme,
              config.server.host, server.port, os.getpid())
     if ready is not None:
         ready(server.port or 0)
@@ -262,7 +277,7 @@ def run_workers(config: Config) -> int:
     worker that exits with status 2 (cannot start) is not restarted either.
     """
     try:
-        build_server_application(config)
+        _build(config)
     except Exception as exc:  # noqa: BLE001
         log.error("pageloan: cannot start: %s", exc)
         return 2

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .asgi.options import AsgiOptions, asgi_options_from_args
 from .framework.build import AppOptions
 from .ftp import FtpConfig, ftp_config_from_args
 from .http.config import ServerConfig
@@ -49,6 +50,7 @@ class Config:
     app: AppOptions = field(default_factory=AppOptions)
     ftp: FtpConfig | None = None
     websocket: WebSocketOptions = field(default_factory=WebSocketOptions)
+    asgi: AsgiOptions | None = None         # --asgi: an ASGI application answers
     # Virtual hosts from a config file (config_file.py); empty: the one site of `app`.
     sites: list[Any] = field(default_factory=list)
 
@@ -71,12 +73,23 @@ def config_from_args(args: argparse.Namespace) -> Config:
     """The Config the `serve` flags describe; SystemExit naming the option at fault."""
     _port_habit(args)
     root_given = args.root is not None
+    try:
+        asgi = asgi_options_from_args(args)
+    except ValueError as exc:
+        raise SystemExit(f"pageloan: {exc}") from None
     root = (args.root if root_given else BUNDLED_STATIC).resolve()
     if not root.is_dir():
         raise SystemExit(f"pageloan: {root} is not a directory")
     handlers = args.handlers
     if handlers is None and not root_given and BUNDLED_HANDLERS.is_dir():
         handlers = BUNDLED_HANDLERS
+    if asgi is not None:
+        # The application is all there is, but for a ROOT named beside it.
+        if args.handlers is not None:
+            raise SystemExit("pageloan: --handlers and --asgi cannot be combined")
+        handlers = None
+        if not root_given:
+            root = None
     if (args.tls_cert is None) != (args.tls_key is None):
         raise SystemExit("pageloan: --tls-cert and --tls-key go together")
     if args.tls_cert is not None:
@@ -106,4 +119,4 @@ def config_from_args(args: argparse.Namespace) -> Config:
         zerocopy_copied_limit=args.zerocopy_copied_limit)
     app = AppOptions(root=root, static=static, handlers=handlers,
                      reload=args.reload, metrics=args.metrics, debug=args.debug)
-    return Config(server=server, app=app, ftp=ftp, websocket=websocket_options_from_args(args))
+    return Config(server=server, app=app, ftp=ftp, websocket=websocket_options_from_args(args), asgi=asgi)

@@ -49,7 +49,7 @@ from .responses import StreamResponse, error_response, header_block
 from .upgrade import Handover, Upgrade
 from .wire import DATE, status_line
 
-__all__ = ["HttpSession"]
+__all__ = ["HttpSession", "Outlet", "RelayedAnswer"]
 
 log = logging.getLogger("pageloan.http")
 
@@ -124,6 +124,7 @@ class HttpSession:
         # An upgrade request and the bytes read past its head, until it is answered.
         self._upgrade: Request | None = None
         self._upgrade_data: list[bytes] = []
+        self._outlet: Outlet | None = None  # the active request's, if it relays itself
 
     # -- input -------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
@@ -204,6 +205,10 @@ class HttpSession:
         if self._current is not None and self._current.body_stream is not None:
             self._current.body_stream.fail(ConnectionError("client closed before the body ended"))
         last = self._pipeline[-1] if self._pipeline else None
+        outlet = self._outlet
+        if outlet is not None and outlet.on_gone is not None and last is None \
+                and self._current is None:
+            outlet.on_gone(False)     # a relaying answer may take EOF as a disconnect
         if isinstance(last, Request):
             last.keep_alive = False          # its answer closes the connection
         elif last is None and self._active is not None:
@@ -381,6 +386,11 @@ class HttpSession:
             self._task = self.loop.create_task(self._stream(request, result))
         elif type(result) is Upgrade and request is self._upgrade:
             self._switch_protocols(request, result)
+        elif isinstance(result, RelayedAnswer):
+            # The answer sends itself (the ASGI adapter): it gets this request's
+            # Outlet, and the request stays active until it says `end` or `abort`.
+            self._outlet = Outlet(self, request)
+            result.relay(self._outlet)
         else:
             exc = TypeError(f"handler returned {type(result).__name__}, not a Message")
             self._send(request, self._internal_error(request, exc), request.version)
@@ -424,7 +434,8 @@ class HttpSession:
             self._closing = True
             self._stop_parsing = True
             self._pipeline.clear()
-            self.transmitter.enqueue(msg, self._closed_after_send)
+            # A streamed head has its body still to come: the close waits for the end.
+            self.transmitter.enqueue(msg, None if streaming else self._closed_after_send)
         else:
             self.transmitter.enqueue(msg)
         if not streaming:
@@ -501,7 +512,6 @@ class HttpSession:
         except Exception:  # noqa: BLE001 - the body generator failed mid-stream
             log.exception("streaming body of %s %r failed", request.method, request.target)
             self._closing = True
-            self.transmitter.enqueue(Message(0, ()), self._closed_after_send)
         finally:
             aclose = getattr(iterator, "aclose", None)
             if aclose is not None:
@@ -513,13 +523,21 @@ class HttpSession:
         if request.body_stream is not None and not request.body_stream.complete:
             request.body_stream.discard()
         self._active = None
-        if not request.keep_alive and not self._closing and not self.closed:
-            # The client half-closed during the stream: close once it is all sent.
-            self._closing = True
-            self.transmitter.enqueue(Message(0, ()), self._closed_after_send)
+        if not self.closed and (self._closing or not request.keep_alive):
+            # A closing head, a failed body, or the client half-closed during the
+            # stream: close once it is all sent.
+            self._close_when_sent()
         if not self.closed:
             self._dispatch()
             self.transmitter.flush()
+
+    def _close_when_sent(self) -> None:
+        self._closing = True
+        self._stop_parsing = True
+        if self.transmitter.idle:
+            self.driver.close()
+        else:
+            self.transmitter.enqueue(Message(0, ()), self._closed_after_send)
 
     def _send_continue(self) -> None:
         # The handler asked for the body: tell the client to send it.
@@ -605,6 +623,11 @@ class HttpSession:
     def connection_lost(self) -> None:
         self.closed = True
         self._stop_parsing = True
+        outlet, self._outlet = self._outlet, None
+        if outlet is not None:
+            outlet.closed = True
+            if outlet.on_gone is not None:
+                outlet.on_gone(True)
         for item in (self._current, self._active):
             if item is not None and item.body_stream is not None:
                 item.body_stream.fail(ConnectionError("client disconnected"))
@@ -622,6 +645,98 @@ class HttpSession:
     @property
     def busy(self) -> bool:
         return self._active is not None or bool(self._pipeline) or not self.transmitter.idle
+
+
+class RelayedAnswer:
+    """Base of answers that send themselves: `relay(outlet)` is called once, at once.
+
+    For producers whose answer is not one Message nor an async iterator of chunks —
+    the ASGI adapter, whose application pushes head and body pieces when it likes.
+    `relay` must not block: it starts whatever task it needs and returns.
+    """
+
+    __slots__ = ()
+
+    def relay(self, outlet: Outlet) -> None:
+        raise NotImplementedError
+
+
+class Outlet:
+    """One active request's way out, lent to a RelayedAnswer until it ends.
+
+    `respond(msg)` sends a whole answer (head and payload in one Message) and ends
+    the request; or `start(head)` sends a head, `send(msg)` body pieces (framed by
+    the caller), and `end()` finishes it.  `abort()` cuts the connection (a broken
+    answer: the client must not take a truncated body for a whole one).  While the
+    transmitter holds more than the connection's loan budget, `over_budget` is true
+    and `room()` waits for it to drain.  `on_gone(lost)` is called once when the
+    client has finished sending (False: EOF, it may still read) or the connection is
+    gone (True); `closed` says the latter.
+    """
+
+    __slots__ = ("_session", "request", "closed", "on_gone", "_ended")
+
+    def __init__(self, session: HttpSession, request: Request) -> None:
+        self._session = session
+        self.request = request
+        self.closed = False
+        self.on_gone: Any = None
+        self._ended = False
+
+    def respond(self, msg: Message) -> None:
+        session = self._session
+        if self._ended or self.closed:
+            return
+        self._ended = True
+        session._outlet = None
+        session._send(self.request, msg, self.request.version)
+        session._dispatch()
+        session.transmitter.flush()
+
+    def start(self, head: Message) -> None:
+        if self._ended or self.closed:
+            return
+        session = self._session
+        session._send(self.request, head, self.request.version, streaming=True)
+        session.transmitter.flush()
+
+    def send(self, msg: Message) -> None:
+        if self._ended or self.closed:
+            return
+        transmitter = self._session.transmitter
+        transmitter.enqueue(msg)
+        transmitter.flush()
+
+    @property
+    def over_budget(self) -> bool:
+        return self._session.transmitter.outstanding > self._session.config.connection_loan_budget
+
+    async def room(self) -> None:
+        if not self.closed:
+            await self._session._room()
+
+    def end(self) -> None:
+        """The streamed answer is complete: close if owed, else on to the next request."""
+        if self._ended or self.closed:
+            return
+        self._ended = True
+        session = self._session
+        session._outlet = None
+        request = self.request
+        if request.body_stream is not None and not request.body_stream.complete:
+            request.body_stream.discard()
+        session._active = None
+        if session._closing or not request.keep_alive:
+            session._close_when_sent()
+        if not session.closed:
+            session._dispatch()
+            session.transmitter.flush()
+
+    def abort(self) -> None:
+        if self.closed:
+            return
+        self._ended = True
+        self._session.driver.abort()
 
 
 async def _awaited(awaitable: Any) -> Any:

@@ -1,0 +1,81 @@
+"""An ASGI application as the HTTP session's application callable, a static site first.
+
+Theory of operation.  The session calls `adapter(request)` and accepts a Message, a
+StreamResponse, an awaitable of either, or a RelayedAnswer.  With a static ROOT
+beside the application, the StaticSite is asked first and its answer — a Message
+of cached file regions, on pageloan's own fast path, replayable by the answer memo
+— is returned synchronously; only what it does not name (a missing file, a method
+other than GET/HEAD) reaches the application.  Everything else becomes an
+HttpExchange (http.py) over a freshly built scope (scope.py).  A path that is not
+valid UTF-8 is answered 400 without calling the application.
+
+`startup()` / `shutdown()` run the lifespan protocol (lifespan.py); shutdown first
+gives application tasks still running (background tasks after their response) a
+moment to finish.  `listening_on(host, port)` tells the scopes the server address
+once the listener is bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ..core.filecache import OpenFileCache
+from ..http.request import BadRequest, Request
+from ..http.responses import error_response
+from ..static.answer_memo import AnswerMemo
+from ..static.site import StaticSite
+from .http import ExchangeSettings, HttpExchange
+from .lifespan import Lifespan
+from .scope import ScopeMaker
+from .zerocopy import FileSource
+
+__all__ = ["AsgiAdapter"]
+
+log = logging.getLogger("pageloan.asgi")
+
+TASKS_GRACE = 5.0
+
+
+class AsgiAdapter:
+    """`adapter(request)` → the static site's answer, or an ASGI exchange."""
+
+    def __init__(self, app: Callable[..., Any], *, static: StaticSite | None = None,
+                 root_path: str = "", scheme: str = "http", trusted: Any = None,
+                 lifespan: str = "auto", debug: bool = False, answer_memo: bool = True) -> None:
+        self.asgi_app = app
+        self.static = static
+        state: dict[str, Any] = {}
+        self.scopes = ScopeMaker(scheme=scheme, root_path=root_path, trusted=trusted, state=state)
+        cache = static.cache if static is not None else OpenFileCache(max_entries=256)
+        self.settings = ExchangeSettings(FileSource(cache), debug=debug)
+        self.lifespan = Lifespan(app, state, lifespan)
+        # Static answers are replayed as for the Application: a replay never reaches
+        # the ASGI app, and only the static branch's answers are ever remembered.
+        self.answer_memo = AnswerMemo(static) if static is not None and answer_memo else None
+
+    def listening_on(self, host: str, port: int) -> None:
+        self.scopes.server = (host, port)
+
+    async def startup(self) -> None:
+        await self.lifespan.startup()
+
+    async def shutdown(self) -> None:
+        tasks = [t for t in self.settings.tasks if not t.done()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=TASKS_GRACE)
+        await self.lifespan.shutdown()
+
+    def __call__(self, request: Request) -> Any:
+        static = self.static
+        if static is not None:
+            answer = static.respond(request, replayable=True)
+            if answer is not None:
+                return answer
+        try:
+            scope = self.scopes.http(request)
+        except BadRequest as exc:
+            return error_response(400, str(exc))
+        return HttpExchange(self.asgi_app, scope, request, self.settings)

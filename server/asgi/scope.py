@@ -1,0 +1,77 @@
+"""The ASGI `http` scope for one Request: every field the spec lists, as the spec says.
+
+Theory of operation.  The session has already parsed the request; the scope is a
+fresh dict per request (the application may keep or change it), built from the
+Request's lazily derived pieces:
+
+* `path` is percent-decoded as UTF-8 (a path that is not valid UTF-8 is a 400
+  before the application is called), `raw_path` the bytes as sent; both carry
+  `root_path` in front, as uvicorn does and Starlette >= 0.33 expects (it strips the
+  prefix when routing);
+* `query_string` stays percent-encoded bytes; `headers` are the raw pairs with the
+  names lower-cased, values untouched;
+* `client` and `scheme` come from the socket, or — only when the peer is a trusted
+  proxy — from its forwarding headers (server.http.forwarded);
+* `state` is a shallow copy of the lifespan state, so a request may add keys
+  without the next one seeing them, but shares the objects startup put there;
+* `asgi.spec_version` is 2.4: `send` raises an OSError subclass once the client is
+  gone, so Starlette streams without a second task listening for `http.disconnect`
+  (RESEARCH.md §7);
+* `extensions` advertises the zero-copy sends (zerocopy.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..http.forwarded import TrustedProxies, forwarded_peer
+from ..http.request import Request
+
+__all__ = ["ASGI_VERSION", "ScopeMaker"]
+
+ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
+EXTENSIONS = ("http.response.pathsend", "http.response.zerocopysend")
+
+
+class ScopeMaker:
+    """Builds scopes for one server: its address, scheme, root path and trust."""
+
+    __slots__ = ("server", "scheme", "root_path", "_raw_root", "trusted", "state")
+
+    def __init__(self, *, scheme: str = "http", root_path: str = "",
+                 trusted: TrustedProxies | None = None, state: dict[str, Any] | None = None) -> None:
+        self.server: tuple[str, int] | None = None     # set once the listener is bound
+        self.scheme = scheme
+        self.root_path = root_path
+        self._raw_root = root_path.encode("utf-8")
+        self.trusted = trusted
+        self.state = state if state is not None else {}
+
+    def http(self, request: Request) -> dict[str, Any]:
+        """The scope for `request`; BadRequest if its path cannot be decoded."""
+        path = request.path                  # raises BadRequest on broken UTF-8
+        raw_path = request.raw_path
+        client = request.client
+        scheme = self.scheme
+        if self.trusted is not None:
+            found = forwarded_peer(client, request.raw_headers, self.trusted, scheme)
+            client, scheme = found.client, found.scheme
+        if self.root_path:
+            path = self.root_path + path
+            raw_path = self._raw_root + raw_path
+        return {
+            "type": "http",
+            "asgi": dict(ASGI_VERSION),
+            "http_version": request.version,
+            "method": request.method,
+            "scheme": scheme,
+            "path": path,
+            "raw_path": raw_path,
+            "query_string": request.query_string.encode("latin-1"),
+            "root_path": self.root_path,
+            "headers": [(name.lower(), value) for name, value in request.raw_headers],
+            "client": client,
+            "server": self.server,
+            "state": dict(self.state),
+            "extensions": {name: {} for name in EXTENSIONS},
+        }
