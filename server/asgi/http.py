@@ -174,10 +174,11 @@ class HttpExchange(RelayedAnswer):
         outlet = self.outlet
         if outlet is None or self._ended:
             return
+        streaming = self._phase == _STREAMING
         self._ended = True
         self._phase = _COMPLETE
         self._wake_receivers()
-        if self._headers_sent:
+        if streaming:
             outlet.abort()             # a body is under way: never let it look complete
             return
         answer = self._refusal
@@ -187,10 +188,6 @@ class HttpExchange(RelayedAnswer):
                 detail = "".join(traceback.format_exception(exc))
             answer = error_response(500, detail)
         outlet.respond(answer)
-
-    @property
-    def _headers_sent(self) -> bool:
-        return self._phase == _STREAMING
 
     # -- receive ---------------------------------------------------------------------
     async def receive(self) -> dict[str, Any]:
@@ -337,6 +334,10 @@ class HttpExchange(RelayedAnswer):
         length = self._length
         if self._no_body:
             payload_slices: tuple = ()
+            if length is None and size and self.request.method == "HEAD" \
+                    and self._status not in _NO_BODY_STATUSES:
+                # What the GET would carry (the application rendered it, or it is a file).
+                block.append(b"content-length: %d\r\n" % size)
         else:
             if length is None:
                 block.append(b"content-length: %d\r\n" % size)
