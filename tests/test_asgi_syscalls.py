@@ -29,7 +29,7 @@ REPO = TESTS.parent
 STRACE = shutil.which("strace")
 
 pytestmark = [pytest.mark.skipif(STRACE is None, reason="strace is not installed (apt-get install strace)"),
-              pytest.mark.slow]
+              pytest.mark.slow, pytest.mark.tools]
 
 
 def _free_port() -> int:

@@ -66,7 +66,8 @@ def load_app(spec: str, *, factory: bool = False, app_dir: str | None = None) ->
         raise AppLoadError(f"--asgi: {spec} is a {type(app).__name__}, not an ASGI application")
     if _is_asgi2(app):
         return _asgi2_to_3(app)
-    return app
+    found: Callable[..., Any] = app
+    return found
 
 
 def _is_asgi2(app: Any) -> bool:
