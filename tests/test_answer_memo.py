@@ -16,11 +16,9 @@ import os
 import socket
 from pathlib import Path
 
-import handler_fixtures
 import pytest
-from handler_fixtures import fetch_on
+from harness import RawClient, ThreadedServer, fetch_on, serve_site
 from polling import until, wait_until
-from static_fixtures import RawClient, ThreadedServer, serve_site
 
 from server.core.filecache import OpenFileCache
 from server.core.loans import LoanLedger
@@ -33,7 +31,6 @@ from server.static.site import StaticSite
 
 SMALL = bytes(range(256)) * 40          # 10 KiB: mapped, gathered with its head
 
-handler_site = handler_fixtures.handler_site   # the fixture
 
 
 class FakeClock:

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from static_fixtures import serve_site
+from harness import serve_site
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED = REPO / "static"

@@ -9,7 +9,7 @@ import re
 import time
 
 import pytest
-from static_fixtures import RawClient, serve_site
+from harness import RawClient, serve_site
 
 from server.core.message import FileRegion
 from server.static.byteranges import MAX_RANGES, UNSATISFIABLE, coalesce, multipart_slices, parse_range

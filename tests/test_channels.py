@@ -10,11 +10,8 @@ import socket
 import struct
 import time
 
-import handler_fixtures
 import pytest
-from handler_fixtures import raw_request
-
-handler_site = handler_fixtures.handler_site   # the fixture
+from harness import raw_request
 
 pytestmark = pytest.mark.asyncio
 

@@ -315,7 +315,7 @@ def test_precompress_in_process_counts(root):
 
 def test_a_variant_answer_is_replayed_by_the_answer_memo(tmp_path):
     """A variant depends only on its file's identity: repeats of a br request are replayed."""
-    from static_fixtures import RawClient, serve_site
+    from harness import RawClient, serve_site
 
     (tmp_path / "book.txt").write_bytes(_text(4))
     compressor = Compressor()

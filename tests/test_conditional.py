@@ -5,7 +5,7 @@ from __future__ import annotations
 from email.utils import formatdate
 
 import pytest
-from static_fixtures import RawClient, serve_site
+from harness import RawClient, serve_site
 
 from server.static.conditional import entity_tags, evaluate, if_range_holds, parse_http_date
 

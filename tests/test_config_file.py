@@ -13,7 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import free_port, wait_for_port
+from harness import free_port, wait_for_port
 
 from server.cli import build_parser
 from server.config_file import ConfigFileError, apply_config_file, load_config_file

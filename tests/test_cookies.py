@@ -3,14 +3,12 @@ by real cookie jars (httpx, http.cookiejar via TestClient)."""
 
 from __future__ import annotations
 
-import handler_fixtures
+import harness
 import httpx
 import pytest
 
 from server.http.cookies import cookie_header, delete_cookie, parse_cookie_header, set_cookie
 from server.http.responses import StreamResponse, json_response
-
-handler_site = handler_fixtures.handler_site   # the fixture
 
 COOKIES = '''
 from server import StreamResponse, cookie_header, delete_cookie, json_response, route, set_cookie
@@ -102,7 +100,7 @@ async def test_a_browser_like_jar_keeps_and_forgets_cookies(handler_site):
 
 async def test_request_cookies_from_several_headers(handler_site):
     site = await handler_site({"cookies.py": COOKIES})
-    reply = await handler_fixtures.raw_request(
+    reply = await harness.raw_request(
         site.port, b"GET /whoami HTTP/1.1\r\nHost: t\r\nCookie: a=1; b=2\r\nCookie: c=3; a=9\r\n"
                    b"Connection: close\r\n\r\n")
     assert reply.split(b"\r\n\r\n", 1)[1] == b'{"cookies":{"a":"1","b":"2","c":"3"}}'

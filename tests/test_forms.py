@@ -12,11 +12,8 @@ import subprocess
 import tracemalloc
 from pathlib import Path
 
-import handler_fixtures
 import httpx
 import pytest
-
-handler_site = handler_fixtures.handler_site   # the fixture
 
 needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 

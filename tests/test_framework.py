@@ -14,9 +14,8 @@ import inspect
 import logging
 from pathlib import Path
 
-import handler_fixtures
 import pytest
-from handler_fixtures import raw_request
+from harness import raw_request
 
 from server.core.message import FileRegion, Message
 from server.framework.application import Application
@@ -79,7 +78,6 @@ def bad(request):
     return object()
 '''
 
-handler_site = handler_fixtures.handler_site   # the fixture
 
 
 async def test_return_values_become_responses(handler_site):

@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import free_port, wait_for_port
+from harness import free_port, wait_for_port
 from test_ftp_support import CLIENT_TIMEOUT, AsyncControl, InProcessFtp, run_client
 
 from server.core.safepath import HiddenName, NamePolicy, UnsafePath

@@ -436,7 +436,7 @@ def test_bad_tls_options_name_the_option_or_file(tmp_path, cert_pair, extra, mes
 
 
 def test_pageloan_serve_offers_ftps_with_the_http_certificate(server_process, tmp_path, cert_pair):
-    from conftest import free_port, wait_for_port
+    from harness import free_port, wait_for_port
     cert, key = cert_pair
     (tmp_path / "hello.txt").write_text("hello\n")
     ftp_port = free_port()

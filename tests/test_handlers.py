@@ -19,9 +19,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-import handler_fixtures
 import pytest
-from handler_fixtures import fetch_on, write_modules
+from harness import fetch_on, write_modules
 from polling import until, wait_until
 
 from server.framework.build import AppOptions, build_application
@@ -32,7 +31,6 @@ REPO = Path(__file__).resolve().parent.parent
 # The bundled handlers/hello.py is the contract as the docs show it: test that very file.
 CONTRACT = (REPO / "handlers" / "hello.py").read_text()
 
-handler_site = handler_fixtures.handler_site   # the fixture
 
 
 async def test_the_contract_verbatim(handler_site):

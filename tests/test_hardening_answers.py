@@ -1,7 +1,7 @@
 """Handler answers are checked before they reach the wire; bad JSON bodies are 400s;
 a full disk during an upload is a 507 that damages nothing.
 
-Handlers are served in-process (handler_fixtures); the disk-full case runs
+Handlers are served in-process (the handler_site fixture); the disk-full case runs
 `pageloan serve` as a subprocess under a small RLIMIT_FSIZE, the kernel's own
 per-process file size limit, so the upload's write fails with EFBIG for real.
 """
@@ -16,16 +16,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import handler_fixtures
 import pytest
-from conftest import free_port, wait_for_port
-from handler_fixtures import raw_request
+from harness import free_port, raw_request, wait_for_port
 
 from server.core.receive import is_partial_name
 
 REPO = Path(__file__).resolve().parent.parent
 
-handler_site = handler_fixtures.handler_site   # the fixture
 
 BAD_ANSWERS = '''
 from server import Message, StreamResponse, json_response, route

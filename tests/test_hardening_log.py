@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 
-from conftest import raw_exchange
+from harness import raw_exchange
 
 from server.http.context import log_escape
 

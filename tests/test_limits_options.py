@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from harness import REPO
 
 OPENSSL = "/usr/bin/openssl"
 

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from static_fixtures import serve_site
+from harness import serve_site
 
 pytest.importorskip("redbot", reason="redbot is not installed (pip install redbot)")
 

@@ -10,12 +10,9 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-import handler_fixtures
 import pytest
 
 from server.framework.routing import NO_ROUTE, Route, RouteConflict, RouteMatch, Router, add_converter
-
-handler_site = handler_fixtures.handler_site   # the fixture
 
 
 def handler(request, **params):

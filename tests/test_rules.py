@@ -17,7 +17,7 @@ from pathlib import Path
 import bcrypt
 import pytest
 from argon2 import PasswordHasher
-from static_fixtures import ThreadedServer
+from harness import ThreadedServer
 
 from server.core.passwords import hash_password
 from server.framework.application import Application

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from static_fixtures import ThreadedServer
+from harness import ThreadedServer
 
 from server.framework.application import Application
 from server.static.options import StaticOptions, static_site

@@ -10,7 +10,6 @@ import asyncio
 import json
 from pathlib import Path
 
-import handler_fixtures
 import pytest
 from polling import until
 
@@ -18,7 +17,6 @@ from server.framework.sse import HEARTBEAT, Event, encode_event
 
 REPO = Path(__file__).resolve().parent.parent
 
-handler_site = handler_fixtures.handler_site   # the fixture
 
 
 def test_encode_event_fields_and_multiline_data():

@@ -1,7 +1,7 @@
 """The static site over real sockets: files, types, directories, siblings, caching, safety.
 
 Every test talks to an in-process server on 127.0.0.1 through a raw keep-alive
-socket (static_fixtures.RawClient) that reads exactly the bytes each response
+socket (harness.RawClient) that reads exactly the bytes each response
 frames, so a wrong Content-Length or a body after HEAD breaks the next response.
 """
 
@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-from static_fixtures import RawClient, fetch, serve_site
+from harness import RawClient, serve_site
+from harness import fetch_raw as fetch
 
 from server.static.cache_policy import CacheControlRules
 
@@ -446,7 +447,7 @@ def test_other_methods_are_not_static(client):
 # -- serving one chosen file (for handlers) -----------------------------------------------------
 
 def test_serve_file_api(root, tmp_path):
-    from static_fixtures import ThreadedServer
+    from harness import ThreadedServer
 
     from server.core.filecache import OpenFileCache
     from server.framework.application import Application

@@ -14,8 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from harness import needs_tools
-from static_fixtures import serve_site
+from harness import needs_tools, serve_site
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED = REPO / "static"

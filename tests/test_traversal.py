@@ -13,7 +13,8 @@ import os
 import socket
 
 import pytest
-from static_fixtures import fetch, serve_site
+from harness import fetch_raw as fetch
+from harness import serve_site
 
 SECRET = b"TOPSECRET-next-to-root"
 PREFIX_SECRET = b"TOPSECRET-in-site1"

@@ -12,9 +12,8 @@ import hashlib
 import os
 from pathlib import Path
 
-import handler_fixtures
 import pytest
-from handler_fixtures import raw_request
+from harness import raw_request
 from polling import until
 
 from server.core.receive import is_partial_name
@@ -23,7 +22,6 @@ from server.http.errors import HTTPError
 
 REPO = Path(__file__).resolve().parent.parent
 
-handler_site = handler_fixtures.handler_site   # the fixture
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import REPO  # noqa: F401 - the fixtures live there
 
 CURL = shutil.which("curl")
 OPENSSL = shutil.which("openssl")
