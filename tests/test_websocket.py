@@ -564,3 +564,30 @@ async def test_per_message_deflate_when_enabled_and_offered(ws_site):
         assert ws.response.headers.get("Sec-WebSocket-Extensions") is None
         await ws.send("plain")
         assert await ws.recv() == "plain"
+
+
+async def test_echo_and_vanishing_clients_with_msg_zerocopy(ws_site):
+    site = await ws_site({**ECHO, "flood.py": '''
+from server import websocket
+
+@websocket("/flood")
+async def flood(ws):
+    await ws.accept()
+    chunk = bytes(256 << 10)
+    while True:
+        await ws.send(chunk)
+'''}, config={"zerocopy": True, "zerocopy_min": 1024})
+    async with connect(site.url("/echo")) as ws:
+        big = os.urandom(200_000)                 # over zerocopy_min: lent, not copied
+        for _ in range(5):
+            await ws.send(big)
+            assert await ws.recv() == big
+    clients = [RawSocket(site.port, "/flood") for _ in range(3)]
+    for raw in clients:
+        assert (await raw.call(raw.open)).startswith(b"HTTP/1.1 101")
+        await raw.call(raw.read_frame)
+    for raw in clients:
+        raw.reset()
+    await until(lambda: not site.ctx.connections, what="connections closed")
+    await until(lambda: site.ctx.ledger.outstanding == 0, what="ledger repaid (completions)")
+    await until(lambda: not _RUNNING, what="handler tasks ended")
