@@ -217,3 +217,26 @@ def test_a_lone_number_is_the_port(server_process, tmp_path, monkeypatch):
 def test_version():
     done = run("--version")
     assert done.returncode == 0 and done.stdout.startswith("pageloan ")
+
+
+def test_serve_dot_lists_only_with_autoindex_and_an_index_wins(server_process, tmp_path):
+    """`pageloan serve .` (the working directory): no listing by default; with
+    --autoindex a directory without an index is listed, one with an index is served by it."""
+    import subprocess as sp
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "guide.txt").write_text("guide\n")
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "index.html").write_text("the app\n")
+
+    def get(url: str) -> tuple[str, bytes]:
+        done = sp.run(["curl", "-s", "-w", "\n%{http_code}", url], capture_output=True, timeout=10, check=True)
+        body, _, code = done.stdout.rpartition(b"\n")
+        return code.decode(), body
+
+    plain = server_process([str(tmp_path)])
+    assert get(plain.url + "/docs/")[0] == "404"
+    listed = server_process([str(tmp_path), "--autoindex"])
+    code, body = get(listed.url + "/docs/")
+    assert code == "200" and b"guide.txt" in body
+    assert get(listed.url + "/app/") == ("200", b"the app\n")

@@ -2,8 +2,9 @@
 
 Owns static-file semantics: safe lookup under the root, index files and
 directory redirects, media types, validators and conditional requests, byte
-ranges and multipart/byteranges, precompressed siblings, Cache-Control policy,
-autoindex listings, error pages, `file_response` for handlers, and the static
+ranges and multipart/byteranges, precompressed siblings and compressed variants
+built once in memory, site rules (redirects, rewrites, basic auth, CORS, SPA
+fallback, OPTIONS), Cache-Control policy, autoindex listings, error pages, `file_response` for handlers, and the static
 site's own options.  Its answers are Messages whose payload slices are windows
 and regions of the open-file cache's files.
 

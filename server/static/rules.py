@@ -155,6 +155,11 @@ def make_redirect(source: str, target: str, status: int) -> Redirect:
             raise RuleError(f"unknown variable ${word} in {target!r} (use $uri, $rest, $query)")
     if "$rest" in target and not source.endswith("*"):
         raise RuleError(f"$rest needs a prefix source ending in '/*', not {source!r}")
+    if any(ord(c) < 33 or ord(c) == 127 for c in target):
+        raise RuleError(f"target {target!r} may not contain spaces or control characters (percent-encode them)")
+    if not target.isascii():
+        # A Location header is ASCII: percent-encode what the operator wrote as text.
+        target = quote(target, safe=":/?#[]@!$&'()*+,;=%~")
     return Redirect(source, target, status)
 
 
@@ -686,7 +691,9 @@ def options_answer(site: Any, request: Request) -> Message | None:
         return empty_response(204, [("Allow", ALLOW)], length=False)
     probe = Request("HEAD", request.target, request.version, request.raw_headers, request.keep_alive,
                     request.client, None)
-    found = type(site).respond(site, probe)          # the site's own lookup, rules aside
+    found: Message | None = type(site).respond(site, probe)     # the site's own lookup, rules aside
+    if found is not None and found.status == 400:
+        return found                                 # a path no file can have
     if found is None or found.status >= 400 and found.status not in (401, 403):
         page: Message = site.not_found(request)
         return page
