@@ -9,6 +9,7 @@ import re
 import socket
 import struct
 import time
+from pathlib import Path
 
 import pytest
 from harness import raw_request
@@ -371,3 +372,22 @@ async def test_block_policy_producer_finishes_once_the_stalled_reader_goes(handl
     stalled.close()                      # the reader goes: nobody left to wait for
     answer = await asyncio.wait_for(upload, LOOP_DEADLINE)
     assert answer.startswith(b"HTTP/1.1 200") and b'"bytes":%d' % len(body) in answer
+
+
+async def test_loadtest_fanout_client_measures_a_short_run(bundled):
+    """The benchmark's client (loadtest/fanout_client.py) against the bundled channel."""
+    import json
+    import subprocess
+    import sys
+
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "loadtest.fanout_client", "--port", str(bundled.port),
+                         "--readers", "5", "--duration", "0.5", "--server-pid", str(bundled.proc.pid)],
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent.parent)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["error"] is None and done.returncode == 0, result
+    assert result["ended"] == 5 and result["producer_status"] == 200
+    # Every reader got what was produced (chunk framing included), none was dropped.
+    assert result["received_total_bytes"] >= 5 * result["produced_bytes"] > 0
+    assert result["delivered_bytes"] > 0
+    assert result["rss_peak_kib"] > 0

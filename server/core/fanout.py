@@ -38,7 +38,13 @@ Newest-first: a late joiner starts at the live edge (the next chunk published)
 unless it asks for an older seq, which it gets from the window if still there
 (`missed` counts what was asked for but is gone).  `close()` ends the stream: readers
 finish what the log still holds for them, then stop; when the last has gone the log
-is released.  A silent channel wakes its waiting readers every `heartbeat` seconds
+is released.
+
+Readers waiting at the live edge are woken at most once per `coalesce` seconds (1 ms)
+or per 256 KiB (a quarter of the lag limit if smaller): the first chunk after a pause
+wakes them at once, chunks that follow closely gather and go out together, one
+gather call per reader for the lot — so a fast stream costs a send per reader per
+batch, not per chunk, for at most a millisecond of delay.  A silent channel wakes its waiting readers every `heartbeat` seconds
 with an empty batch, so that an event stream can send a keep-alive comment — one
 timer per channel, not one per reader.
 """
@@ -57,6 +63,8 @@ __all__ = ["Channel", "Subscription", "SlowReader", "POLICIES", "Chunk", "Framer
 log = logging.getLogger("pageloan.fanout")
 
 POLICIES = ("drop", "skip", "block")
+RESCAN_EVERY = 64     # chunks between scans that only tighten the bound on readers
+BLOCK_SLACK = 16      # policy "block": how far inside the limit a held producer waits for
 Chunk = bytes | memoryview
 # Turns (seq, chunk) into the wire slices one kind of subscriber sends for it (an SSE
 # event around the chunk, say); called once per chunk and remembered in the log.
@@ -214,7 +222,7 @@ class Channel:
     def __init__(self, name: str = "", *, policy: str = "drop", max_lag_chunks: int = 1024,
                  max_lag_bytes: int = 8 << 20, replay_chunks: int = 256,
                  replay_bytes: int = 1 << 20, heartbeat: float | None = 15.0,
-                 metrics: Metrics | None = None) -> None:
+                 coalesce: float = 0.001, metrics: Metrics | None = None) -> None:
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {', '.join(POLICIES)}, not {policy!r}")
         if max_lag_chunks < 1 or max_lag_bytes < 1 or replay_chunks < 0 or replay_bytes < 0:
@@ -226,6 +234,15 @@ class Channel:
         self.replay_chunks = replay_chunks
         self.replay_bytes = replay_bytes
         self.heartbeat = heartbeat
+        self.coalesce = coalesce       # at most one wake-up of the readers per this many s
+        self._woken_at = float("-inf")
+        # ... or sooner, once this much has gathered: well inside the lag limit, so
+        # that coalescing never makes a reader that keeps up look slow.
+        self._wake_bytes = min(256 << 10, max(1, max_lag_bytes // 4))
+        self._wake_chunks = max(1, min(64, max_lag_chunks // 4))
+        self._total_at_wake = 0
+        self._seq_at_wake = 1
+        self._wake_handle: asyncio.TimerHandle | None = None
         self.metrics = metrics or METRICS
         self.next_seq = 1              # seq of the next chunk published
         self.closed = False
@@ -241,11 +258,13 @@ class Channel:
         self._floor = 1                # readers below this seq are past the lag limit
         self._window = 1               # oldest seq the replay window keeps
         self._hint = 1                 # no reader's cursor is below this
+        self._scanned = 1              # next_seq at the last scan of the readers
         self._subscribers: set[Subscription] = set()
         self._waiting: list[Subscription] = []
         # Back-pressure (policy "block"): readers still below `_need`, and the producer.
         self._behind: set[Subscription] | None = None
         self._need = 0
+        self._held_at = 1              # the floor when the producer was held
         self._producer: asyncio.Future | None = None
         self._beat_handle: asyncio.TimerHandle | None = None
         self._published_since_beat = False
@@ -350,15 +369,47 @@ class Channel:
         self._window = window
         # Rescan when a reader may be past the limit, and now and then when the log
         # holds more than the window only because the bound on readers is stale.
-        if floor > self._hint or window - self._hint >= 64:
+        if floor > self._hint or (window - self._hint >= RESCAN_EVERY
+                                  and seq - self._scanned >= RESCAN_EVERY):
             self._enforce(floor)
         self._trim()
+        if self._waiting:
+            if self._total - self._total_at_wake >= self._wake_bytes \
+                    or seq - self._seq_at_wake >= self._wake_chunks:
+                if self._wake_handle is not None:
+                    self._wake_handle.cancel()
+                self._wake_readers()
+                return len(self._subscribers)
+            if self._wake_handle is not None:
+                return len(self._subscribers)
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self._wake_readers()
+                return len(self._subscribers)
+            due = self._woken_at + self.coalesce
+            if loop.time() >= due:
+                self._wake_readers()
+            else:
+                # Woken a moment ago: let the next chunks gather, so each reader
+                # takes them in one batch (one send) instead of one send per chunk.
+                self._wake_handle = loop.call_at(due, self._wake_readers)
+        return len(self._subscribers)
+
+    def _wake_readers(self) -> None:
+        self._wake_handle = None
         waiting, self._waiting = self._waiting, []
         for sub in waiting:
             waiter = sub._waiter
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
-        return len(self._subscribers)
+        if waiting:
+            self._total_at_wake = self._total
+            self._seq_at_wake = self.next_seq
+            try:
+                self._woken_at = asyncio.get_running_loop().time()
+            except RuntimeError:
+                pass
 
     def _enforce(self, floor: int) -> None:
         """Apply the policy to readers below `floor`; recompute the lower bound."""
@@ -382,9 +433,13 @@ class Channel:
             if cursor < lowest:
                 lowest = cursor
         self._hint = lowest
+        self._scanned = self.next_seq
         if behind:
+            # Wait until they are a few chunks inside the limit, not just at it, so the
+            # producer is held (and the readers scanned) once per few chunks, not per chunk.
             self._behind = behind
-            self._need = floor
+            self._need = min(floor + BLOCK_SLACK, self.next_seq)
+            self._held_at = floor
 
     def _drop(self, sub: Subscription) -> None:
         behind = self.next_seq - sub.cursor
@@ -408,7 +463,9 @@ class Channel:
 
     def _room(self) -> None:
         self._behind = None
-        self._hint = max(self._hint, self._need)
+        # Every reader is now at or past the floor it was held at (the ones that were
+        # behind reached `_need`; the others were not below that floor).
+        self._hint = max(self._hint, self._held_at)
         producer = self._producer
         if producer is not None and not producer.done():
             producer.set_result(None)
@@ -436,6 +493,9 @@ class Channel:
         if self._beat_handle is not None:
             self._beat_handle.cancel()
             self._beat_handle = None
+        if self._wake_handle is not None:
+            self._wake_handle.cancel()
+            self._wake_handle = None
         self._behind = None
         if self._producer is not None and not self._producer.done():
             self._producer.set_result(None)

@@ -1,0 +1,201 @@
+"""The fan-out scenarios: one producer's stream to 100 and to 1,000 readers.
+
+    python -m loadtest.fanout_bench [--servers pageloan,aiohttp,uvicorn]
+                                    [--scenarios fanout-100,fanout-1000] [--duration 10]
+
+wrk cannot hold a stream open and produce into it, so the load comes from
+`loadtest/fanout_client.py`, pinned to its own core as wrk is (server on the first
+CPU, client on the second).  The client opens the readers (`GET /channels/bench`),
+then one producer POSTs a chunked body of 64 KiB chunks as fast as the server takes
+it, for `--duration` seconds; every server delivers every byte to every reader
+(nothing dropped) and pushes back on the producer when the slowest reader lags.
+
+Servers, one worker each, started fresh per (scenario, server):
+* pageloan   `pageloan serve ROOT --handlers <repo>/handlers`: the bundled
+             handlers/channels.py, a channel with policy "block" (lossless); each
+             chunk lent to every reader as the same object
+* aiohttp    peers/fanout_aiohttp.py: each chunk `await resp.write()`-n to every
+             StreamResponse, on uvloop
+* uvicorn    peers/fanout_starlette.py: Starlette StreamingResponse per reader fed from
+             a bounded queue, on uvicorn (httptools, uvloop)
+
+Figures per run: aggregate MB/s delivered to all readers (target: pageloan ≥ 2×
+aiohttp), the server's CPU seconds per GB delivered (from /proc, whole process
+tree), and its RSS growth per reader (peak while producing minus before the readers
+connected, divided by the readers) and per *added* reader (the slope of the peak
+between the 100- and the 1,000-reader runs; target: ≤ 1/10 of aiohttp's).  Results go to
+~/.cache/pageloan-loadtest/results/fanout-<time>.json (or --out), and a table with
+ratios to aiohttp is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from loadtest import PACKAGE_DIR, REPO_ROOT, procstat
+from loadtest.locations import CACHE_DIR, RESULTS_DIR
+from loadtest.process import ServerProcess, free_port
+from loadtest.results import base_meta, save
+from loadtest.servers import pageloan_env
+from loadtest.tools import find_tool
+from loadtest.venv import DEFAULT_VENV, MissingPeers, check_peers, peer_python
+
+
+@dataclass(frozen=True)
+class FanoutScenario:
+    name: str
+    summary: str
+    readers: int
+
+
+SCENARIOS = (
+    FanoutScenario("fanout-100", "one producer, 100 readers of its stream", 100),
+    FanoutScenario("fanout-1000", "one producer, 1,000 readers of its stream", 1000),
+)
+SERVERS = ("pageloan", "aiohttp", "uvicorn")
+SUB_PATH = "/channels/bench"
+PUB_PATH = "/channels/bench?policy=block"
+
+
+def _launch(server: str, rundir: Path, peers: Path) -> tuple[list[str], dict[str, str], int]:
+    port = free_port()
+    if server == "pageloan":
+        argv = [sys.executable, "-m", "server", "serve", str(rundir), "--handlers",
+                str(REPO_ROOT / "handlers"), "--host", "127.0.0.1", "--port", str(port),
+                "--workers", "1"]
+        return argv, pageloan_env(), port
+    script = "fanout_aiohttp.py" if server == "aiohttp" else "fanout_starlette.py"
+    return [str(peers), str(PACKAGE_DIR / "peers" / script), str(rundir), str(port)], \
+        dict(os.environ), port
+
+
+def _client(scenario: FanoutScenario, port: int, pid: int, duration: float, pin: list[str]) -> dict:
+    argv = [*pin, sys.executable, "-m", "loadtest.fanout_client", "--port", str(port),
+            "--readers", str(scenario.readers), "--duration", str(duration),
+            "--sub-path", SUB_PATH, "--pub-path", PUB_PATH, "--server-pid", str(pid)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 240,
+                          cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+    lines = done.stdout.strip().splitlines()
+    try:
+        return json.loads(lines[-1])
+    except (IndexError, ValueError):
+        return {"error": f"client exited {done.returncode}: {done.stderr.strip()[-400:]}"}
+
+
+def measure(server: str, scenario: FanoutScenario, duration: float, peers: Path,
+            server_pin: list[str], client_pin: list[str], workroot: Path) -> dict:
+    record: dict = {"scenario": scenario.name, "server": server, "metric": "mb_per_s",
+                    "readers": scenario.readers, "error": None}
+    rundir = Path(tempfile.mkdtemp(prefix=f"{server}-{scenario.name}-", dir=workroot))
+    argv, env, port = _launch(server, rundir, peers)
+    proc = ServerProcess([*server_pin, *argv], env, rundir, rundir / "server.log")
+    try:
+        proc.start()
+        proc.wait_ready(port)
+        before = procstat.cpu_ticks(procstat.process_tree(proc.pid))
+        result = _client(scenario, port, proc.pid, duration, client_pin)
+        after = procstat.cpu_ticks(procstat.process_tree(proc.pid))
+        record.update(result)
+        cpu = procstat.cpu_seconds_between(before, after)
+        record["cpu_s"] = round(cpu, 3)
+        delivered = record.get("delivered_bytes") or 0
+        # CPU over the whole client run (connecting, producing, ending) per GB delivered.
+        record["cpu_s_per_gb"] = round(cpu / (delivered / 1e9), 3) if delivered else None
+    except Exception as exc:  # noqa: BLE001 - the record carries any failure
+        record["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        record["exit_status"] = proc.stop()
+        if record["error"]:
+            record["server_log_tail"] = proc.log_tail()
+        shutil.rmtree(rundir, ignore_errors=True)
+    return record
+
+
+def _table(records: list[dict]) -> str:
+    rows = [f"{'scenario':<12} {'server':<9} {'MB/s':>8} {'vs aiohttp':>10} {'CPU s/GB':>9} "
+            f"{'RSS/reader':>11} {'vs aiohttp':>10} ended"]
+    for r in records:
+        if r.get("error"):
+            rows.append(f"{r['scenario']:<12} {r['server']:<9} ERROR {r['error']}")
+            continue
+        base = next((b for b in records if b["scenario"] == r["scenario"] and b["server"] == "aiohttp"
+                     and not b.get("error")), None)
+        speed = f"{r['mb_per_s'] / base['mb_per_s']:.2f}x" if base and base["mb_per_s"] else ""
+        growth = r.get("rss_growth_per_reader_kib")
+        base_growth = base.get("rss_growth_per_reader_kib") if base else None
+        memory = f"{growth / base_growth:.2f}x" if growth is not None and base_growth else ""
+        rows.append(f"{r['scenario']:<12} {r['server']:<9} {r['mb_per_s']:>8.1f} {speed:>10} "
+                    f"{r['cpu_s_per_gb'] or 0:>9.2f} {growth if growth is not None else '-':>8} KiB "
+                    f"{memory:>10} {r['ended']}/{r['readers']}")
+    # RSS per *added* reader: the slope between the two reader counts, per server.
+    for server in dict.fromkeys(r["server"] for r in records):
+        runs = sorted((r for r in records if r["server"] == server and not r.get("error")
+                       and r.get("rss_peak_kib")), key=lambda r: r["readers"])
+        if len(runs) >= 2 and runs[-1]["readers"] > runs[0]["readers"]:
+            slope = (runs[-1]["rss_peak_kib"] - runs[0]["rss_peak_kib"]) / (runs[-1]["readers"] - runs[0]["readers"])
+            rows.append(f"{server}: RSS per added reader ({runs[0]['readers']} → {runs[-1]['readers']}) "
+                        f"{slope:.1f} KiB")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m loadtest.fanout_bench", description=__doc__.split("\n")[0])
+    p.add_argument("--servers", default=",".join(SERVERS), help=f"comma list from {', '.join(SERVERS)}")
+    p.add_argument("--scenarios", default=",".join(s.name for s in SCENARIOS))
+    p.add_argument("--duration", type=float, default=10.0, help="seconds of producing per run (default 10)")
+    p.add_argument("--peer-python", type=Path, help="interpreter with aiohttp, uvicorn, starlette")
+    p.add_argument("--venv", type=Path, default=DEFAULT_VENV)
+    p.add_argument("--out", type=Path, help="results JSON (default: the cache's results/)")
+    args = p.parse_args(argv)
+    servers = [s for s in args.servers.split(",") if s]
+    unknown = set(servers) - set(SERVERS)
+    if unknown:
+        p.error(f"unknown servers: {', '.join(sorted(unknown))}")
+    scenarios = [s for s in SCENARIOS if s.name in args.scenarios.split(",")]
+    if not scenarios:
+        p.error(f"no such scenario; choose from {', '.join(s.name for s in SCENARIOS)}")
+    # 1,000 sockets on each side (the servers inherit this limit).
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 4096 <= hard or soft < hard < 4096:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
+    cpus = sorted(os.sched_getaffinity(0))
+    taskset = find_tool("taskset")
+    server_pin: list[str] = []
+    client_pin: list[str] = []
+    if len(cpus) >= 2 and taskset:
+        server_pin, client_pin = [taskset, "-c", str(cpus[0])], [taskset, "-c", str(cpus[1])]
+        os.sched_setaffinity(0, {cpus[1]})
+    peers = peer_python(args.peer_python, args.venv)
+    try:
+        check_peers(peers, [s for s in servers if s != "pageloan"], args.venv)
+    except MissingPeers as exc:
+        print(exc, file=sys.stderr)
+        return 3
+    workroot = CACHE_DIR / "work"
+    workroot.mkdir(parents=True, exist_ok=True)
+    records = []
+    for scenario in scenarios:
+        for server in servers:
+            print(f"{scenario.name} on {server} ...", file=sys.stderr, flush=True)
+            records.append(measure(server, scenario, args.duration, peers, server_pin,
+                                   client_pin, workroot))
+    out = args.out or RESULTS_DIR / time.strftime("fanout-%Y%m%d-%H%M%S.json", time.gmtime())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save(out, {"meta": {**base_meta(sys.argv), "pinned": bool(server_pin)}, "records": records})
+    print(_table(records))
+    print(f"results: {out}")
+    return 1 if any(r.get("error") for r in records) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
