@@ -10,7 +10,10 @@ the compressed bytes — the selected representation.
 
 A sibling is only ever a regular file that stays inside the served root: a sibling
 that is a symlink out of the root is refused exactly as the original would be
-(aiohttp CVE-2024-42367 followed such links).  Looking for siblings costs two
+(aiohttp CVE-2024-42367 followed such links), and so is one whose target is a
+dotfile or lies under a dot-directory of the root (`app.js.gz -> ../.env`,
+`-> .git/config`) unless dotfiles are served: a link's target is held to the rule
+its own URL would be.  Looking for siblings costs two
 `lstat`s; their absence is remembered for `RECHECK_SECONDS` (the way nginx's
 open_file_cache remembers lookups for `open_file_cache_valid`), so a plain hit
 does not pay for them, and a sibling added later is noticed within that time.
@@ -28,7 +31,7 @@ import stat as stat_mod
 from collections.abc import Callable
 
 __all__ = ["CODINGS", "RECHECK_SECONDS", "coding_preferences", "choose_coding",
-           "find_siblings"]
+           "find_siblings", "target_rule"]
 
 # (Content-Encoding token, file suffix), in order of preference on equal q.
 CODINGS: tuple[tuple[str, str], ...] = (("br", ".br"), ("zstd", ".zst"), ("gzip", ".gz"))
@@ -90,11 +93,29 @@ def choose_coding(header: bytes, available: tuple[str, ...]) -> str | None:
     return best
 
 
+def target_rule(root: str, show_dotfiles: bool) -> Callable[[str], bool]:
+    """Whether a resolved path may be served: inside `root`, and (unless
+    `show_dotfiles`) with no component below the root that starts with "."."""
+    root = root.rstrip("/") or "/"
+    prefix = root if root.endswith("/") else root + "/"
+
+    def allowed(real_path: str) -> bool:
+        if real_path == root:
+            return True
+        if not real_path.startswith(prefix):
+            return False
+        if show_dotfiles:
+            return True
+        return not any(part.startswith(".") for part in real_path[len(prefix):].split("/"))
+    return allowed
+
+
 def find_siblings(path: str, inside_root: Callable[[str], bool]) -> tuple[tuple[str, str], ...]:
     """(coding, sibling path) for each coding whose sibling is a servable regular file.
 
     `inside_root(real_path)` decides whether a symlinked sibling's target may be
-    served; a plain (non-link) sibling next to a served file is inside by construction.
+    served (`target_rule` gives the site's rule: inside the root, no dotfile); a
+    plain (non-link) sibling next to a served file is inside by construction.
     """
     found = []
     for coding, suffix in CODINGS:

@@ -52,7 +52,7 @@ from .compression import Compressor, Variant
 from .conditional import NOT_MODIFIED, PRECONDITION_FAILED, evaluate, if_range_holds
 from .error_pages import default_error_page
 from .mediatypes import media_type
-from .precompressed import CODINGS, RECHECK_SECONDS, choose_coding, find_siblings
+from .precompressed import CODINGS, RECHECK_SECONDS, choose_coding, find_siblings, target_rule
 from .rules import options_answer
 
 __all__ = ["StaticSite", "INDEX_FILES"]
@@ -190,6 +190,8 @@ class StaticSite:
         self.root = Path(os.path.realpath(root))
         self._root_text = str(self.root)
         self._root_prefix = self._root_text.rstrip("/") + "/"
+        # A symlinked .br/.gz sibling's target is held to the rule its own URL would be.
+        self._sibling_allowed = target_rule(self._root_text, show_dotfiles)
         # Not `cache or ...`: an empty OpenFileCache has len() 0 and is falsy.
         self.cache = cache if cache is not None else OpenFileCache()
         self.autoindex = autoindex
@@ -357,7 +359,7 @@ class StaticSite:
         return sibling, route.encoded[coding]
 
     def _look_for_siblings(self, route: _Route, now: float) -> None:
-        route.siblings = find_siblings(route.path, self._inside_root) if self.precompressed else ()
+        route.siblings = find_siblings(route.path, self._sibling_allowed) if self.precompressed else ()
         if self.compression is not None:
             route.siblings = self.compression.add_codings(route.path, route.siblings)
         route.codings = tuple(coding for coding, _path in route.siblings)
@@ -474,7 +476,7 @@ class StaticSite:
                 real = os.readlink(f"/proc/self/fd/{f.fd}")
             except OSError:
                 real = os.path.realpath(f.path)
-            if not self._inside_root(real):
+            if not self._sibling_allowed(real):     # out of the root, or a dotfile's
                 self.cache.forget(f.path)
                 return False
         f.vetted = True
