@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -33,9 +34,10 @@ from .config_file import (
     check_config,
     use_sites,
 )
+from .core.metrics import METRICS, SharedMetrics
 from .ftp import add_ftp_arguments, start_ftp
 from .http.config import ServerConfig
-from .http.server import Server
+from .http.server import Server, inherited_listener
 from .static.compression import add_precompress_arguments
 from .static.options import StaticOptions, add_static_arguments
 from .websocket.options import add_websocket_arguments
@@ -146,6 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--body-timeout", type=_timeout, default=ServerConfig.body_timeout)
     limits.add_argument("--keepalive-timeout", type=_timeout, default=ServerConfig.keepalive_timeout)
     limits.add_argument("--drain-timeout", type=_drain, default=ServerConfig.drain_timeout)
+    balancer = serve.add_argument_group("behind a load balancer (docs/deployment.md)")
+    balancer.add_argument("--proxy-protocol", action="store_true",
+                          help="every connection starts with a PROXY protocol v1/v2 header "
+                               "(HAProxy send-proxy); its client address is used")
+    balancer.add_argument("--ready-path", default=None, metavar="PATH",
+                          help="answer GET PATH with 200 'ready', and 503 once SIGTERM starts draining "
+                               "(e.g. /readyz; off by default)")
+    balancer.add_argument("--drain-delay", type=_drain, default=ServerConfig.drain_delay, metavar="SECONDS",
+                          help="on SIGTERM, answer the ready path 503 for this long before closing "
+                               "the listener (default 0: close at once)")
     limits.add_argument("--connection-loan-budget", type=_positive_size, default=ServerConfig.connection_loan_budget)
     limits.add_argument("--global-loan-budget", type=_positive_size, default=ServerConfig.global_loan_budget)
     tuning = serve.add_argument_group("send path")
@@ -196,8 +208,12 @@ def _build(config: Config) -> Any:
     return build_server_application(config)
 
 
-def run_worker(config: Config, ready: Callable[[int], None] | None = None) -> int:
-    """Serve in this process until SIGTERM/SIGINT; returns the exit status."""
+def run_worker(config: Config, ready: Callable[[int], None] | None = None, *,
+               listener: socket.socket | None = None) -> int:
+    """Serve in this process until SIGTERM/SIGINT; returns the exit status.
+
+    `listener` is a socket to accept on instead of binding one (systemd's).
+    """
     loop = _new_loop()
     asyncio.set_event_loop(loop)
     try:
@@ -222,7 +238,7 @@ def run_worker(config: Config, ready: Callable[[int], None] | None = None) -> in
         startup = getattr(app, "startup", None)
         if startup is not None:
             await startup()
-        await server.start()
+        await server.start(listener)
         listening_on = getattr(app, "listening_on", None)
         if listening_on is not None:
             listening_on(config.server.host, server.port)
@@ -269,7 +285,7 @@ def run_worker(config: Config, ready: Callable[[int], None] | None = None) -> in
     return 0
 
 
-def run_workers(config: Config) -> int:
+def run_workers(config: Config, listener: socket.socket | None = None) -> int:
     """Fork `config.server.workers` workers and keep that many alive until told to stop.
 
     The application is built once here first, so a handler module that cannot be
@@ -282,6 +298,8 @@ def run_workers(config: Config) -> int:
         log.error("pageloan: cannot start: %s", exc)
         return 2
     children: dict[int, int] = {}
+    # /metrics answers for all workers (core/metrics.py): the array is mapped before fork.
+    shared = SharedMetrics(config.server.workers)
     stopping = False
     status_code = 0
 
@@ -290,7 +308,8 @@ def run_workers(config: Config) -> int:
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
-            os._exit(run_worker(config))
+            METRICS.attach(shared, slot)
+            os._exit(run_worker(config, listener=listener))
         children[pid] = slot
 
     def on_stop(signum: int, _frame: Any) -> None:
@@ -375,6 +394,13 @@ def main(argv: list[str] | None = None) -> int:
         handler.setFormatter(logging.Formatter("%(message)s"))
         access.addHandler(handler)
         access.setLevel(logging.INFO)
+    try:
+        listener = inherited_listener()      # systemd socket activation
+    except OSError as exc:
+        log.error("pageloan: cannot start: %s", exc)
+        return 2
+    if listener is not None:
+        log.info("pageloan: listening on the socket passed by the service manager")
     if config.server.workers > 1:
-        return run_workers(config)
-    return run_worker(config)
+        return run_workers(config, listener)
+    return run_worker(config, listener=listener)

@@ -97,6 +97,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
             tls_context(args.tls_cert, args.tls_key)     # checked now, not in every worker
         except TlsSetupError as exc:
             raise SystemExit(f"pageloan: {exc}") from None
+    if args.ready_path is not None and not args.ready_path.startswith("/"):
+        raise SystemExit(f"pageloan: --ready-path must start with '/': {args.ready_path!r}")
     static = static_options_from_args(args)
     ftp = None
     if getattr(args, "ftp_port", None) is not None:
@@ -116,7 +118,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         drain_timeout=args.drain_timeout, connection_loan_budget=args.connection_loan_budget,
         global_loan_budget=args.global_loan_budget, sendfile_step=args.sendfile_step,
         gather_max=args.gather_max, zerocopy=args.zerocopy, zerocopy_min=args.zerocopy_min,
-        zerocopy_copied_limit=args.zerocopy_copied_limit)
+        zerocopy_copied_limit=args.zerocopy_copied_limit,
+        proxy_protocol=args.proxy_protocol, ready_path=args.ready_path, drain_delay=args.drain_delay)
     app = AppOptions(root=root, static=static, handlers=handlers,
                      reload=args.reload, metrics=args.metrics, debug=args.debug)
     return Config(server=server, app=app, ftp=ftp, websocket=websocket_options_from_args(args), asgi=asgi)

@@ -19,6 +19,13 @@ of the open descriptor, never from the path, so the mapping never extends past w
 the file held when it was opened; a later truncation makes the kernel's copy fail
 with EFAULT for that one send instead of raising SIGBUS in this process.
 
+Entries do not outstay their use, as with nginx's `open_file_cache inactive=`: the
+server's once-a-second sweep (`sweep_open_file_caches`, through the HTTP server's
+tick interface) closes an entry nobody has used for `inactive` seconds (20 by
+default), and at once an entry whose file has been unlinked (`st_nlink == 0` on
+the open descriptor) — else a deleted file's disk space stays allocated for as
+long as the server runs.  The check costs one `fstat` per cached file per second.
+
 The cache is bounded by `max_entries`; when full, an eighth is evicted by the clock
 (second-chance) rule, so files in use stay open.  Each mapped file costs two
 descriptors (Python's mmap keeps a dup of the fd), so plan on up to 2 × max_entries
@@ -30,9 +37,23 @@ from __future__ import annotations
 import mmap
 import os
 import stat as stat_mod
+import time
+import weakref
 from typing import Any
 
-__all__ = ["OpenDescriptor", "OpenFile", "OpenFileCache"]
+__all__ = ["DEFAULT_INACTIVE", "OpenDescriptor", "OpenFile", "OpenFileCache", "sweep_open_file_caches"]
+
+DEFAULT_INACTIVE = 20.0       # seconds unused before an entry is closed (nginx's example value)
+
+# Every live cache, for the server's sweep (the HTTP layer never imports static).
+_CACHES: weakref.WeakSet[OpenFileCache] = weakref.WeakSet()
+
+
+def sweep_open_file_caches(now: float | None = None) -> None:
+    """Close idle and deleted entries of every open-file cache (called once a second)."""
+    when = time.monotonic() if now is None else now
+    for cache in list(_CACHES):
+        cache.sweep(when)
 
 # O_NONBLOCK: if a path is swapped for a FIFO between our stat() and open(), open must
 # not block the event loop waiting for a writer (it has no effect on regular files).
@@ -74,7 +95,7 @@ class OpenFile:
     """An open regular file, its identity at open time, and an optional mapping."""
 
     __slots__ = ("fd", "handle", "size", "mtime_ns", "mtime", "ino", "dev", "path",
-                 "extra", "vetted", "used", "__weakref__")
+                 "extra", "vetted", "used", "idle_since", "__weakref__")
 
     def __init__(self, path: str, map_max: int) -> None:
         fd = os.open(path, _O_FLAGS)
@@ -105,8 +126,10 @@ class OpenFile:
         # Set by the layer that serves the file once it has checked where the open
         # descriptor really leads (containment in a root); a reopen starts unvetted.
         self.vetted = False
-        # Second-chance bit for eviction: set on every hit, cleared by the sweep.
+        # Second-chance bit for eviction: set on every hit, cleared by the sweeps.
         self.used = False
+        # When the once-a-second sweep first found it unused (None: in use).
+        self.idle_since: float | None = None
 
     def matches(self, st: os.stat_result) -> bool:
         return (st.st_ino == self.ino and st.st_dev == self.dev
@@ -123,14 +146,19 @@ class OpenFile:
 class OpenFileCache:
     """path → OpenFile, bounded, revalidated by one stat() per lookup."""
 
-    def __init__(self, max_entries: int = 1024, map_max: int = 256 << 10) -> None:
+    def __init__(self, max_entries: int = 1024, map_max: int = 256 << 10,
+                 inactive: float = DEFAULT_INACTIVE) -> None:
         self.max_entries = max_entries
         self.map_max = map_max
+        self.inactive = inactive
         self._files: dict[str, OpenFile] = {}
         # Read-only for others: the answer memo checks an OpenFile is still cached.
         self.by_path = self._files
         self.hits = 0
         self.misses = 0
+        self.closed_idle = 0
+        self.closed_deleted = 0
+        _CACHES.add(self)
 
     def open(self, path: str, st: os.stat_result | None = None) -> OpenFile:
         """The open file at `path`; raises OSError (FileNotFoundError, ...) like os.open.
@@ -181,6 +209,31 @@ class OpenFileCache:
         # Everything was in use: drop the oldest anyway, or the cache would grow.
         for key in list(files)[: want - dropped]:
             del files[key]
+
+    def sweep(self, now: float) -> None:
+        """Drop entries unused for `inactive` seconds, and those whose file was unlinked.
+
+        Dropping only removes the cache's reference: a response still sending from
+        the file keeps its descriptor open until it is done (OpenDescriptor).
+        """
+        files = self._files
+        for path, entry in list(files.items()):
+            try:
+                gone = os.fstat(entry.fd).st_nlink == 0
+            except OSError:
+                gone = True
+            if gone:
+                del files[path]
+                self.closed_deleted += 1
+                continue
+            if entry.used:
+                entry.used = False
+                entry.idle_since = None
+            elif entry.idle_since is None:
+                entry.idle_since = now
+            elif now - entry.idle_since >= self.inactive:
+                del files[path]
+                self.closed_idle += 1
 
     def forget(self, path: str) -> None:
         self._files.pop(path, None)

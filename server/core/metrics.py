@@ -4,16 +4,28 @@ One instance per process (`METRICS`).  Counters are plain integer attributes bum
 on the hot path — no locks (one event loop per process), no labels machinery.
 `render()` produces the text exposition format served at `GET /metrics` when the
 server runs with `--metrics`.
+
+Under `--workers N` each worker counts for itself, and the kernel hands a scrape to
+whichever worker it likes; answering with that worker's own numbers would make
+counters jump up and down between scrapes.  So the master maps one small shared
+array before forking (`SharedMetrics`, anonymous MAP_SHARED memory: one row of
+64-bit cells per worker slot) and each worker publishes its numbers into its row
+once a second and just before it answers a scrape, which then sums every row —
+the approach of Prometheus' multiprocess mode, without files.  Counters never go
+down between scrapes: every row only grows, and the scraped worker's own row is
+fresh.  A worker restarted into a slot starts from the counters its predecessor
+left there (gauges start from zero, they describe the living).
 """
 
 from __future__ import annotations
 
+import mmap
 import weakref
 from typing import Any
 
 from .loans import LoanLedger
 
-__all__ = ["Metrics", "METRICS"]
+__all__ = ["Metrics", "METRICS", "SharedMetrics"]
 
 
 class Metrics:
@@ -25,6 +37,7 @@ class Metrics:
         "channels", "fanout_dropped", "fanout_skipped",
         "zerocopy_sends", "zerocopy_completions", "zerocopy_copied", "zerocopy_fallbacks",
         "zerocopy_enobufs", "zerocopy_pending_bytes",
+        "shared", "slot", "_base",
     )
 
     def __init__(self, ledger: LoanLedger | None = None) -> None:
@@ -58,6 +71,10 @@ class Metrics:
         self.zerocopy_fallbacks = 0
         self.zerocopy_enobufs = 0
         self.zerocopy_pending_bytes = 0
+        # Under --workers: the array every worker publishes into, and this one's row.
+        self.shared: SharedMetrics | None = None
+        self.slot = 0
+        self._base: dict[str, int] = {}
 
     def fanout(self) -> tuple[int, int, int]:
         """(readers, chunks held, bytes held) over every live fan-out channel."""
@@ -99,8 +116,40 @@ class Metrics:
             "zerocopy_pending_bytes": self.zerocopy_pending_bytes,
         }
 
+    # -- across workers ------------------------------------------------------------------
+    def attach(self, shared: SharedMetrics, slot: int) -> None:
+        """Publish into `shared` row `slot`, carrying on from the counters left there."""
+        self.shared = shared
+        self.slot = slot
+        row = shared.read(slot)
+        self._base = {name: row[name] for name in SharedMetrics.COUNTERS}
+        self.publish()
+
+    def publish(self, _now: float | None = None) -> None:
+        """Write this process's numbers into its shared row (no-op without one)."""
+        shared = self.shared
+        if shared is not None:
+            shared.write(self.slot, self._values())
+
+    def _values(self) -> dict[str, int]:
+        readers, chunks, held = self.fanout()
+        led = self.ledger
+        values = {name: getattr(self, name) for name in SharedMetrics.INTEGERS}
+        values.update(ledger_outstanding=led.outstanding, ledger_peak=led.peak, ledger_budget=led.budget,
+                      fanout_readers=readers, fanout_chunks=chunks, fanout_held=held)
+        for name, base in self._base.items():
+            values[name] += base
+        return values
+
     def render(self) -> str:
-        """Prometheus text exposition format (version 0.0.4)."""
+        """Prometheus text exposition format (version 0.0.4); every worker's sum under --workers."""
+        shared = self.shared
+        if shared is None:
+            return self._render_text()
+        self.publish()
+        return shared.totals()._render_text()
+
+    def _render_text(self) -> str:
         led = self.ledger
         readers, chunks, held = self.fanout()
         lines = [
@@ -181,6 +230,68 @@ class Metrics:
             f"pageloan_zerocopy_pending_bytes {self.zerocopy_pending_bytes}",
         ]
         return "\n".join(lines) + "\n"
+
+
+class _Totals(Metrics):
+    """Every worker's numbers summed, shaped like one Metrics so it renders the same."""
+
+    __slots__ = ("_fanout",)
+
+    def fanout(self) -> tuple[int, int, int]:
+        return self._fanout
+
+
+# The integer attributes of Metrics, then what the ledger and channels report.
+_INTEGERS = tuple(name for name in Metrics.__slots__
+                  if name not in ("ledger", "channels", "shared", "slot", "_base"))
+_FIELDS = _INTEGERS + ("ledger_outstanding", "ledger_peak", "ledger_budget",
+                       "fanout_readers", "fanout_chunks", "fanout_held")
+_GAUGES = frozenset({"connections_open", "variant_bytes_held", "zerocopy_pending_bytes", "ledger_outstanding",
+                     "ledger_peak", "ledger_budget", "fanout_readers", "fanout_chunks",
+                     "fanout_held"})
+_COUNTERS = tuple(name for name in _FIELDS if name not in _GAUGES)
+
+
+class SharedMetrics:
+    """One row of 64-bit cells per worker slot, in memory shared across fork()."""
+
+    INTEGERS = _INTEGERS
+    FIELDS = _FIELDS
+    GAUGES = _GAUGES
+    COUNTERS = _COUNTERS
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        width = len(self.FIELDS)
+        # fileno -1: anonymous memory; MAP_SHARED (mmap's default) survives fork shared.
+        self._map = mmap.mmap(-1, max(1, workers) * width * 8)
+        self._cells = memoryview(self._map).cast("q")
+        self._index = {name: i for i, name in enumerate(self.FIELDS)}
+        self._width = width
+
+    def write(self, slot: int, values: dict[str, int]) -> None:
+        start = slot * self._width
+        cells = self._cells
+        for name, i in self._index.items():
+            cells[start + i] = values.get(name, 0)
+
+    def read(self, slot: int) -> dict[str, int]:
+        start = slot * self._width
+        cells = self._cells
+        return {name: cells[start + i] for name, i in self._index.items()}
+
+    def totals(self) -> Metrics:
+        summed = dict.fromkeys(self.FIELDS, 0)
+        for slot in range(self.workers):
+            for name, value in self.read(slot).items():
+                summed[name] += value
+        totals = _Totals(LoanLedger(summed["ledger_budget"]))
+        for name in self.INTEGERS:
+            setattr(totals, name, summed[name])
+        totals.ledger.outstanding = summed["ledger_outstanding"]
+        totals.ledger.peak = summed["ledger_peak"]
+        totals._fanout = (summed["fanout_readers"], summed["fanout_chunks"], summed["fanout_held"])
+        return totals
 
 
 METRICS = Metrics()

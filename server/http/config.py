@@ -42,6 +42,10 @@ class ServerConfig:
     zerocopy: bool = False
     zerocopy_min: int = 10 << 10
     zerocopy_copied_limit: int = 8
+    # behind a load balancer (docs/deployment.md)
+    proxy_protocol: bool = False       # every connection starts with a PROXY v1/v2 header
+    ready_path: str | None = None      # GET → 200 "ready", 503 once draining starts
+    drain_delay: float = 0.0           # SIGTERM: answer unready this long before closing the listener
     # features
     access_log: str | None = None      # "-" for stdout, or a file path
     debug: bool = False                # tracebacks to the client on 500

@@ -10,6 +10,15 @@ transmitter.  That works the same on uvloop and on the stock asyncio loop.
 `TlsConnection` is an asyncio Protocol for TLS transports, which cannot gather or
 sendfile: it pairs the session with the CopyTransmitter (the one copy path).
 
+`PendingConnection` holds an accepted socket before either driver gets it, while
+the server still has to learn something from its first bytes: the PROXY protocol
+header a load balancer sends first (proxy_protocol.py), and, on a TLS port,
+whether the client speaks TLS at all.  It reads with MSG_PEEK and consumes exactly
+the header, so the client's own first bytes stay in the socket for the driver.  A
+TLS record starts with byte 0x16 (handshake); anything else on a TLS port is a
+client speaking plain HTTP, which gets nginx's answer — 400, "The plain HTTP
+request was sent to HTTPS port" — on a plain driver, then the close.
+
 Closing is *lingering*: after the last response we shut down our sending side and
 read (and drop) what the client still sends for a moment before closing.  Closing a
 socket with unread input makes the kernel send RST, which can destroy a response the
@@ -21,17 +30,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Callable
 
 from ..core import zerocopy
 from ..core.transmitter import CopyTransmitter, SocketTransmitter
 from .context import ServerContext
+from .proxy_protocol import MAX_HEADER, ProxyProtocolError, parse_header
 from .session import HttpSession
 
-__all__ = ["SocketConnection", "TlsConnection"]
+__all__ = ["PendingConnection", "SocketConnection", "TlsConnection"]
 
 log = logging.getLogger("pageloan.connection")
 
 RECV_SIZE = 64 << 10
+TLS_HANDSHAKE_RECORD = 0x16
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 1 << 20
 
@@ -159,15 +171,16 @@ class SocketConnection:
 class TlsConnection(asyncio.Protocol):
     """TLS driver: asyncio's SSL transport in, CopyTransmitter out."""
 
-    def __init__(self, ctx: ServerContext) -> None:
+    def __init__(self, ctx: ServerContext, peer: tuple[str, int] | None = None) -> None:
         self.ctx = ctx
         self.loop = ctx.loop
         self.closed = False
         self.transport: asyncio.Transport | None = None
+        self._peer = peer          # from a PROXY protocol header, else the socket's
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        addr = transport.get_extra_info("peername")
+        addr = self._peer or transport.get_extra_info("peername")
         self.session = HttpSession(self.ctx, self, None, _peer(addr))
         if self.ctx.config.zerocopy:
             zerocopy.note_unsupported("TLS connections (the copy path)")
@@ -219,3 +232,105 @@ def _peer(addr: object) -> tuple[str, int] | None:
     if isinstance(addr, tuple) and len(addr) >= 2:
         return (str(addr[0]), int(addr[1]))
     return None
+
+
+class PendingConnection:
+    """An accepted socket whose first bytes decide what serves it (PROXY header, TLS sniff).
+
+    `on_ready(sock, peer, tls)` is called once the prelude is done: `tls` says
+    whether the client started a TLS handshake (always False on a plain port).
+    A bad PROXY header, EOF, or silence past `timeout` closes the socket.
+    """
+
+    def __init__(self, ctx: ServerContext, sock: socket.socket, addr: tuple | None, *,
+                 proxy_protocol: bool, tls: bool, timeout: float,
+                 on_ready: Callable[[socket.socket, tuple | None, bool], None],
+                 on_done: Callable[[PendingConnection], None]) -> None:
+        self.ctx = ctx
+        self.loop = ctx.loop
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.peer: tuple | None = addr
+        self._want_proxy = proxy_protocol
+        self._tls = tls
+        self._header = b""
+        self._on_ready = on_ready
+        self._on_done = on_done
+        self.closed = False
+        sock.setblocking(False)
+        self._timer = self.loop.call_later(timeout, self._timed_out)
+        self.loop.add_reader(self.fd, self._on_readable)
+
+    def _on_readable(self) -> None:
+        try:
+            if self._want_proxy:
+                if not self._read_proxy_header():
+                    return
+            if self._tls:
+                first = self.sock.recv(1, socket.MSG_PEEK)
+                if not first:
+                    self.abort()
+                    return
+                self._finish(first[0] == TLS_HANDSHAKE_RECORD)
+            else:
+                self._finish(False)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            log.debug("connection from %s failed before HTTP: %s", self.peer, exc)
+            self.abort()
+
+    def _read_proxy_header(self) -> bool:
+        """Consume the PROXY header; True once it is complete and valid."""
+        peeked = self.sock.recv(MAX_HEADER - len(self._header), socket.MSG_PEEK)
+        if not peeked:
+            log.warning("%s: closed before its PROXY protocol header", _host(self.peer))
+            self.abort()
+            return False
+        data = self._header + peeked
+        try:
+            header = parse_header(data)
+        except ProxyProtocolError as exc:
+            log.warning("%s: closing: %s", _host(self.peer), exc)
+            self.abort()
+            return False
+        if header is None:
+            # Everything peeked belongs to the header: consume it, so the socket is not
+            # readable again until more arrives (level-triggered polling would spin).
+            self._header += self.sock.recv(len(peeked))
+            return False
+        rest = header.length - len(self._header)
+        if rest:
+            self.sock.recv(rest)
+        self._want_proxy = False
+        if header.client is not None:
+            self.peer = header.client
+        return True
+
+    def _finish(self, tls: bool) -> None:
+        self._detach()
+        self._on_ready(self.sock, self.peer, tls)
+
+    def _detach(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._timer.cancel()
+            self.loop.remove_reader(self.fd)
+            self._on_done(self)
+
+    def _timed_out(self) -> None:
+        log.info("%s: closing: nothing sent in time", _host(self.peer))
+        self.abort()
+
+    def abort(self) -> None:
+        if self.closed:
+            return
+        self._detach()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def _host(peer: object) -> str:
+    return str(peer[0]) if isinstance(peer, tuple) and peer else "-"

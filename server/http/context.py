@@ -20,7 +20,9 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ..core.filecache import sweep_open_file_caches
 from ..core.loans import LoanLedger
+from ..core.message import Message
 from ..core.metrics import METRICS, Metrics
 from .config import ServerConfig
 
@@ -56,6 +58,15 @@ class ServerContext:
         self.metrics.ledger.budget = config.global_loan_budget
         self.ledger: LoanLedger = self.metrics.ledger
         self.connections: set[Any] = set()
+        # Called by the server's once-a-second sweep with the loop time: other layers'
+        # periodic housekeeping (the open-file caches close idle and deleted files).
+        # Metrics publish into the workers' shared array (a no-op for one process).
+        self.ticks: list[Callable[[float], None]] = [sweep_open_file_caches, self.metrics.publish]
+        # False once draining starts: the readiness path answers 503.
+        self.ready = True
+        if config.ready_path:
+            app = _with_readiness(app, config.ready_path.encode("latin-1"), self)
+            self.app = app
         self.access_log = _access_logger() if config.access_log else None
         # Answers replayed for byte-identical requests (the session's ReplayCache);
         # a replay builds no Request, so there is none with an access log.
@@ -81,6 +92,23 @@ def log_escape(text: str) -> str:
     if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
         return text
     return text.translate(_LOG_ESCAPES)
+
+
+_READY = b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: 6\r\nCache-Control: no-store\r\n\r\n"
+_UNREADY = b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: 9\r\nCache-Control: no-store\r\n\r\n"
+
+
+def _with_readiness(app: Callable[[Any], Any], path: bytes, ctx: ServerContext) -> Callable[[Any], Any]:
+    """`app`, answering GET/HEAD `path` itself: 200 `ready`, or 503 `draining` once
+    the server drains.  Only installed when a readiness path is configured, so the
+    default request path pays nothing for it."""
+    def answer(request: Any) -> Any:
+        if request.raw_path == path and (request.method == "GET" or request.method == "HEAD"):
+            if ctx.ready:
+                return Message(200, (_READY,), (b"ready\n",))
+            return Message(503, (_UNREADY,), (b"draining\n",), close=True)
+        return app(request)
+    return answer
 
 
 def _access_logger() -> Callable[..., None]:
