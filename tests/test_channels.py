@@ -391,3 +391,21 @@ async def test_loadtest_fanout_client_measures_a_short_run(bundled):
     assert result["received_total_bytes"] >= 5 * result["produced_bytes"] > 0
     assert result["delivered_bytes"] > 0
     assert result["rss_peak_kib"] > 0
+
+
+async def test_websocket_subscriber_gets_each_chunk_as_a_message(bundled):
+    import websockets
+
+    async with websockets.connect(f"ws://127.0.0.1:{bundled.port}/channels/wsfeed/ws") as ws:
+        for _ in range(200):
+            if any(c["name"] == "wsfeed" and c["readers"] == 1 for c in await channel_list(bundled.port)):
+                break
+            await asyncio.sleep(0.02)
+        producer = await ChunkedProducer().start(bundled.port, "/channels/wsfeed")
+        for i in range(3):
+            await producer.send(b"frame %d" % i)
+            assert await asyncio.wait_for(ws.recv(), 10) == b"frame %d" % i
+        await producer.finish()
+        with pytest.raises(websockets.ConnectionClosedOK):
+            await asyncio.wait_for(ws.recv(), 10)
+        assert ws.close_code == 1000
