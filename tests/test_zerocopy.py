@@ -363,3 +363,21 @@ def test_unix_sockets_degrade_to_the_ordinary_path_with_one_log_line(caplog):
             b.close()
     finally:
         loop.close()
+
+
+@pytest.mark.slow
+@pytest.mark.tools
+def test_benchmark_reports_what_the_kernel_did(tmp_path):
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk not installed")
+    out = tmp_path / "zc.json"
+    run = subprocess.run([sys.executable, "-m", "loadtest.zerocopy", "--duration", "1", "--size", "1M",
+                          "--setups", "loopback", "--modes", "windows,zerocopy-forced", "--out", str(out)],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    records = {r["mode"]: r for r in json.loads(out.read_text())["records"]}
+    assert records["windows"]["zerocopy_sends"] == 0 and records["windows"]["cpu_s_per_gb"] > 0
+    forced = records["zerocopy-forced"]
+    assert forced["zerocopy_sends"] > 0 and forced["gb_sent"] > 0
+    # One machine: the kernel copied every zerocopy send, and the report says so.
+    assert forced["zerocopy_copied"] == forced["zerocopy_completions"] == forced["zerocopy_sends"]
