@@ -190,7 +190,9 @@ def test_replaced_file_stays_mapped_until_its_notices_arrive(server_process, sit
         assert _get(srv.port, "/old.bin")[1] == new          # the cache saw the new file
         assert any("(deleted)" in line for line in _maps(srv.proc.pid, path)), \
             "the replaced file's mapping went while sends on it were pending"
-        assert metrics(srv.port)["pageloan_zerocopy_pending_bytes"] > 0
+        m = metrics(srv.port)
+        # Bytes waiting on notices are on loan: the ledger counts them.
+        assert m["pageloan_loans_outstanding"] >= m["pageloan_zerocopy_pending_bytes"] > 0
         head, body = _read_response(slow)
         assert body == OLD                                   # the first download: old bytes
     finally:
@@ -217,6 +219,28 @@ def test_peers_that_vanish_with_sends_pending_leak_nothing(server_process, site)
     poll(lambda: metrics(srv.port)["pageloan_connections_open"] == 1)   # ours, reading /metrics
     poll(lambda: _fds(pid) == fds)
     assert _maps(pid, site / "big.bin") == maps
+
+
+def test_a_connection_closed_with_notices_pending_keeps_its_socket_until_they_arrive(server_process, site):
+    """The server closes a stalled keep-alive connection; the kernel would drop the
+    notices of a closed socket, so the fd stays open until they have come."""
+    srv = server_process([str(site), "--zerocopy", "--metrics", "--keepalive-timeout", "0.5"])
+    pid = srv.proc.pid
+    _settled(srv.port)
+    fds = _fds(pid)
+    slow = _slow_client(srv.port, "/old.bin")
+    try:
+        poll(lambda: metrics(srv.port)["pageloan_zerocopy_pending_bytes"] > 0)
+        # Idle for the server (all handed to the kernel): closed by the keep-alive timeout...
+        poll(lambda: metrics(srv.port)["pageloan_connections_open"] == 1)
+        # ...but its socket is still open, waiting for the notices.
+        assert _fds(pid) > fds
+        assert metrics(srv.port)["pageloan_zerocopy_pending_bytes"] > 0
+        assert _read_response(slow)[1] == OLD       # every byte still arrives
+    finally:
+        slow.close()
+    _settled(srv.port)
+    poll(lambda: _fds(pid) == fds)
 
 
 def test_loopback_copies_are_counted_and_the_connection_falls_back(server_process, site):
@@ -319,7 +343,29 @@ def test_enobufs_sends_without_the_flag(site):
     assert m["pageloan_zerocopy_pending_bytes"] == 0
 
 
-# -- the ledger's arithmetic and the degraded cases, in-process ----------------------------
+# -- in-process: the stock asyncio loop, the ledger's arithmetic, the degraded cases -------
+
+async def test_the_selector_loop_reads_notices_too(serve, site):
+    """asyncio's own loop keeps polling a socket with EPOLLERR (no re-arm needed)."""
+    running = await serve(root=site, zerocopy=True)
+    ctx_metrics = running.server.ctx.metrics
+    reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+    try:
+        for _ in range(3):
+            writer.write(_request("/big.bin"))
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200")
+            assert await reader.readexactly(len(BIG)) == BIG
+        deadline = time.monotonic() + 10
+        while ctx_metrics.zerocopy_pending_bytes or ctx_metrics.ledger.outstanding:
+            assert time.monotonic() < deadline, "notices never read"
+            await asyncio.sleep(0.01)
+        assert ctx_metrics.zerocopy_sends > 0
+        assert ctx_metrics.zerocopy_completions == ctx_metrics.zerocopy_sends
+    finally:
+        writer.close()
+
+
 
 def test_completion_ranges_wrap_around_the_32_bit_counter():
     with socket.create_server(("127.0.0.1", 0)) as server, \
