@@ -8,7 +8,7 @@
     GET  /channels/{name}          the stream as raw chunked bytes (?from=SEQ, ?limit=N)
     GET  /channels/{name}/events   the stream as server-sent events, id = sequence number
     WS   /channels/{name}/ws       the stream as WebSocket binary messages, one per chunk
-                                   (closes 1000 when the stream ends, 1008 if too slow)
+                                   (closes 1000 when the stream ends, 1013 if dropped)
     GET  /channels                 the open channels: readers, sequence, bytes held
     GET  /stream                   a synthetic I/Q sample stream, 10 MB/s, shared by all
                                    readers (?limit=N blocks)
@@ -34,10 +34,10 @@ import struct
 
 from server import (
     HTTPError,
-    SlowReader,
     channel,
     channel_events,
     channel_response,
+    channel_websocket,
     channels,
     on_shutdown,
     publish_body,
@@ -65,28 +65,11 @@ def subscribe_events(request, name):
 
 @websocket("/channels/{name}/ws")
 async def subscribe_websocket(ws, name):
-    ch = channel(name)
     start = ws.request.query_value("from")
     if start is not None and not start.isdigit():
         raise HTTPError(400, "from must be a sequence number")
     await ws.accept()
-    sub = ch.subscribe(int(start) if start is not None else None)
-    try:
-        while True:
-            try:
-                _seq, chunks = sub.take()
-            except SlowReader:
-                await ws.close(1008, "fell behind the stream")
-                return
-            for chunk in chunks:
-                await ws.send(chunk)            # a frame header before the chunk itself
-            if not chunks:
-                if sub.ended:
-                    await ws.close(1000, "end of stream")
-                    return
-                await sub.wait()
-    finally:
-        sub.close()
+    await channel_websocket(ws, channel(name), from_seq=int(start) if start is not None else None)
 
 
 @route("/channels")
