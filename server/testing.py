@@ -15,7 +15,7 @@ cookie jar (`http.cookiejar`, so Path, Expires and Max-Age=0 work as in a browse
 `get`, `post`, `put`, `patch`, `delete`, `head`, `options` take `params`, `headers`,
 `cookies`, and one body: `content` (bytes or str), `json`, `data` (a dict:
 urlencoded, or multipart when `files` is given) and `files` ({"field": (filename,
-bytes, content_type)} or {"field": bytes}).  They return a `TestResponse` with
+bytes, content_type)}, {"field": bytes} or {"field": open(path, "rb")}).  They return a `TestResponse` with
 `status`, `headers`, `body`, `text` and `json()`.  A response is read whole: give
 streaming endpoints an end (`?limit=`).
 """
@@ -43,7 +43,7 @@ from .static.options import StaticOptions
 
 __all__ = ["TestClient", "TestResponse"]
 
-FileSpec = bytes | str | tuple[str, bytes | str] | tuple[str, bytes | str, str]
+FileSpec = Any   # bytes, str, an open binary file, or (filename, content[, content_type])
 
 
 class TestResponse:
@@ -277,11 +277,17 @@ def _multipart(data: Mapping[str, Any], files: Mapping[str, FileSpec]) -> tuple[
         for item in value if isinstance(value, list | tuple) else [value]:
             part(f'name="{_quote(name)}"', str(item).encode("utf-8"), None)
     for name, spec in files.items():
+        content: Any
         if isinstance(spec, tuple):
             filename, content = spec[0], spec[1]
             content_type = spec[2] if len(spec) > 2 else "application/octet-stream"
+        elif hasattr(spec, "read"):
+            filename = os.path.basename(getattr(spec, "name", name) or name)
+            content, content_type = spec, "application/octet-stream"
         else:
             filename, content, content_type = name, spec, "application/octet-stream"
+        if hasattr(content, "read"):          # an open file, as requests and httpx take
+            content = content.read()
         raw = content.encode("utf-8") if isinstance(content, str) else bytes(content)
         part(f'name="{_quote(name)}"; filename="{_quote(filename)}"', raw, content_type)
     out.append(f"--{boundary}--\r\n".encode())

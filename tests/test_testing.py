@@ -74,6 +74,13 @@ def test_requests_run_against_the_real_application(handlers: Path):
         assert client.post("/form", data={"name": "plain"}).json() == {"name": "plain", "upload": None}
 
 
+def test_files_may_be_open_files(handlers: Path, tmp_path: Path):
+    (tmp_path / "notes.txt").write_text("from disk")
+    with TestClient(handlers) as client, open(tmp_path / "notes.txt", "rb") as f:
+        reply = client.post("/form", data={"name": "n"}, files={"upload": f})
+        assert reply.json() == {"name": "n", "upload": ["notes.txt", "from disk"]}
+
+
 def test_cookies_are_kept_between_requests(handlers: Path):
     with TestClient(handlers) as client:
         assert client.get("/me").json() == {"sid": None, "extra": None}
