@@ -40,6 +40,7 @@ from .http.config import ServerConfig
 from .http.server import Server, inherited_listener
 from .static.compression import add_precompress_arguments
 from .static.options import StaticOptions, add_static_arguments
+from .websocket.native import WebSocketService
 from .websocket.options import add_websocket_arguments
 
 __all__ = ["main", "build_parser", "config_from_args", "run_worker"]
@@ -222,6 +223,8 @@ def run_worker(config: Config, ready: Callable[[int], None] | None = None, *,
         log.error("pageloan: cannot start: %s", exc)
         return 2
     app.websocket_options = config.websocket
+    if config.asgi is not None:
+        app.websockets = WebSocketService(config.websocket)   # the ASGI websocket scope
     # A replayed answer builds no Request to log, so with an access log every
     # request takes the full path; and a stat is shared within a loop turn only
     # when HTTP is all this loop polls (static/answer_memo.py says why).

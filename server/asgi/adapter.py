@@ -30,6 +30,7 @@ from ..static.site import StaticSite
 from .http import ExchangeSettings, HttpExchange
 from .lifespan import Lifespan
 from .scope import ScopeMaker
+from .websocket import AsgiWebSocket, WebSocketOpener, is_websocket_request
 from .zerocopy import FileSource
 
 __all__ = ["AsgiAdapter"]
@@ -55,6 +56,9 @@ class AsgiAdapter:
         # Static answers are replayed as for the Application: a replay never reaches
         # the ASGI app, and only the static branch's answers are ever remembered.
         self.answer_memo = AnswerMemo(static) if static is not None and answer_memo else None
+        # The WebSocket implementation for `websocket` scopes (server.websocket's
+        # WebSocketService, set by the CLI); None: upgrade requests get the http scope.
+        self.websockets: WebSocketOpener | None = None
 
     def listening_on(self, host: str, port: int) -> None:
         self.scopes.server = (host, port)
@@ -74,6 +78,9 @@ class AsgiAdapter:
             answer = static.respond(request, replayable=True)
             if answer is not None:
                 return answer
+        if self.websockets is not None and is_websocket_request(request):
+            return AsgiWebSocket.for_request(self.asgi_app, self.scopes, request, self.websockets,
+                                             self.settings)
         try:
             scope = self.scopes.http(request)
         except BadRequest as exc:
