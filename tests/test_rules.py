@@ -309,3 +309,37 @@ def test_default_error_page_is_html_in_the_server_style(servers, root):
 def test_rule_spec_is_falsy_when_empty():
     assert not RuleSpec()
     assert RuleSpec(spa_fallback="index.html")
+
+
+# -- in front of an ASGI app -------------------------------------------------------------------------
+ASGI_APP = '''
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    body = f"app {scope['method']} {scope['path']}".encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+'''
+
+
+@needs_curl
+def test_rules_apply_under_asgi_and_misses_reach_the_app(server_process, root, users, tmp_path):
+    (tmp_path / "asgi_probe_app.py").write_text(ASGI_APP)
+    running = server_process([str(root), "--asgi", "asgi_probe_app:app", "--app-dir", str(tmp_path),
+                              "--spa-fallback", "index.html", "--redirect", "/old /new/page.html",
+                              "--basic-auth", f"/private/* {users}", "--cors", "/api/* https://app.example"])
+    assert curl(running.url + "/old")[:2][0] == 301                            # rules run first
+    assert curl(running.url + "/private/secret.txt")[0] == 401
+    assert curl(running.url + "/private/secret.txt", "-u", "carol:singer")[2] == b"the secret"
+    # A path the root lacks is the app's: no 404, no SPA shell for an API call...
+    assert curl(running.url + "/api/users")[2] == b"app GET /api/users"
+    assert curl(running.url + "/api/users", "-X", "POST")[2] == b"app POST /api/users"
+    assert curl(running.url + "/things", "-X", "OPTIONS")[2] == b"app OPTIONS /things"
+    # ... but a browser navigating to a deep link gets the shell.
+    status, _h, body = curl(running.url + "/users/42", "-H", "Accept: text/html,application/xhtml+xml")
+    assert status == 200 and b"the app shell" in body
+    # The CORS preflight for a covered path is the rule's.
+    status, h, _ = curl(running.url + "/api/users", "-X", "OPTIONS", "-H", "Origin: https://app.example",
+                        "-H", "Access-Control-Request-Method: GET")
+    assert status == 204 and h["access-control-allow-origin"] == "https://app.example"

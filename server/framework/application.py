@@ -93,6 +93,8 @@ class Application:
                  router: Any = None, hooks: Hooks | None = None, debug: bool = False,
                  answer_memo: bool = True) -> None:
         self.static = static
+        if static is not None:
+            static.last_resort = True     # nothing answers after it here (static/rules.py)
         self.metrics = metrics
         self.debug = debug
         self.state = State()

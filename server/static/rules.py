@@ -24,6 +24,12 @@ internally (auth is checked for both the asked and the rewritten path); a missin
 path without an extension gets the SPA fallback file (200); actual CORS requests get
 `Access-Control-Allow-Origin` and `Vary: Origin` pushed on whatever answer results.
 
+A miss is the site's to answer only when nothing comes after it (`site.last_resort`,
+set by the Application).  In front of an ASGI app (`--asgi` with a ROOT) a path the
+root lacks falls through to the app: no 404 of ours, no OPTIONS answer for it, and
+the SPA fallback only for browser navigations (requests that accept `text/html`), so
+the app's `/api/...` stays the app's.
+
 Basic auth.  Users come from an htpasswd-style file (`user:hash` per line) with
 bcrypt (`$2y$`/`$2b$`/`$2a$`, `htpasswd -B`), argon2 (`$argon2id$`...) or scrypt
 (`scrypt$N$r$p$salt$hash`, as `pageloan hash-password` prints) hashes; weaker
@@ -637,12 +643,14 @@ class SiteRules:
                             request.keep_alive, request.client, request.body_stream)
             asked.app = request.app
         answer = self._respond(asked, replayable=replayable)
-        if answer is None and plan.spa and request.method in ("GET", "HEAD"):
+        last_resort = self._site.last_resort
+        if answer is None and plan.spa and request.method in ("GET", "HEAD") \
+                and (last_resort or _navigation(request)):
             try:
                 answer = self._site.serve_file(asked, self.spa_path, self.spa_url)
             except OSError:
                 answer = None
-        if answer is None and plan.cors is not None:
+        if answer is None and plan.cors is not None and last_resort:
             # Answer the error here, so that it carries the CORS headers too: a page on
             # another origin then sees the 404 or 405, not an opaque network error.
             answer = self._site.not_found(request) if request.method in ("GET", "HEAD") \
@@ -671,6 +679,12 @@ def _error(site: Any, status: int, headers: list[tuple[str, str]] | None = None)
     return page
 
 
+def _navigation(request: Request) -> bool:
+    """A browser loading a page (it accepts HTML), not a script's fetch of an API."""
+    accept = request.header(b"accept")
+    return accept is not None and b"text/html" in accept
+
+
 def _not_installed(request: Request, *, replayable: bool = False) -> Any:
     raise RuntimeError("SiteRules.install(site) was not called")
 
@@ -688,6 +702,8 @@ def _decoded(raw: bytes) -> str:
 def options_answer(site: Any, request: Request) -> Message | None:
     """`OPTIONS *` and `OPTIONS /path` for a static site: 204 with `Allow`, or 404."""
     if request.raw_path == b"*":
+        if not site.last_resort:
+            return None                              # an ASGI app behind us answers it
         return empty_response(204, [("Allow", ALLOW)], length=False)
     probe = Request("HEAD", request.target, request.version, request.raw_headers, request.keep_alive,
                     request.client, None)
@@ -695,6 +711,8 @@ def options_answer(site: Any, request: Request) -> Message | None:
     if found is not None and found.status == 400:
         return found                                 # a path no file can have
     if found is None or found.status >= 400 and found.status not in (401, 403):
+        if not site.last_resort:
+            return None                          # something after the site may answer it
         page: Message = site.not_found(request)
         return page
     return empty_response(204, [("Allow", ALLOW)], length=False)

@@ -204,6 +204,10 @@ class StaticSite:
         self.cache_control = cache_control
         self.precompressed = precompressed
         self.compression = compression
+        # True when nothing answers after this site (the Application's last branch): then
+        # rules may answer a miss themselves (404 with CORS headers, SPA fallback for any
+        # client).  In front of an ASGI app a miss must fall through to the app.
+        self.last_resort = False
         self._routes: dict[bytes, _Route] = {}
         self._file_routes: dict[tuple[str, str], _Route] = {}     # serve_file's
         self._route_limit = max(1024, 4 * self.cache.max_entries)
