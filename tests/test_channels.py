@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from harness import raw_request
+from harness import needs_tools, raw_request
 
 pytestmark = pytest.mark.asyncio
 
@@ -409,3 +409,31 @@ async def test_websocket_subscriber_gets_each_chunk_as_a_message(bundled):
         with pytest.raises(websockets.ConnectionClosedOK):
             await asyncio.wait_for(ws.recv(), 10)
         assert ws.close_code == 1000
+
+
+@needs_tools("strace")
+async def test_each_reader_gets_the_chunk_in_one_gather_call_unjoined(server_process, tmp_path):
+    """strace on the server: one published 16 KiB chunk reaches each of 10 readers in one
+    sendmsg whose iovec has the chunk as its own slice, between the chunk-size line and
+    the CRLF — the framing is never joined onto (copied with) the chunk."""
+    log = tmp_path / "strace.txt"
+    server = server_process([], prefix=["strace", "-f", "-qq", "-s", "4", "-e", "trace=sendmsg,write,writev",
+                                        "-o", str(log)])
+    readers = [await subscribe(server.port, "/channels/traced") for _ in range(10)]
+    for _ in range(250):
+        if any(c["name"] == "traced" and c["readers"] == 10 for c in await channel_list(server.port)):
+            break
+        await asyncio.sleep(0.02)
+    body = os.urandom(16 << 10)
+    answer = await post(server.port, "/channels/traced", body)
+    assert answer.startswith(b"HTTP/1.1 200") and b'"chunks":1' in answer
+    assert [await asyncio.wait_for(r.body(), 10) for r in readers] == [body] * 10
+    server.stop()
+    calls = [line for line in log.read_text().splitlines() if "16384" in line]
+    # The size line, the chunk, the CRLF: three slices, one call, 16392 bytes taken.
+    gather = re.compile(r"sendmsg\(\d+, .*iov_len=6\}, \{iov_base=[^}]*iov_len=16384\}, "
+                        r"\{iov_base=[^}]*iov_len=2\}\], msg_iovlen=3.* = 16392$")
+    gathers = [c for c in calls if gather.search(c)]
+    assert len(gathers) == 10, "\n".join(calls[:20])
+    assert len({c.split("(", 1)[1].split(",", 1)[0] for c in gathers}) == 10     # one per reader socket
+    assert not [c for c in calls if c.split("(", 1)[0].strip().split()[-1] in ("write", "writev")]

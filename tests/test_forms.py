@@ -7,15 +7,15 @@ import asyncio
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import tracemalloc
 from pathlib import Path
 
 import httpx
 import pytest
+from harness import needs_tools
 
-needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+needs_curl = needs_tools("curl")
 
 FORMS = '''
 import hashlib
