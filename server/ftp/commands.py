@@ -38,6 +38,7 @@ class Command:
     login: bool = True
     write: bool = False
     syntax: str = ""
+    during_transfer: bool = False    # answered while a transfer runs, not queued behind it
 
 
 async def cmd_help(s: Session, arg: str) -> None:
@@ -65,8 +66,8 @@ COMMANDS: dict[str, Command] = {
     "FEAT": Command(c.cmd_feat, _NONE, login=False),
     "OPTS": Command(c.cmd_opts, _REQ, login=False, syntax="UTF8 ON | MLST <facts>"),
     "HELP": Command(cmd_help, _OPT, login=False, syntax="[<command>]"),
-    "STAT": Command(c.cmd_stat, _OPT, login=False, syntax="[<path>]"),
-    "ABOR": Command(c.cmd_abor, _NONE),
+    "STAT": Command(c.cmd_stat, _OPT, login=False, syntax="[<path>]", during_transfer=True),
+    "ABOR": Command(c.cmd_abor, _NONE, during_transfer=True),
     "TYPE": Command(c.cmd_type, _REQ, syntax="I | A | L 8"),
     "MODE": Command(c.cmd_mode, _REQ, syntax="S"),
     "STRU": Command(c.cmd_stru, _REQ, syntax="F"),
@@ -115,4 +116,4 @@ COMMANDS: dict[str, Command] = {
 }
 
 # Commands answered at once even while a transfer runs; all others wait for it to end.
-TRANSFER_TIME_COMMANDS = frozenset({"ABOR", "STAT"})
+TRANSFER_TIME_COMMANDS = frozenset(verb for verb, command in COMMANDS.items() if command.during_transfer)

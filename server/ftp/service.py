@@ -24,6 +24,7 @@ import logging
 import socket
 
 from .accounts import LoginThrottle
+from .commands import COMMANDS, Command
 from .config import FtpConfig
 from .dataconn import normalize_ip
 from .replies import format_reply
@@ -63,6 +64,7 @@ class FtpService:
     def __init__(self, config: FtpConfig) -> None:
         self.config = config
         self.throttle = LoginThrottle(config.login_delay)
+        self.commands: dict[str, Command] = COMMANDS     # the verb table its sessions dispatch on
         # One context for every control and data connection: its session cache is what
         # lets a client resume the control connection's TLS session on a data connection.
         self.tls_context = (make_tls_context(config.tls_cert, config.tls_key)

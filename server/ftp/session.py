@@ -36,13 +36,13 @@ import asyncio
 import logging
 import re
 import ssl
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol
 
 from ..core.receive import ResumeOffsetError
 from ..core.safepath import HiddenName, UnsafePath
-from .accounts import Account
-from .commands import COMMANDS, TRANSFER_TIME_COMMANDS
+from .accounts import Account, LoginThrottle
+from .config import FtpConfig
 from .dataconn import DataChannel
 from .listing import DEFAULT_FACTS
 from .replies import FtpError, format_reply, reply_for_oserror
@@ -50,10 +50,7 @@ from .tls import TlsData, open_tls_data
 from .transfer import DataConn
 from .vfs import VirtualFS
 
-if TYPE_CHECKING:
-    from .service import FtpService
-
-__all__ = ["Session", "MAX_LINE"]
+__all__ = ["Session", "SessionHost", "CommandRule", "MAX_LINE"]
 
 log = logging.getLogger("pageloan.ftp")
 
@@ -63,10 +60,44 @@ _TELNET_IAC = re.compile(rb"\xff[\x00-\xff]")
 Work = Callable[[DataConn], Awaitable[str]]   # a transfer body: data connection → 226 text
 
 
+class CommandRule(Protocol):
+    """One verb of the command table (commands.py): the handler and what the
+    dispatcher checks before calling it."""
+
+    @property
+    def handler(self) -> Callable[[Session, str], Awaitable[None]]: ...
+    @property
+    def arg(self) -> str: ...                 # "required" | "none" | "optional"
+    @property
+    def login(self) -> bool: ...
+    @property
+    def write(self) -> bool: ...
+    @property
+    def during_transfer(self) -> bool: ...   # may run while a transfer is under way (ABOR, STAT)
+
+
+class SessionHost(Protocol):
+    """What a session needs of the service that accepted it (service.py).
+
+    Handed in rather than imported: the command modules name `Session` in their
+    signatures and the service builds sessions, so the session sits below both and
+    imports neither (no import cycle, docs/design.md "The packages").
+    """
+
+    @property
+    def config(self) -> FtpConfig: ...
+    @property
+    def tls_context(self) -> ssl.SSLContext | None: ...
+    @property
+    def throttle(self) -> LoginThrottle: ...
+    @property
+    def commands(self) -> Mapping[str, CommandRule]: ...
+
+
 class Session:
     """State of one logged-in (or logging-in) client and its control-connection loop."""
 
-    def __init__(self, service: FtpService, reader: asyncio.StreamReader,
+    def __init__(self, service: SessionHost, reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter, client_ip: str, local_ip: str) -> None:
         self.service = service
         self.config = service.config
@@ -115,8 +146,10 @@ class Session:
                 verb, arg = self._parse(line)
                 if not verb:
                     continue
-                if self.transferring and verb not in TRANSFER_TIME_COMMANDS:
-                    await asyncio.wait({self.transfer})
+                if self.transferring:
+                    command = self.service.commands.get(verb)
+                    if command is None or not command.during_transfer:
+                        await asyncio.wait({self.transfer})
                 await self.dispatch(verb, arg)
                 await self.writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -152,7 +185,7 @@ class Session:
 
     async def dispatch(self, verb: str, arg: str) -> None:
         log.debug("%s: %s %s", self.client_ip, verb, "****" if verb == "PASS" else arg)
-        command = COMMANDS.get(verb)
+        command = self.service.commands.get(verb)
         if verb not in ("RNFR", "RNTO"):
             self.rename_from = None         # RNTO must follow RNFR immediately
         if command is None:
