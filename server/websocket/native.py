@@ -33,7 +33,7 @@ import asyncio
 import inspect
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from ..framework.registry import current_registry
@@ -205,7 +205,8 @@ class WebSocket:
 
     async def receive(self) -> str | bytes:
         """The next message; WebSocketDisconnect once the socket is closed."""
-        item = await (await self._connection()).receive()
+        conn = self._conn or await self._connection()
+        item = await conn.receive()
         if type(item) is Closed:
             self._ended(item.code, item.reason)
             raise WebSocketDisconnect(item.code, item.reason)
@@ -229,7 +230,7 @@ class WebSocket:
     async def send(self, data: str | bytes | bytearray | memoryview) -> None:
         """Send one message (str → text frame, bytes → binary); waits for a slow reader."""
         try:
-            await (await self._connection()).send(data)
+            await (self._conn or await self._connection()).send(data)
         except ConnectionClosed as exc:
             raise WebSocketDisconnect(exc.code, exc.reason) from None
 
@@ -252,15 +253,14 @@ class WebSocket:
             self._conn.close(code, reason)
         self._ended(code, reason)
 
-    def __aiter__(self) -> AsyncIterator[str | bytes]:
-        return self._messages()
+    def __aiter__(self) -> WebSocket:
+        return self
 
-    async def _messages(self) -> AsyncIterator[str | bytes]:
-        while True:
-            try:
-                yield await self.receive()
-            except WebSocketDisconnect:
-                return
+    async def __anext__(self) -> str | bytes:
+        try:
+            return await self.receive()
+        except WebSocketDisconnect:
+            raise StopAsyncIteration from None
 
     @property
     def buffered(self) -> int:
