@@ -591,3 +591,29 @@ async def flood(ws):
     await until(lambda: not site.ctx.connections, what="connections closed")
     await until(lambda: site.ctx.ledger.outstanding == 0, what="ledger repaid (completions)")
     await until(lambda: not _RUNNING, what="handler tasks ended")
+
+
+async def test_garbage_after_the_handshake_never_hurts_the_server(ws_site, caplog):
+    import random
+    site = await ws_site(ECHO, max_message_size=1 << 16, max_frame_size=1 << 16)
+    rng = random.Random(6455)
+    for i in range(40):                          # bounded: 40 connections of junk
+        raw = RawSocket(site.port, "/echo")
+        assert (await raw.call(raw.open)).startswith(b"HTTP/1.1 101")
+        if i % 2:
+            junk = bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 300)))
+        else:   # plausible frames with random opcodes, flags and lengths
+            junk = b"".join(masked_frame(rng.randrange(16), rng.randbytes(rng.randrange(0, 200)),
+                                         fin=rng.random() < 0.7) for _ in range(5))
+        await raw.call(raw.send, junk)
+        raw.sock.shutdown(1)                      # then EOF: the server must close its side
+        await raw.call(raw.read_until_eof)
+        raw.close()
+    await until(lambda: not site.ctx.connections, what="every junk connection closed")
+    await until(lambda: site.ctx.ledger.outstanding == 0, what="ledger repaid")
+    await until(lambda: not _RUNNING, what="handler tasks ended")
+    async with connect(site.url("/echo")) as ws:     # and it still serves
+        await ws.send("alive")
+        assert await ws.recv() == "alive"
+    # No exception escaped into the event loop (a callback error would leave a socket deaf).
+    assert not [r for r in caplog.records if r.name == "asyncio" and r.levelname == "ERROR"]
