@@ -242,3 +242,45 @@ async def test_fastapi_websocket_with_path_and_query(server_process, tmp_path):
         async with connect(f"ws://127.0.0.1:{proc.port}/items/not-a-number"):
             pass
     assert info.value.response.status_code == 403     # FastAPI closes on a validation error
+
+
+LEAVER_APP = '''
+import asyncio
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route, WebSocketRoute
+
+SEEN = {}
+
+
+async def slow(ws):
+    SEEN["started"] = True
+    await asyncio.sleep(0.3)                 # deciding while the client leaves
+    try:
+        await ws.accept()
+    except Exception as exc:
+        SEEN["accept"] = type(exc).__name__
+    message = await ws.receive()
+    SEEN["receive"] = message["type"]
+
+
+async def seen(request):
+    return JSONResponse(SEEN)
+
+
+app = Starlette(routes=[WebSocketRoute("/slow", slow), Route("/seen", seen)])
+'''
+
+
+async def test_client_leaving_during_the_handshake_is_a_disconnect_for_the_app(server_process, tmp_path):
+    proc = _serve_app(server_process, tmp_path, "wsleaver", LEAVER_APP)
+    raw = RawSocket(proc.port, "/slow")
+    opening = asyncio.ensure_future(asyncio.to_thread(raw.open))
+    await until(lambda: _seen(proc.port).get("started"), "the app to start deciding")
+    raw.reset()
+    await asyncio.gather(opening, return_exceptions=True)
+    seen = await until(lambda: "receive" in (s := _seen(proc.port)) and s, "the app to see the disconnect")
+    assert seen["receive"] == "websocket.disconnect"
+    # accept() itself may still "succeed": reading is paused during the handshake, so
+    # the reset is noticed when the 101 is sent; either way the app learns it at once.
+    assert seen.get("accept") in (None, "WebSocketDisconnect")

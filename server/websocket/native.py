@@ -196,6 +196,9 @@ class WebSocket:
     async def _connection(self) -> WebSocketConnection:
         conn = self._conn
         if conn is None:
+            opened = self._opened
+            if opened.done() and opened.exception() is not None:
+                raise opened.exception()  # type: ignore[misc]  # refused, or the client left
             if not self._decision.done():
                 raise RuntimeError("the WebSocket is not accepted yet: await ws.accept() first")
             await self._opened            # accepted, 101 not handed over yet (or refused: raises)
