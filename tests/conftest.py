@@ -10,6 +10,12 @@
                     own, for blocking clients); stopped after the test
 
 Older names stay importable from here (`from conftest import free_port, ...`).
+
+`slow` (deselected by `-m "not slow"`, the under-a-minute run) is normally put on a
+test where it is defined; `SLOW_MODULES` / `SLOW_TESTS` below add it centrally to
+tests measured at several seconds each on a busy two-core machine (a subprocess with
+a framework to import per test, real timeouts, many connections), so the quick run
+stays quick as the suite grows.  The full run (`python3 -m pytest -q`) runs them all.
 """
 
 from __future__ import annotations
@@ -35,6 +41,33 @@ from harness import (
 )
 
 __all__ = ["REPO", "free_port", "wait_for_port", "make_server", "raw_exchange", "Running", "ServerProcess"]
+
+SLOW_MODULES = frozenset({
+    "test_asgi_apps.py",          # each test starts `pageloan serve --asgi` importing FastAPI
+    "test_websocket_asgi.py",     # likewise, with Starlette/FastAPI websockets
+    "test_ftp_fuzz.py",           # hypothesis examples against a server process
+})
+SLOW_TESTS = frozenset({
+    "tests/test_channels.py::test_each_reader_gets_the_chunk_in_one_gather_call_unjoined",
+    "tests/test_channels.py::test_stalled_reader_is_dropped_without_delaying_the_others",
+    "tests/test_channels.py::test_stalled_sse_reader_is_skipped_to_the_live_edge_and_told",
+    "tests/test_compression.py::test_precompress_refuses_bad_usage",
+    "tests/test_config_file.py::test_check_config_exit_status",
+    "tests/test_config_file.py::test_serve_dot_lists_only_with_autoindex_and_an_index_wins",
+    "tests/test_ftp_transfers.py::test_retr_uses_sendfile_and_stor_uses_splice",
+    "tests/test_hardening_server.py::test_systemd_socket_activation",
+    "tests/test_hardening_server.py::test_unlinked_file_is_closed_by_the_sweep",
+    "tests/test_limits_descriptors.py::test_connection_limit_follows_the_descriptor_limit",
+    "tests/test_vhosts.py::test_sni_picks_each_sites_certificate",
+    "tests/test_websocket.py::test_broadcast_lends_one_payload_to_every_socket",
+    "tests/test_zerocopy.py::test_a_connection_closed_with_notices_pending_keeps_its_socket_until_they_arrive",
+})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in SLOW_MODULES or item.nodeid.split("[")[0] in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
 
 Running = RunningServer     # the old name of the in-loop server's face
 
