@@ -46,6 +46,7 @@ import ctypes
 import errno
 import hashlib
 import os
+import random
 import re
 import selectors
 import shutil
@@ -419,6 +420,27 @@ def _mutated_script() -> st.SearchStrategy[bytes]:
     return ops.map(apply)
 
 
+def mutate(payload: bytes, rng: random.Random) -> bytes:
+    """A few byte-level mutations of `payload`: the cheap second source of inputs."""
+    data = bytearray(payload or b"NOOP\r\n")
+    for _ in range(rng.randint(1, 6)):
+        pos = rng.randrange(len(data) or 1)
+        op = rng.randrange(6)
+        if op == 0 and data:
+            data[pos] ^= 1 << rng.randrange(8)
+        elif op == 1:
+            data.insert(pos, rng.choice(b"\x00\r\n\xff /.*%\\\"-|,9"))
+        elif op == 2 and data:
+            del data[pos]
+        elif op == 3:
+            data[pos:pos] = data[pos:pos + rng.randint(1, 32)]
+        elif op == 4:
+            data[pos:pos + rng.randint(1, 8)] = b""
+        else:
+            data[pos:pos] = rng.choice([b"\r\n", b"..", b"../", b"\xff\xf4", b"PASV\r\n", b" " * 10])
+    return bytes(data)
+
+
 @dataclass
 class Example:
     login: str                      # "none" | "anonymous" | "alice"
@@ -678,8 +700,13 @@ def health_check(target: FuzzTarget) -> None:
 # -- driving hypothesis ------------------------------------------------------------------------
 
 def run_fuzz(target: FuzzTarget, max_examples: int, *, seed_value: int | None = None,
-             stats: Stats | None = None, max_lines: int = 10) -> Stats:
-    """Run up to `max_examples` hypothesis examples; AssertionError (shrunk) on a failure."""
+             stats: Stats | None = None, max_lines: int = 10, mutants: int = 0) -> Stats:
+    """Run up to `max_examples` hypothesis examples; AssertionError (shrunk) on a failure.
+
+    `mutants`: after each example, replay that many byte-mutated copies of its payload
+    (deterministic per payload, so a failing mutant fails its example again while
+    hypothesis shrinks it).
+    """
     stats = stats or Stats()
     config = settings(max_examples=max_examples, deadline=None, database=None, derandomize=seed_value is None,
                       suppress_health_check=list(HealthCheck), phases=[Phase.generate, Phase.shrink],
@@ -689,6 +716,10 @@ def run_fuzz(target: FuzzTarget, max_examples: int, *, seed_value: int | None = 
     @given(examples(target.sink_port, max_lines))
     def one(example: Example) -> None:
         run_example(target, example, stats)
+        rng = random.Random(hashlib.sha256(example.payload).digest())
+        for _ in range(mutants):
+            run_example(target, Example(example.login, mutate(example.payload, rng), example.delivery,
+                                        example.slices, example.ending), stats)
         target.check_outside()
         if stats.examples % HEALTH_EVERY == 0:
             health_check(target)
@@ -705,7 +736,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest.ftp_fuzz", description=__doc__.split("\n\n")[0])
     parser.add_argument("--commands", type=int, default=1_000_000, help="command lines to send in all")
     parser.add_argument("--batch", type=int, default=2000, help="hypothesis examples per batch")
-    parser.add_argument("--lines", type=int, default=40, help="most command lines in one example")
+    parser.add_argument("--lines", type=int, default=20, help="most command lines in one example")
+    parser.add_argument("--mutants", type=int, default=4, help="byte-mutated replays of each example")
     parser.add_argument("--seed", type=int, default=1, help="seed of the first batch (then +1 per batch)")
     parser.add_argument("--max-seconds", type=float, default=6 * 3600, help="stop after this long")
     parser.add_argument("--no-tls", action="store_true", help="do not offer AUTH TLS")
@@ -717,7 +749,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             batch = 0
             while stats.commands < args.commands and time.monotonic() - started < args.max_seconds:
-                run_fuzz(target, args.batch, seed_value=args.seed + batch, stats=stats, max_lines=args.lines)
+                run_fuzz(target, args.batch, seed_value=args.seed + batch, stats=stats, max_lines=args.lines,
+                         mutants=args.mutants)
                 batch += 1
                 rate = stats.commands / max(time.monotonic() - started, 1e-9)
                 print(f"batch {batch}: {stats.examples} examples, {stats.commands} commands, "

@@ -451,3 +451,20 @@ def test_pageloan_serve_offers_ftps_with_the_http_certificate(server_process, tm
     ftp.retrbinary("RETR hello.txt", got.extend)
     assert got == b"hello\n"
     ftp.quit()
+
+
+def test_abor_during_a_tls_download(site, cert_pair):
+    server, _root = site
+    ftp = ftps_login(server.port, cert_pair[0])
+    conn = ftp.transfercmd("RETR big.bin")
+    assert len(conn.recv(65536)) > 0                  # bytes are moving
+    ftp.putcmd("ABOR")                                 # FTP_TLS cannot send it as urgent data
+    codes = [ftp.getline()[:3], ftp.getline()[:3]]
+    conn.close()
+    # Aborted mid-transfer (426 then 226), or it had just finished (226, then 225).
+    assert codes in (["426", "226"], ["226", "225"]), codes
+    assert ftp.voidcmd("NOOP").startswith("200")      # the session goes on
+    got = bytearray()
+    ftp.retrbinary("RETR small.txt", got.extend)
+    assert got == b"small\n"
+    ftp.quit()
