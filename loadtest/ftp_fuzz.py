@@ -495,21 +495,20 @@ class _Exchange:
         self._seen_lines = 0
 
     # reading -------------------------------------------------------------------------------
-    def pump(self, until: bytes | None, deadline: float, want_codes: int = 0) -> None:
-        """Serve sockets until `until` was received, `want_codes` replies came, or close."""
+    def pump(self, until: bytes | None, deadline: float, want_codes: int = 0, *,
+             anywhere: bool = False) -> None:
+        """Serve sockets until `until` was received (on the control connection, or on
+        any if `anywhere`), `want_codes` replies came, or the server closed."""
         while time.monotonic() < deadline:
-            if self.closed:
+            if until is not None and until in (self.received if anywhere else self.control_bytes):
                 return
-            if until is not None and until in self.received_control():
+            if self.closed:
                 return
             if want_codes and len(self.checker.codes) >= want_codes:
                 return
             for key, _events in self.sel.select(min(0.2, max(deadline - time.monotonic(), 0))):
                 self._ready(key)
-        raise AssertionError(f"no answer within {READ_TIMEOUT} s; got {bytes(self.received_control()[-300:])!r}")
-
-    def received_control(self) -> bytearray:
-        return self.control_bytes
+        raise AssertionError(f"no answer within {READ_TIMEOUT} s; got {bytes(self.control_bytes[-300:])!r}")
 
     def _ready(self, key: selectors.SelectorKey) -> None:
         role = key.data
@@ -532,7 +531,7 @@ class _Exchange:
                 self.closed = True
                 self.sel.unregister(sock)
                 return
-            self.received_control().extend(chunk)
+            self.control_bytes.extend(chunk)
             self.received.extend(chunk)
             self.checker.feed(chunk)
             self._open_passive()
@@ -688,9 +687,21 @@ def health_check(target: FuzzTarget) -> None:
             if ex.checker.codes[0] == 421 and time.monotonic() < deadline:
                 continue
             assert ex.checker.codes[0] == 220, ex.checker.codes
-            ex.send(b"NOOP\r\nUSER anonymous\r\nPASS x@\r\nSIZE file.txt\r\n", deadline)
-            ex.pump(None, deadline, want_codes=5)
-            assert ex.checker.codes[1:5] == [200, 331, 230, 213], ex.checker.codes
+            # The fuzzed sessions may delete or rename anything in the root: download a
+            # file written just now, inside the root, rather than a fixture.
+            health = target.root / "health.txt"
+            if health.is_dir() and not health.is_symlink():
+                shutil.rmtree(health)
+            elif health.exists() or health.is_symlink():
+                health.unlink()
+            body = f"healthy {time.monotonic_ns()}\n".encode()
+            health.write_bytes(body)
+            ex.send(b"NOOP\r\nUSER anonymous\r\nPASS x@\r\nTYPE I\r\nCWD /\r\nPASV\r\nRETR health.txt\r\n",
+                    deadline)
+            ex.pump(None, deadline, want_codes=9)
+            assert ex.checker.codes[1:9] == [200, 331, 230, 200, 250, 227, 150, 226], ex.checker.codes
+            ex.pump(body, deadline, anywhere=True)
+            assert body in ex.received, "the download's bytes never arrived"
             return
         finally:
             ex.close()
