@@ -88,11 +88,15 @@ def _summary(records: list[dict]) -> list[str]:
     if not peers or not any(r["server"] == SUBJECT for r in records):
         return []
     lines = ["## pageloan ÷ peer (headline figure per scenario)", "",
-             "| scenario | " + " | ".join(peers) + " |",
-             "|---|" + "---:|" * len(peers)]
+             "Replayable: whether a cache of byte-identical requests could answer the "
+             "scenario (pageloan has none; the column says what the traffic allows).", "",
+             "| scenario | replayable | " + " | ".join(peers) + " |",
+             "|---|---|" + "---:|" * len(peers)]
     for name in _scenario_names(records):
         cells = [_times(ratio(records, name, peer)) for peer in peers]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        scenario = BY_NAME.get(name)
+        replayable = ("yes" if scenario.repeats else "no") if scenario else "?"
+        lines.append(f"| {name} | {replayable} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
@@ -103,8 +107,9 @@ def _scenario_section(name: str, records: list[dict], meta: dict) -> list[str]:
     how = (f"curl, one transfer at a time for {first['duration_s']} s (req/s = transfers/s, "
            "latency = time per transfer)" if first["protocol"] == "ftp" else
            f"{first['connections']} connections, {first['duration_s']} s")
+    replay = f" Could a cache of identical requests serve it? {scenario.replayable}." if scenario else ""
     lines = [f"## {name}: {scenario.summary if scenario else ''}", "",
-             f"{how}. Ratio: pageloan {metric_label} ÷ this server's.", "",
+             f"{how}. Ratio: pageloan {metric_label} ÷ this server's.{replay}", "",
              "| server | req/s | MB/s | p50 ms | p99 ms | errors | server CPU s "
              "| cores busy srv/cli | peak RSS MiB | peak RssAnon MiB | pageloan ÷ |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]

@@ -26,12 +26,32 @@ class Scenario:
     expect: str = "file"            # file | ranges | json | site | retr | stor | br
     timeout_s: int = 8              # wrk --timeout
     big_file: bool = False          # needs 256m.bin
+    # Whether the requests repeat byte for byte, so that a cache of identical
+    # requests (a replay memo) could answer them without parsing: the report says so.
+    repeats: bool = True
+
+    @property
+    def replayable(self) -> str:
+        return ("yes: every request is byte-identical to earlier ones" if self.repeats
+                else "no: no two requests alike (counter in query and Cookie)")
+
+
+BROWSER_SITE = ("/index.html", "/style.css", "/app.js", "/logo.png", "/about.html")
 
 
 SCENARIOS: tuple[Scenario, ...] = (
+    Scenario("browser-1k", "GET /1k.bin as a browser sends it: its header set, a counter in "
+             "query and Cookie", path="/1k.bin", script="browser.lua", repeats=False),
+    Scenario("browser-64k", "GET /64k.bin as a browser sends it (as browser-1k)",
+             path="/64k.bin", script="browser.lua", repeats=False),
+    Scenario("browser-smallsite", "a browser fetching a five-file site (html, css, js, png), "
+             "no two requests alike", path="/index.html", script="browser.lua",
+             script_args=BROWSER_SITE, expect="site", repeats=False),
+    Scenario("browser-json", "GET /json from a handler, browser headers, no two requests alike",
+             path="/json", script="browser.lua", expect="json", repeats=False),
     Scenario("1k", "GET /1k.bin: per-request overhead, tiny body", path="/1k.bin"),
-    Scenario("1k-unique", "GET /1k.bin?n=<counter>: no two requests alike, none replayed",
-             path="/1k.bin", script="unique.lua"),
+    Scenario("1k-unique", "GET /1k.bin?n=<counter>: no two requests alike (wrk's bare headers)",
+             path="/1k.bin", script="unique.lua", repeats=False),
     Scenario("64k", "GET /64k.bin: a mid-size file", path="/64k.bin"),
     Scenario("1m", "GET /1m.bin: a large file", path="/1m.bin", connections=16),
     Scenario("256m", "GET /256m.bin: bulk transfer rate", path="/256m.bin", connections=4,

@@ -90,12 +90,6 @@ def users_file(rundir: Path) -> Path:
     return path
 
 
-def _pageloan_full(ctx: Context, scenario: Scenario) -> Launch:
-    launch = _pageloan(ctx, scenario)
-    launch.argv.append("--no-answer-memo")
-    return launch
-
-
 def _pageloan(ctx: Context, scenario: Scenario) -> Launch:
     http_port = free_port()
     root = ctx.ftproot if scenario.protocol == "ftp" else ctx.docroot
@@ -138,8 +132,6 @@ HTTP, FTP = frozenset({"http"}), frozenset({"ftp"})
 SERVERS: tuple[ServerSpec, ...] = (
     ServerSpec("pageloan", "this repository, `python -m server serve`, 1 worker",
                HTTP | FTP, _pageloan),
-    ServerSpec("pageloan-full", "pageloan as above, --no-answer-memo: every request parsed "
-               "and built, none replayed", HTTP, _pageloan_full, on_request=True),
     ServerSpec("nginx", "nginx, 1 worker, sendfile + tcp_nopush", HTTP, _nginx(False),
                tools=("nginx",)),
     ServerSpec("nginx+ofc", "nginx as above plus open_file_cache", HTTP, _nginx(True),

@@ -174,8 +174,6 @@ def build_parser() -> argparse.ArgumentParser:
     tuning.add_argument("--zerocopy-copied-limit", type=int, default=ServerConfig.zerocopy_copied_limit,
                         metavar="N", help="copied-anyway sends in a row before a connection stops using "
                         "zerocopy (default 8; 0 never)")
-    tuning.add_argument("--no-answer-memo", dest="answer_memo", action="store_false",
-                        help="parse and build every request, even byte-identical repeats of static ones")
     for provide in OPTION_PROVIDERS:
         provide(serve)
     sub.add_parser("hash-password", help="read a password on stdin, print a hash for --ftp-users")
@@ -225,13 +223,7 @@ def run_worker(config: Config, ready: Callable[[int], None] | None = None, *,
     app.websocket_options = config.websocket
     if config.asgi is not None:
         app.websockets = WebSocketService(config.websocket)   # the ASGI websocket scope
-    # A replayed answer builds no Request to log, so with an access log every
-    # request takes the full path; and a stat is shared within a loop turn only
-    # when HTTP is all this loop polls (static/answer_memo.py says why).
-    memo = app.answer_memo if config.server.access_log is None else None
-    if memo is not None:
-        memo.share_stats_on(loop if config.ftp is None else None)
-    server = Server(config.server, app, loop, replay=memo)
+    server = Server(config.server, app, loop)
     stop = asyncio.Event()
     extras: list[Any] = []
 

@@ -2,7 +2,7 @@
 
 Theory of operation.  The file is TOML (stdlib `tomllib`).  It has no vocabulary of
 its own for server options: a key in `[server]` is the long name of a `serve` flag
-(`max-body-size = "64M"`, `workers = 4`, `no-answer-memo = true`; underscores work
+(`max-body-size = "64M"`, `workers = 4`, `no-precompressed = true`; underscores work
 too), converted and checked by that flag's own argparse action, so every flag —
 including those other layers add later — is available with the same meaning and
 the same validation.  The values become the parser's defaults, and the command line

@@ -127,11 +127,7 @@ class TestClient:
 
     async def _start(self) -> None:
         loop = asyncio.get_running_loop()
-        # Static answers are replayed as under `pageloan serve` (answer_memo.py).
-        memo = getattr(self.app, "answer_memo", None)
-        if memo is not None:
-            memo.share_stats_on(loop)
-        server = Server(self._config, self.app, loop, replay=memo)
+        server = Server(self._config, self.app, loop)
         await server.start()
         self._server = server
         startup = getattr(self.app, "startup", None)

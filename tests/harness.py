@@ -119,13 +119,8 @@ def wait_for_port(port: int, timeout: float = 10.0, proc: subprocess.Popen | Non
 # -- servers -------------------------------------------------------------------------------------
 
 def make_server(config: ServerConfig, app: Any, loop: asyncio.AbstractEventLoop) -> Server:
-    """A Server for `app`, replaying its static answers as `pageloan serve` does."""
-    memo = getattr(app, "answer_memo", None)
-    if memo is not None and config.access_log is None:
-        memo.share_stats_on(loop)
-    else:
-        memo = None
-    return Server(config, app, loop, replay=memo)
+    """A Server for `app`, as `pageloan serve` makes it."""
+    return Server(config, app, loop)
 
 
 def _default_app(root: Path | None, map_max: int) -> Application:

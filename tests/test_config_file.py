@@ -48,7 +48,6 @@ def test_server_keys_are_the_serve_flags(tree):
         max-body-size = "16M"
         keepalive_timeout = 5.5
         metrics = true
-        no-answer-memo = true
         root = "a"
         autoindex = true
         cache-control = { "*.css" = "max-age=60" }
@@ -59,7 +58,7 @@ def test_server_keys_are_the_serve_flags(tree):
     assert sites == []
     assert (args.host, args.port, args.workers) == ("127.0.0.2", 9001, 3)
     assert args.max_body_size == 16 << 20 and args.keepalive_timeout == 5.5
-    assert args.metrics is True and args.answer_memo is False and args.autoindex is True
+    assert args.metrics is True and args.autoindex is True
     assert args.root == tree / "a"                 # relative to the file, not the working directory
     assert args.cache_control == [("*.css", "max-age=60")]
     assert args.redirect[0].status == 302 and args.log_level == "warning"

@@ -87,6 +87,15 @@ class FakeTransmitter:
         self._queue.append((message, done))
         self.outstanding += len(self._bytes_of(message))
 
+    def when_sent(self, done: Done) -> None:
+        """As SocketTransmitter.when_sent: now if nothing is queued, else after it."""
+        if self.closed:
+            done(ConnectionError("transmitter closed"))
+        elif not self._queue:
+            done(None)
+        else:
+            self._queue.append((Message(0, ()), done))
+
     def flush(self) -> None:
         self.flushes += 1
         while self._queue:

@@ -3,8 +3,7 @@
 Theory of operation.  The session calls `adapter(request)` and accepts a Message, a
 StreamResponse, an awaitable of either, or a RelayedAnswer.  With a static ROOT
 beside the application, the StaticSite is asked first and its answer — a Message
-of cached file regions, on pageloan's own fast path, replayable by the answer memo
-— is returned synchronously; only what it does not name (a missing file, a method
+of cached file regions, on pageloan's own fast path — is returned synchronously; only what it does not name (a missing file, a method
 other than GET/HEAD) reaches the application.  Everything else becomes an
 HttpExchange (http.py) over a freshly built scope (scope.py).  A path that is not
 valid UTF-8 is answered 400 without calling the application.
@@ -25,7 +24,6 @@ from typing import Any
 from ..core.filecache import OpenFileCache
 from ..http.request import BadRequest, Request
 from ..http.responses import error_response
-from ..static.answer_memo import AnswerMemo
 from ..static.site import StaticSite
 from .http import ExchangeSettings, HttpExchange
 from .lifespan import Lifespan
@@ -45,7 +43,7 @@ class AsgiAdapter:
 
     def __init__(self, app: Callable[..., Any], *, static: StaticSite | None = None,
                  root_path: str = "", scheme: str = "http", trusted: Any = None,
-                 lifespan: str = "auto", debug: bool = False, answer_memo: bool = True) -> None:
+                 lifespan: str = "auto", debug: bool = False) -> None:
         self.asgi_app = app
         self.static = static
         state: dict[str, Any] = {}
@@ -53,9 +51,6 @@ class AsgiAdapter:
         cache = static.cache if static is not None else OpenFileCache(max_entries=256)
         self.settings = ExchangeSettings(FileSource(cache), debug=debug)
         self.lifespan = Lifespan(app, state, lifespan)
-        # Static answers are replayed as for the Application: a replay never reaches
-        # the ASGI app, and only the static branch's answers are ever remembered.
-        self.answer_memo = AnswerMemo(static) if static is not None and answer_memo else None
         # The WebSocket implementation for `websocket` scopes (server.websocket's
         # WebSocketService, set by the CLI); None: upgrade requests get the http scope.
         self.websockets: WebSocketOpener | None = None
@@ -75,7 +70,7 @@ class AsgiAdapter:
     def __call__(self, request: Request) -> Any:
         static = self.static
         if static is not None:
-            answer = static.respond(request, replayable=True)
+            answer = static.respond(request)
             if answer is not None:
                 return answer
         if self.websockets is not None and is_websocket_request(request):

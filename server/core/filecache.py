@@ -2,9 +2,21 @@
 
 In the manner of nginx's open_file_cache, but checked on every use: a hit costs one
 `stat()` of the path, compared with what the cached descriptor was opened as
-(device, inode, size, mtime).  A file changed in place or replaced by an atomic
-rename therefore misses at once, and the new file is opened; the old descriptor stays
-open exactly as long as a response still sending from it holds a reference.
+(device, inode, size, mtime, ctime: `identity_of`).  A file changed in place,
+truncated, chmod'ed or replaced by an atomic rename therefore misses at once, and
+the new file is opened; the old descriptor stays open exactly as long as a response
+still sending from it holds a reference.
+
+One stat per file per event-loop turn serves the *fresh* requests of that turn
+(`open(..., fresh=True)`): a request whose first byte was already in its socket when
+the turn's poll returned — the first request of a read that began between requests.
+It was sent before the poll returned, so a change made before the client sent it
+was made before any stat taken after the poll, and a stat taken while answering an
+earlier fresh request of the same turn sees it.  Stats are shared only among
+answers made while the turn's reads are handled (`fresh` requests), and the set is
+emptied by a callback queued before the next poll.  (libuv polls again within one
+turn when a poll returns its maximum of 1024 events, so sharing is on only while
+fewer than TURN_SHARING_LIMIT connections are open.)
 
 `OpenDescriptor` is the loan owner of file regions (rule 3): the fd and its mapping,
 closed and unmapped only when the last reference is gone — the OpenFile that cached
@@ -34,6 +46,7 @@ descriptors, plus those of evicted files still being sent.
 
 from __future__ import annotations
 
+import asyncio
 import mmap
 import os
 import stat as stat_mod
@@ -41,12 +54,23 @@ import time
 import weakref
 from typing import Any
 
-__all__ = ["DEFAULT_INACTIVE", "OpenDescriptor", "OpenFile", "OpenFileCache", "sweep_open_file_caches"]
+from .metrics import METRICS
+
+__all__ = ["DEFAULT_INACTIVE", "OpenDescriptor", "OpenFile", "OpenFileCache", "identity_of",
+           "sweep_open_file_caches"]
 
 DEFAULT_INACTIVE = 20.0       # seconds unused before an entry is closed (nginx's example value)
+# libuv polls again, without returning to the loop's idle phase, when one epoll_wait
+# fills its 1024-event array; under that many open connections it never can.
+TURN_SHARING_LIMIT = 900
 
 # Every live cache, for the server's sweep (the HTTP layer never imports static).
 _CACHES: weakref.WeakSet[OpenFileCache] = weakref.WeakSet()
+
+
+def identity_of(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    """What makes a cached descriptor still the file at its path: the one check."""
+    return (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def sweep_open_file_caches(now: float | None = None) -> None:
@@ -95,7 +119,7 @@ class OpenFile:
     """An open regular file, its identity at open time, and an optional mapping."""
 
     __slots__ = ("fd", "handle", "size", "mtime_ns", "mtime", "ino", "dev", "path",
-                 "extra", "vetted", "used", "idle_since", "__weakref__")
+                 "identity", "extra", "vetted", "used", "idle_since", "__weakref__")
 
     def __init__(self, path: str, map_max: int) -> None:
         fd = os.open(path, _O_FLAGS)
@@ -118,6 +142,7 @@ class OpenFile:
         self.path = path
         self.size = st.st_size
         self.mtime_ns = st.st_mtime_ns
+        self.identity = identity_of(st)
         self.mtime = st.st_mtime
         self.ino = st.st_ino
         self.dev = st.st_dev
@@ -132,8 +157,7 @@ class OpenFile:
         self.idle_since: float | None = None
 
     def matches(self, st: os.stat_result) -> bool:
-        return (st.st_ino == self.ino and st.st_dev == self.dev
-                and st.st_size == self.size and st.st_mtime_ns == self.mtime_ns)
+        return identity_of(st) == self.identity
 
     def window(self, offset: int, count: int) -> memoryview | None:
         """A view of the mapped pages (for the kernel to read), or None if unmapped."""
@@ -152,31 +176,39 @@ class OpenFileCache:
         self.map_max = map_max
         self.inactive = inactive
         self._files: dict[str, OpenFile] = {}
-        # Read-only for others: the answer memo checks an OpenFile is still cached.
-        self.by_path = self._files
         self.hits = 0
         self.misses = 0
         self.closed_idle = 0
         self.closed_deleted = 0
         _CACHES.add(self)
+        # Files found current by a stat taken while this loop turn's reads are handled
+        # (see the header); emptied before the next poll.
+        self._trusted: set[OpenFile] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    def open(self, path: str, st: os.stat_result | None = None) -> OpenFile:
+    def open(self, path: str, st: os.stat_result | None = None, *, fresh: bool = False) -> OpenFile:
         """The open file at `path`; raises OSError (FileNotFoundError, ...) like os.open.
 
-        `st` may be passed when the caller has just stat'ed the path.
+        `st` may be passed when the caller has just stat'ed the path.  `fresh` says the
+        request being answered was in its socket when this loop turn's poll returned.
         """
         cached = self._files.get(path)
         if cached is not None:
             if st is None:
+                if fresh and cached in self._trusted:
+                    self.hits += 1
+                    cached.used = True
+                    return cached
                 try:
                     st = os.stat(path)
                 except OSError:
                     del self._files[path]
                     raise
-            if (st.st_ino == cached.ino and st.st_mtime_ns == cached.mtime_ns
-                    and st.st_size == cached.size and st.st_dev == cached.dev):   # matches(), inline
+            if cached.matches(st):
                 self.hits += 1
                 cached.used = True
+                if fresh:
+                    self._trust(cached)
                 return cached
             del self._files[path]
         self.misses += 1
@@ -185,6 +217,22 @@ class OpenFileCache:
             self._evict()
         self._files[path] = opened
         return opened
+
+    def _trust(self, f: OpenFile) -> None:
+        trusted = self._trusted
+        if METRICS.connections_open >= TURN_SHARING_LIMIT:
+            return
+        if not trusted:
+            loop = self._loop
+            if loop is None or loop.is_closed():
+                # Looked up once: asyncio checks getpid() on every lookup (a syscall).
+                loop = self._loop = asyncio._get_running_loop()
+                if loop is None:
+                    return
+            # Queued now, during this turn's reads: it runs before the next poll
+            # (on uvloop and asyncio alike), ahead of the next turn's I/O callbacks.
+            loop.call_soon(trusted.clear)
+        trusted.add(f)
 
     def _evict(self) -> None:
         # Second chance (the clock algorithm over insertion order): walk from the

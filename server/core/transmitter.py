@@ -184,61 +184,18 @@ class SocketTransmitter:
                     charge += n
         return size, charge, regions
 
-    def lay_out(self, message: Message) -> tuple[tuple, int, int, int]:
-        """`message` as `replay` takes it: (slices, bytes, loan charge, file regions).
-
-        The head is joined into one slice; the payload is laid out as `enqueue` would.
-        For an answer sent many times over (answer_memo.py), so the work is done once.
-        """
-        head = b"".join(message._stack[::-1])
-        slices = [head]
-        size = charge = len(head)
-        regions = 0
-        if not message.head_only:
-            n, lent, regions = self._lay_payload(message.payload, slices.append)
-            size += n
-            charge += lent
-        return tuple(slices), size, charge, regions
-
-    def replay(self, layout: tuple[tuple, int, int, int]) -> None:
-        """Queue and flush a laid-out answer (see `lay_out`).
-
-        When nothing is queued and it is all memory, it goes straight to one sendmsg:
-        if the kernel takes it all, the slices were on loan only for that call, so
-        there is nothing to charge or repay.  Otherwise it is queued like any message.
-        """
-        slices, size, charge, regions = layout
-        if self.closed:
-            return
-        if not regions and not self._slices and not self._waiting_writable \
-                and not self._flushing:
-            sent = self._gather(slices)
-            if sent < 0:
-                return
-            self._metrics.bytes_gather += sent
-            if sent == size:
-                self._queued += size
-                self.accepted += sent
-                ledger = self._ledger
-                if ledger.outstanding + charge > ledger.peak:
-                    ledger.peak = ledger.outstanding + charge
-                return
-            # The socket buffer is full: the rest waits for writability, on loan.
-            self._slices.extend(slices)
-            self._lend(size, charge)
-            if sent:
-                self._retire(sent, len(slices))
-                self._accept(sent, sent)
-            self._wait_writable()
-            return
-        self._slices.extend(slices)
-        self._regions += regions
-        self._lend(size, charge)
-        self.flush()
-
     @property
     def idle(self) -> bool:
         return not self._slices
+
+    def when_sent(self, done: Done) -> None:
+        """Call `done` once the kernel has taken everything queued so far (now if idle)."""
+        if self.closed:
+            done(ConnectionError("transmitter closed"))
+        elif not self._slices:
+            done(None)
+        else:
+            self._marks.append((self._queued, done))
 
     async def send(self, message: Message) -> None:
         """Queue, flush, and wait until the kernel has accepted the whole message."""
@@ -520,6 +477,16 @@ class CopyTransmitter:
         self.outstanding += charge
         self._ledger.lend(charge)
         self._queue.append((slices, done, charge))
+
+    def when_sent(self, done: Done) -> None:
+        """Call `done` once everything queued so far has been written (now if idle)."""
+        if self.closed:
+            done(ConnectionError("transmitter closed"))
+        elif self.idle:
+            done(None)
+        else:
+            self._queue.append(([], done, 0))
+            self.flush()
 
     def flush(self) -> None:
         if self._pump is None and self._queue and not self.closed:

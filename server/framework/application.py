@@ -41,7 +41,6 @@ from ..http.errors import HTTPError
 from ..http.request import BadRequest, BodyTooLarge, Request
 from ..http.responses import StreamResponse, empty_response, error_response, text_response
 from ..http.wire import header_block
-from ..static.answer_memo import AnswerMemo
 from ..static.error_pages import default_error_page
 from ..static.site import StaticSite
 from .hooks import Hooks, call_lifecycle_hook, call_maybe_async
@@ -90,8 +89,7 @@ def router_from_registries(registries: Iterable[Registry]) -> Router:
 
 class Application:
     def __init__(self, static: StaticSite | None = None, *, metrics: bool = False,
-                 router: Any = None, hooks: Hooks | None = None, debug: bool = False,
-                 answer_memo: bool = True) -> None:
+                 router: Any = None, hooks: Hooks | None = None, debug: bool = False) -> None:
         self.static = static
         if static is not None:
             static.last_resort = True     # nothing answers after it here (static/rules.py)
@@ -102,9 +100,6 @@ class Application:
         # WebSocket limits for `@websocket` routes (server.websocket.WebSocketOptions),
         # set by the CLI; None means that package's defaults.
         self.websocket_options: Any = None
-        # Byte-identical repeats of static requests, answered again without a rebuild
-        # (answer_memo.py); enabled by `install` only when nothing wraps requests.
-        self.answer_memo = AnswerMemo(static) if static is not None and answer_memo else None
         self.install(router, hooks)
 
     @classmethod
@@ -127,12 +122,6 @@ class Application:
         if self.hooks.wraps_requests:
             self._chain = self._build_chain(self.hooks.middleware)
             self._entry = self._dispatch_with_hooks
-        if self.answer_memo is not None:
-            # New routes may claim paths the static site answered: forget those answers.
-            # With hooks or an opaque router, a static answer may depend on more than
-            # the request's bytes (a hook's verdict, the peer): never replay one.
-            self.answer_memo.reset(enabled=self._entry == self._dispatch
-                                   and self._router_callable is None)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def startup(self) -> None:
@@ -191,7 +180,7 @@ class Application:
                     return answer
             static = self.static
             if static is not None:
-                answer = static.respond(request, replayable=True)
+                answer = static.respond(request)
                 if answer is not None:
                     return answer
                 if request.method not in ("GET", "HEAD"):

@@ -42,8 +42,7 @@ class AppOptions:
 def build_application(options: AppOptions) -> Application:
     """The application for `options`; HandlerLoadError if a handler module is broken."""
     static: StaticSite | None = static_site(options.root, options.static) if options.root else None
-    app = Application(static, metrics=options.metrics, debug=options.debug,
-                      answer_memo=options.static.answer_memo)
+    app = Application(static, metrics=options.metrics, debug=options.debug)
     app.state.options = options
     if options.handlers is None:
         return app

@@ -6,11 +6,6 @@ its raw bytes map to the site in a small dict, so a request costs one header sca
 and one dict hit.  Matching is case-insensitive and ignores the port
 (`Example.COM:8443` is `example.com`); an IPv6 literal keeps its brackets; a
 trailing dot is dropped.  An unknown Host, or none (HTTP/1.0), gets the default site.
-
-The answer memo (static/answer_memo.py) belongs to the default site's Application:
-the server replays only answers that site noted, and since the memo is keyed by
-the whole request — Host included — a replay always goes to the site that built it.
-Other sites take the full path every time.
 """
 
 from __future__ import annotations
@@ -50,7 +45,6 @@ class VirtualHosts:
         if default not in self.sites:
             self.sites.insert(0, default)
         self._by_spelling: dict[bytes, Application] = {}
-        self.answer_memo = default.answer_memo
         self.state = default.state
 
     @property

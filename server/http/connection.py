@@ -80,8 +80,6 @@ class SocketConnection:
                 metrics=ctx.metrics, on_error=self._send_failed,
                 on_idle=self.session.on_transmit_idle, sendfile_step=config.sendfile_step)
         self.session.transmitter = self.transmitter
-        # Replayed answers are laid out for this transmitter (windows, gather).
-        self.session.memo = ctx.replay
         self._reading = True
         self._lingering = False
         self.closed = False

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from ..core.filecache import sweep_open_file_caches
 from ..core.loans import LoanLedger
@@ -26,31 +26,14 @@ from ..core.message import Message
 from ..core.metrics import METRICS, Metrics
 from .config import ServerConfig
 
-__all__ = ["ReplayCache", "ServerContext"]
+__all__ = ["ServerContext"]
 
 access_logger = logging.getLogger("pageloan.access")
 
 
-class ReplayCache(Protocol):
-    """Answers laid out once and sent again for byte-identical requests.
-
-    The session asks `lookup(data)` for a read that may be one whole request: a
-    layout for the transmitter's `replay`, or whether the answer about to be built
-    is worth offering back with `store`.  The static layer implements it
-    (static/answer_memo.py); the HTTP layer knows only this much.
-    """
-
-    def lookup(self, request: bytes) -> Any: ...
-
-    def store(self, request: bytes, message: Any, stale_at: float, transmitter: Any) -> None: ...
-
-    def drop_stale(self) -> None: ...
-
-
 class ServerContext:
     def __init__(self, config: ServerConfig, app: Callable[[Any], Any],
-                 loop: asyncio.AbstractEventLoop, metrics: Metrics | None = None,
-                 replay: ReplayCache | None = None) -> None:
+                 loop: asyncio.AbstractEventLoop, metrics: Metrics | None = None) -> None:
         self.config = config
         self.app = app
         self.loop = loop
@@ -68,9 +51,6 @@ class ServerContext:
             app = _with_readiness(app, config.ready_path.encode("latin-1"), self)
             self.app = app
         self.access_log = _access_logger() if config.access_log else None
-        # Answers replayed for byte-identical requests (the session's ReplayCache);
-        # a replay builds no Request, so there is none with an access log.
-        self.replay = replay if self.access_log is None else None
 
     def connection_opened(self, conn: Any) -> None:
         self.connections.add(conn)

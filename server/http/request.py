@@ -5,6 +5,14 @@ application as soon as the head is complete; the body keeps arriving behind it.
 Everything derived (decoded path, parsed query, header lookup, cookies) is computed
 lazily, because the hot static path needs almost none of it.
 
+A request whose whole head arrived in one read is parsed by httptools without a
+callback per header field (session.py): it keeps the raw head block (`head`), and
+its header list is split out of that block only if somebody asks for it.  Single
+fields are found in the lowered block with one C-level search (`header`), which is
+all the static site needs (conditionals, Range, Accept-Encoding).  httptools has
+already validated the block's syntax, so splitting it at CRLF and the first colon
+gives exactly the fields it saw.
+
 The body is a bounded stream (`RequestBody`): chunks from the parser are queued, and
 when more than `PAUSE_ABOVE` bytes wait unread the session stops reading the socket
 — back-pressure, not buffering.  `Expect: 100-continue` is answered the first time
@@ -180,37 +188,63 @@ class RequestBody:
                 self._waiter = None
 
 
+def split_head(head: bytes) -> list[tuple[bytes, bytes]]:
+    """The (name, value) fields of a raw request head (request line first, CRLF lines)."""
+    fields = []
+    for line in head.lstrip(b"\r\n").split(b"\r\n")[1:]:
+        if not line:
+            break
+        name, _, value = line.partition(b":")
+        fields.append((name, value.strip(b" \t")))
+    return fields
+
+
 class Request:
     """One HTTP request, as handed to the application."""
 
-    __slots__ = ("method", "target", "version", "raw_headers", "keep_alive", "client",
-                 "body_stream", "app", "_state", "route_params", "expect_continue",
-                 "_headers", "_path", "_raw_path", "_query_string", "_query", "_cookies",
-                 "started", "_form", "__weakref__")
+    # What every request sets lives in slots; what is derived on demand (or set by
+    # hooks and routing) starts as a class-level default and lands in the instance
+    # dict only when somebody asks: the hot static path never does.
+    __slots__ = ("method", "target", "version", "_raw_headers", "head", "_lowered", "keep_alive",
+                 "client", "body_stream", "app", "_raw_path", "answered", "fresh", "started",
+                 "__dict__", "__weakref__")
+
+    _state: dict[str, Any] | None = None
+    route_params: Mapping[str, Any] = _NO_PARAMS
+    expect_continue = False
+    _headers: Headers | None = None
+    _path: str | None = None
+    _query_string: str | None = None
+    _query: dict[str, list[str]] | None = None
+    _cookies: dict[str, str] | None = None
+    _form: FormData | None = None
 
     def __init__(self, method: str, target: bytes, version: str,
-                 raw_headers: list[tuple[bytes, bytes]], keep_alive: bool,
-                 client: tuple[str, int] | None, body_stream: RequestBody | None) -> None:
+                 raw_headers: list[tuple[bytes, bytes]] | None, keep_alive: bool,
+                 client: tuple[str, int] | None, body_stream: RequestBody | None,
+                 head: bytes | None = None, lowered: bytes | None = None) -> None:
         self.method = method
         self.target = target
         self.version = version
-        self.raw_headers = raw_headers
+        # Either the field list (collected by callbacks) or the raw head block it is
+        # split out of on demand; `head` stays None for a list-built request.
+        self._raw_headers = raw_headers
+        self.head = head
+        self._lowered = lowered
         self.keep_alive = keep_alive
         self.client = client
         self.body_stream = body_stream
         self.app: Any = None
-        self._state: dict[str, Any] | None = None
-        self.route_params: Mapping[str, Any] = _NO_PARAMS
-        self.expect_continue = False
-        self._headers: Headers | None = None
-        self._path: str | None = None
         self._raw_path: bytes | None = None
-        self._query_string: str | None = None
-        self._query: dict[str, list[str]] | None = None
-        self._cookies: dict[str, str] | None = None
         # When the head was complete (monotonic): the access log's $request_time.
         self.started = _monotonic()
-        self._form: FormData | None = None
+        # Set by the session once this request's final answer is queued: whatever of
+        # its body arrives later is discarded, never answered a second time.
+        self.answered = False
+        # Its first byte was in the socket when this loop turn's poll returned (the
+        # first request of a read that began between requests): the open-file cache
+        # may answer it with a stat taken during this turn (filecache.py).
+        self.fresh = False
 
     @property
     def state(self) -> dict[str, Any]:
@@ -243,10 +277,12 @@ class Request:
         raw = self._raw_path
         if raw is None:
             target = self.target
-            if target[:1] == b"/" and b"?" not in target and b"#" not in target:
-                # The common origin-form target with no query: it is the path.
-                self._raw_path = raw = target
-                self._query_string = ""
+            # find(), not `in`: bytes.__contains__ first tries its argument as an
+            # integer, and raises and clears a TypeError each time (CPython 3.11).
+            if target[:1] == b"/" and target.find(b"#") < 0:
+                # The common origin-form target: the path is what precedes any query.
+                query = target.find(b"?")
+                self._raw_path = raw = target if query < 0 else target[:query]
             else:
                 self._split_target()
                 raw = self._raw_path
@@ -283,17 +319,58 @@ class Request:
 
     # -- headers -----------------------------------------------------------------------
     @property
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """The header fields as sent: (name, value) bytes pairs, in order."""
+        raw = self._raw_headers
+        if raw is None:
+            raw = self._raw_headers = split_head(self.head or b"")
+        return raw
+
+    @property
     def headers(self) -> Headers:
         if self._headers is None:
             self._headers = Headers(self.raw_headers)
         return self._headers
 
+    @property
+    def lowered_head(self) -> bytes:
+        """The head lowered, for presence tests: `b"\\r\\nrange:" in request.lowered_head`.
+
+        Every field line in it starts with CRLF and its name ends with a colon, so a
+        search for `b"\\r\\n" + name + b":"` finds exactly the fields of that name.
+        """
+        lowered = self._lowered
+        if lowered is None:
+            head = self.head
+            if head is not None:
+                lowered = head.lower()
+            else:
+                lowered = b"".join([b"\r\n" + name.lower() + b":" + value
+                                    for name, value in self._raw_headers or ()])
+            self._lowered = lowered
+        return lowered
+
     def header(self, name: bytes) -> bytes | None:
-        """Fast lookup of one header by lower-case bytes name (first value)."""
-        for key, value in self.raw_headers:
-            if len(key) == len(name) and key.lower() == name:
-                return value
-        return None
+        """One header by lower-case bytes name; repeated fields joined by ", "."""
+        head = self.head
+        if head is None:
+            found = [value for key, value in self._raw_headers or ()
+                     if len(key) == len(name) and key.lower() == name]
+            return b", ".join(found) if found else None
+        lowered = self.lowered_head
+        marker = b"\r\n" + name + b":"
+        at = lowered.find(marker)
+        if at < 0:
+            return None
+        values = []
+        while at >= 0:
+            start = at + len(marker)
+            end = lowered.find(b"\r\n", start)
+            if end < 0:       # the last field: the block ends without its CRLF
+                end = len(lowered)
+            values.append(head[start:end].strip(b" \t"))
+            at = lowered.find(marker, end)
+        return values[0] if len(values) == 1 else b", ".join(values)
 
     @property
     def cookies(self) -> dict[str, str]:

@@ -3,10 +3,11 @@
 Data flows straight down from here: accept → SocketConnection (read) → HttpSession
 (parse, order) → the application (route, handler) → Message → transmitter → kernel.
 
-Every connection shares one `ServerContext` (context.py).  The sweeper runs once a second and closes connections that made no progress for too
-long (head, body and keep-alive timeouts, see HttpSession.progress; a client that
-stopped reading what we send); one timer for all connections is cheaper than a
-timer, or even a clock read, per request.
+Every connection shares one `ServerContext` (context.py).  The sweeper runs once a
+second and closes connections that made no progress for too long (head, body and
+keep-alive timeouts, see HttpSession.progress; a client that stopped reading what
+we send); one timer for all connections is cheaper than a timer, or even a clock
+read, per request.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 from .config import ServerConfig
 from .connection import PendingConnection, SocketConnection, TlsConnection
-from .context import ReplayCache, ServerContext
+from .context import ServerContext
 
 __all__ = ["ListenError", "Server", "TlsSetupError", "connection_limit", "inherited_listener",
            "raise_descriptor_limit", "tls_context", "ServerContext", "make_listener"]
@@ -220,11 +221,10 @@ class Server:
     """Accepts connections on a listening socket and serves them until drained."""
 
     def __init__(self, config: ServerConfig, app: Callable[[Any], Any],
-                 loop: asyncio.AbstractEventLoop | None = None, *,
-                 replay: ReplayCache | None = None) -> None:
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.config = config
         self.loop = loop or asyncio.get_event_loop()
-        self.ctx = ServerContext(config, app, self.loop, replay=replay)
+        self.ctx = ServerContext(config, app, self.loop)
         self.listener: socket.socket | None = None
         self._tls_context: ssl.SSLContext | None = None
         self._sweeper: asyncio.TimerHandle | None = None
@@ -337,9 +337,7 @@ class Server:
     def _refuse(self, sock: socket.socket, addr: tuple | None, status: int, reason: str) -> None:
         """Answer `status` on a plain driver and close (lingering, so the client reads it)."""
         conn = SocketConnection(self.ctx, sock, addr)
-        conn.session._reject(status, reason)
-        conn.session._dispatch()
-        conn.transmitter.flush()
+        conn.session.refuse(status, reason)
 
     # -- once a second ---------------------------------------------------------------------
     def _sweep(self) -> None:
@@ -362,10 +360,6 @@ class Server:
             elif now - mark[1] >= limits[token[0]]:
                 conn.progress_mark = None
                 session.on_timeout(token[0])
-        if self.ctx.replay is not None:
-            # Entries go stale with their Date second; dropping them here lets the
-            # descriptors of replaced or evicted files close within a second or two.
-            self.ctx.replay.drop_stale()
         for tick in self.ctx.ticks:
             try:
                 tick(now)

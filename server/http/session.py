@@ -7,19 +7,41 @@ I/O *driver* (a raw socket, or a TLS transport) only reads, pauses and closes.
 * Parsing: httptools calls back per URL piece, header, body chunk.  A Request is
   built when its head is complete and queued on `_pipeline`; its body keeps flowing
   into its RequestBody.
+* The bare parse: a read that ends a request head and starts at rest (what a
+  browser or a crawler sends: one GET, or a few pipelined ones) goes first to a
+  second parser that has no per-header callback.  httptools still validates every
+  byte of it; the session keeps each raw head block on its Request, whose fields
+  are found in it by one C-level search when somebody asks (request.py).  Ten
+  header callbacks are most of what parsing a browser's request costs in Python,
+  so this is what makes requests that never repeat cheap.  The bare parse is
+  speculative: a body, an upgrade, a parse error or a head left unfinished makes
+  it give up (its parser is replaced) and the same bytes go to the full parser,
+  which therefore sees every byte of the stream exactly once in order.  With no
+  body in the read, CRLFCRLF separates the heads, so each head block is exact.
 * Ordering: requests are answered strictly one after another (`_active`).  A
   synchronous answer (the static fast path) is queued on the transmitter at once, so
   twenty pipelined requests that arrive in one read are answered by twenty Messages
   that leave in one gather call, flushed when the read has been fully parsed.
-* Replay: when a read is exactly one whole request, byte-identical to one answered
-  before from the static site, and its files are unchanged, the answer laid out last
-  time goes out again without parsing (answer_memo.py says what may be replayed).
+* Exactly one final answer per request: once a request is answered
+  (`Request.answered`), what still arrives of its body is discarded, and a body that
+  then fails (too large, malformed, stalled) closes the connection without a second
+  answer.  An answer sent before a body it cannot wait for (chunked, or more than
+  DISCARD_LIMIT still owed) closes the connection after it, through the driver's
+  lingering close.
+* Phase: `OPEN` while requests are parsed; `LAST` once the last request is in hand
+  (Connection: close, EOF, a refused request), so nothing more is parsed; `CLOSING`
+  once the answer that ends the connection is queued (for a streamed answer: its
+  last chunk); `CLOSED` when the driver is gone.
 * Loans: before dispatching another request the session checks the bytes its
   transmitter still has on loan against the per-connection budget, and the global
   ledger; over budget it stops reading and dispatching until the transmitter drains.
 * Limits: head over `max_header_bytes` → 431 (414 for a long URL); body over
-  `max_body_bytes` → 413; parse error → 400; method llhttp does not know → 501.  An
-  error response closes the connection (the byte stream can no longer be trusted).
+  `max_body_bytes` → 413, at once when a Content-Length or the first chunk size
+  says so; parse error → 400; method llhttp does not know → 501; an HTTP version
+  other than 1.0/1.1 → 505; HTTP/1.1 without exactly one Host → 400; a transfer
+  coding other than chunked → 501; Transfer-Encoding on HTTP/1.0 → 400 (RFC 9112
+  §6.1).  An error response closes the connection (the byte stream can no longer
+  be trusted).
 * Timeouts: the session keeps no clocks.  `progress()` names the phase it is in and
   a token that changes only on real progress; the server's once-a-second sweeper
   notes when it first saw a token and fires `on_timeout(phase)` once the same token
@@ -31,6 +53,7 @@ I/O *driver* (a raw socket, or a TLS transport) only reads, pauses and closes.
 from __future__ import annotations
 
 import asyncio
+import enum
 import inspect
 import logging
 import re
@@ -38,25 +61,57 @@ import traceback
 from collections import deque
 from functools import partial
 from types import CoroutineType
-from typing import Any
+from typing import Any, Protocol
 
 import httptools
 
 from ..core.message import Message
-from .context import ReplayCache, ServerContext
+from .context import ServerContext
 from .request import BadRequest, BodyTooLarge, Request, RequestBody
 from .responses import StreamResponse, error_response, header_block
 from .upgrade import Handover, Upgrade
-from .wire import DATE, status_line
+from .wire import DATE, STATUS_LINES, status_line
 
-__all__ = ["HttpSession", "Outlet", "RelayedAnswer"]
+__all__ = ["Driver", "HttpSession", "Outlet", "Phase", "RelayedAnswer"]
 
 log = logging.getLogger("pageloan.http")
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _REQUEST_LINE = re.compile(rb"(?:^|\n)[!#$%&'*+.^_`|~0-9A-Za-z-]+ [^ \r\n]+ HTTP/1\.[01]\r?\n")
+# A chunk-size line (RFC 9112 §7.1): hex digits, optional extensions, CRLF.
+_CHUNK_SIZE = re.compile(rb"(?:\r\n)?([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?(?:\r\n|$)")
 _NO_BODY_STATUSES = frozenset({204, 304})
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
+_END = b"\r\n\r\n"
+# An answer sent while this much or less of its request's body is still owed keeps
+# the connection: the rest is read and discarded.  More (or chunked: unknown) closes.
+DISCARD_LIMIT = 256 << 10
+# How much of an unfinished first line is kept to tell an HTTP/0.9 request apart.
+_FIRST_LINE_MAX = 8 << 10
+
+
+class Phase(enum.IntEnum):
+    """Where a connection is in its life; ordered, so `phase < CLOSING` reads as asked."""
+
+    OPEN = 0       # parsing and answering requests
+    LAST = 1       # the last request is in hand: nothing more is parsed
+    CLOSING = 2    # the answer that ends the connection is queued
+    CLOSED = 3     # the driver is gone
+
+
+OPEN, LAST, CLOSING, CLOSED = Phase.OPEN, Phase.LAST, Phase.CLOSING, Phase.CLOSED
+
+
+class Driver(Protocol):
+    """What the session needs of the connection that feeds it."""
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
 
 
 class _Reject(Exception):
@@ -79,10 +134,39 @@ class _Rejection:
         self.version = version
 
 
+class _GiveUp(Exception):
+    """The bare parser met what only the full parser handles (a body)."""
+
+
+class _Callbacks:
+    """The object a parser calls back: the session's own methods, bound once.
+
+    httptools looks its callbacks up when the parser is made, so the bare parser is
+    simply given an object without `on_header`.
+    """
+
+    def __init__(self, session: HttpSession, *, bare: bool) -> None:
+        if bare:
+            # One URL span per message: a whole head is in the one buffer fed.
+            self.on_url = partial(setattr, session, "_url")
+            self.on_headers_complete = session.on_bare_headers_complete
+            self.on_message_complete = session.on_bare_message_complete
+            self.on_body = self.on_chunk_header = session.on_bare_body
+        else:
+            self.on_url = session.on_url
+            self.on_message_begin = session.on_message_begin
+            self.on_header = session.on_header
+            self.on_headers_complete = session.on_headers_complete
+            self.on_body = session.on_body
+            self.on_message_complete = session.on_message_complete
+            self.on_chunk_header = session.on_chunk_header
+            self.on_chunk_complete = session.on_chunk_complete
+
+
 class HttpSession:
     """One client connection's HTTP state."""
 
-    def __init__(self, ctx: ServerContext, driver: Any, transmitter: Any,
+    def __init__(self, ctx: ServerContext, driver: Driver, transmitter: Any,
                  client: tuple[str, int] | None) -> None:
         self.ctx = ctx
         self.config = ctx.config
@@ -90,78 +174,79 @@ class HttpSession:
         self.transmitter = transmitter
         self.client = client
         self.loop = ctx.loop
-        self._parser = httptools.HttpRequestParser(self)
-        # llhttp >= 9 refuses bytes after a `Connection: close` request; we simply
-        # stop parsing there, so let it through instead of raising (uvicorn #2238).
-        self._parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        self._full = _parser(_Callbacks(self, bare=False))
+        self._bare = _parser(_Callbacks(self, bare=True))
+        self.phase = OPEN
+        # The head being parsed (full parser): URL pieces, fields, framing facts.
         self._url = b""
         self._raw_headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
-        self._expect_continue = False
+        self._length: int | None = None
+        self._chunked = False
+        self._coding_ok = True
+        self._expects = False
+        self._hosts = 0
         self._in_head = False
+        self._first_line = b""          # an unfinished first line (HTTP/0.9 check)
+        # The bare parser's requests in this read: (url, method, version, keep-alive).
+        self._bare_heads: list[tuple[bytes, str, str, bool]] = []
+        self._bare_complete = 0
+        self._at_chunk_line = False     # the parser is at the start of a chunk-size line
+        self._chunk_line_next = False   # ... and the next read begins with it
         self._current: Request | None = None      # being parsed
         self._pipeline: deque[Request | _Rejection] = deque()
         self._active: Request | None = None      # being answered
         self._task: asyncio.Task | None = None
-        self._stop_parsing = False
-        self._closing = False                   # a close-after message is queued
         self._waiting_room = False
         self._room_waiter: asyncio.Future | None = None
-        self.closed = False
         self.draining = False
         self._metrics = ctx.metrics
         self._app = ctx.app
         self._max_head = ctx.config.max_header_bytes
+        self._max_body = ctx.config.max_body_bytes
         self._budget = ctx.config.connection_loan_budget
         self.requests_started = 0
-        self._content_length: int | None = None
-        self._chunked = False
-        # Static answers replayed for byte-identical requests; set by the raw-socket
-        # driver, whose transmitter the layouts are made for (answer_memo.py).
-        self.memo: ReplayCache | None = None
-        self._memo_candidate: tuple[Message, float] | None = None
-        self._remembering = False         # this read's answer is to be remembered
         # An upgrade request and the bytes read past its head, until it is answered.
         self._upgrade: Request | None = None
         self._upgrade_data: list[bytes] = []
         self._outlet: Outlet | None = None  # the active request's, if it relays itself
 
+    @property
+    def closed(self) -> bool:
+        return self.phase is CLOSED
+
     # -- input -------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
-        if self._stop_parsing or self.closed:
-            if self._upgrade is not None and not self.closed:
+        if self.phase is not OPEN:
+            if self._upgrade is not None and self.phase is not CLOSED:
                 self._upgrade_data.append(data)     # early frames: kept for the new protocol
                 self.driver.pause_reading()
             return
-        memo = self.memo
-        # At rest: between requests, nothing owed — a read that is one whole request
-        # may be answered by replay, and a new answer may be remembered for replay.
-        at_rest = (memo is not None and self._current is None and not self._in_head
-                   and self._active is None and not self._pipeline and not self._closing
-                   and not self.draining)
+        at_rest = self._current is None and not self._in_head
+        parser = self._full
+        started = self.requests_started
         if at_rest:
-            layout = memo.lookup(data)
-            if layout.__class__ is tuple:
-                outstanding = self.transmitter.outstanding
-                if not outstanding or (outstanding <= self._budget and not self.ctx.ledger.full):
-                    # A byte-identical repeat of a static request whose files have not
-                    # changed: the answer laid out last time goes out again, unparsed.
-                    self.requests_started += 1
-                    self._metrics.responses_total += 1
-                    self.transmitter.replay(layout)
-                    return
-                layout = False
-            # Else lookup said whether this request is worth remembering (asked before).
-            self._remembering = layout
-            started = self.requests_started
-            self._memo_candidate = None
+            if data.endswith(_END) and self._parse_bare(data):
+                self._dispatch()
+                self.transmitter.flush()
+                return
+            self._chunk_line_next = False
+        elif self._chunk_line_next:
+            # The previous read ended where a chunk ended: this one starts with the
+            # next chunk's size line, so an oversized chunk is known at once.
+            self._chunk_line_next = False
+            self._check_chunk_size(data, 0)
+            if self.phase is not OPEN:
+                self._dispatch()
+                self.transmitter.flush()
+                return
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             # Answer the request in hand, then close -- unless the application answers
             # with an Upgrade (upgrade.py): then the bytes past the head are the new
             # protocol's, so keep them and read no more until it takes over.
-            self._stop_parsing = True
+            self.phase = LAST
             if self._pipeline and isinstance(self._pipeline[-1], Request):
                 self._pipeline[-1].keep_alive = False
                 self._upgrade = self._pipeline[-1]
@@ -183,25 +268,36 @@ class HttpSession:
                 self._reject(400, "malformed request line")
         except httptools.HttpParserError as exc:
             self._reject(400, f"malformed request ({exc})")
+        else:
+            current = self._current
+            if current is not None and self._chunked and current.body_stream is not None \
+                    and self.phase is OPEN:
+                self._chunk_sizes_seen(data, at_rest and self.requests_started == started + 1)
+            elif self._in_head and self.phase is OPEN:
+                self._unfinished_head(data, at_rest)
         self._dispatch()
         self.transmitter.flush()
-        if at_rest:
-            self._remembering = False
-            if self._memo_candidate is not None:
-                self._remember(data, started)
 
-    def _remember(self, data: bytes, started: int) -> None:
-        """Keep the answer just sent for replay, if `data` was that one request, whole."""
-        msg, stale_at = self._memo_candidate
-        self._memo_candidate = None
-        if (self.requests_started == started + 1 and self._current is None
-                and not self._in_head and self._active is None and not self._pipeline
-                and not self._closing and not self._stop_parsing):
-            self.memo.store(data, msg, stale_at, self.transmitter)
+    def _unfinished_head(self, data: bytes, started_here: bool) -> None:
+        """A read ended inside a head: refuse an HTTP/0.9 request line at once.
+
+        llhttp would wait for a version that never comes (`GET /` then CRLF).
+        """
+        if started_here:
+            self._first_line = data[:_FIRST_LINE_MAX]
+        elif self._first_line and b"\n" not in self._first_line:
+            self._first_line = (self._first_line + data)[:_FIRST_LINE_MAX]
+        else:
+            return
+        # RFC 9112 §2.2: empty lines before a request line are ignored.
+        line, newline, _rest = self._first_line.lstrip(b"\r\n").partition(b"\n")
+        if newline and b" HTTP/" not in line:
+            self._reject(400, "request line without an HTTP version (HTTP/0.9 is not served)")
 
     def eof_received(self) -> None:
         """The client finished sending; answer what is in hand, then close."""
-        self._stop_parsing = True
+        if self.phase is OPEN:
+            self.phase = LAST
         if self._current is not None and self._current.body_stream is not None:
             self._current.body_stream.fail(ConnectionError("client closed before the body ended"))
         last = self._pipeline[-1] if self._pipeline else None
@@ -213,22 +309,21 @@ class HttpSession:
             last.keep_alive = False          # its answer closes the connection
         elif last is None and self._active is not None:
             self._active.keep_alive = False
-        elif last is None and not self._closing:
+        elif last is None and self.phase is LAST:
             # Nothing left to answer: close once what is queued has been sent.
-            if self.transmitter.idle:
-                self.driver.close()
-            else:
-                self._closing = True
-                self.transmitter.enqueue(Message(0, ()), self._closed_after_send)
+            self.phase = CLOSING
+            self.transmitter.when_sent(self._closed_after_send)
 
     # -- httptools callbacks -------------------------------------------------------------
     def on_message_begin(self) -> None:
         self._url = b""
         self._raw_headers = []
         self._head_bytes = 0
-        self._expect_continue = False
-        self._content_length = None
+        self._length = None
         self._chunked = False
+        self._coding_ok = True
+        self._expects = False
+        self._hosts = 0
         self._in_head = True
         self.requests_started += 1
 
@@ -243,44 +338,146 @@ class HttpSession:
         if self._head_bytes > self._max_head:
             raise _Reject(431, "request header block too large")
         size = len(name)
-        if size == 14 or size == 17 or size == 6:
+        if size == 4 or size == 14 or size == 17 or size == 6:
             self._framing_header(name.lower(), value)
         self._raw_headers.append((name, value))
 
     def _framing_header(self, name: bytes, value: bytes) -> None:
-        """Headers the session itself needs: body framing and expectations."""
-        if name == b"content-length":
+        """Headers the session itself needs: body framing, expectations, Host."""
+        if name == b"host":
+            self._hosts += 1
+        elif name == b"content-length":
             try:
-                self._content_length = int(value)
+                self._length = int(value)
             except ValueError:
                 raise _Reject(400, "bad Content-Length") from None
         elif name == b"transfer-encoding":
-            self._chunked = b"chunked" in value.lower()
+            self._chunked = True
+            self._coding_ok = self._coding_ok and value.strip(b" \t").lower() == b"chunked"
         elif name == b"expect":
             if value.lower() != b"100-continue":
                 raise _Reject(417, f"unsupported expectation {value!r}")
-            self._expect_continue = True
+            self._expects = True
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        parser = self._parser
+        request = self._new_request()
+        if self._length or self._chunked:
+            self._attach_body(request, self._length, self._chunked, self._coding_ok, self._expects)
+            self._at_chunk_line = self._chunked
+        if self._hosts != 1 and (self._hosts or request.version == "1.1"):
+            raise _Reject(400, "HTTP/1.1 needs exactly one Host header")
+
+    # -- the bare parse ------------------------------------------------------------------
+    def _parse_bare(self, data: bytes) -> bool:
+        """Parse a read of whole bodiless heads without header callbacks; False: give up."""
+        heads = self._bare_heads = []
+        self._bare_complete = 0
+        try:
+            self._bare.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            # A body (_GiveUp), an upgrade, or an error the full parser will report.
+            self._bare = _parser(_Callbacks(self, bare=True))
+            return False
+        count = len(heads)
+        if not count or self._bare_complete != count:
+            self._bare = _parser(_Callbacks(self, bare=True))
+            return False
+        # Answered right away, in this read's handling (nothing queued ahead of it),
+        # the first request may share this turn's stat of its file (filecache.py).
+        fresh = not self._pipeline and self._active is None and not self._waiting_room
+        if count == 1:
+            # After a request that closes the connection llhttp ignores what follows
+            # (lenient_data_after_close): only then can the read hold more than its head.
+            head = heads[0]
+            self._bare_request(head, data if head[3] else data[:data.find(_END) + 4], fresh)
+            return True
+        at = 0
+        for head in heads:
+            while data.startswith(b"\r\n", at):     # empty lines between requests
+                at += 2
+            end = data.find(_END, at) + 4
+            if not self._bare_request(head, data[at:end], fresh):
+                break
+            fresh = False
+            at = end
+        return True
+
+    def _bare_request(self, head: tuple[bytes, str, str, bool], block: bytes, fresh: bool) -> bool:
+        """Queue the request whose whole head is `block`; False when no more may follow."""
+        url, method, version, keep_alive = head
+        self.requests_started += 1
+        lowered = block.lower()
+        hosts = lowered.count(b"\r\nhost:")
+        if hosts != 1 or version != "1.1":        # the common case passes one test
+            if version != "1.1" and version != "1.0":
+                self._reject(505, f"HTTP/{version} is not supported")
+                return False
+            if hosts > 1 or (not hosts and version == "1.1"):
+                self._reject(400, "HTTP/1.1 needs exactly one Host header")
+                return False
+        if len(block) > self._max_head:
+            self._reject(414 if len(url) > self._max_head else 431, "request header block too large")
+            return False
+        expect = lowered.find(b"\r\nexpect:")
+        if expect >= 0 and lowered[expect + 9:lowered.find(b"\r\n", expect + 9)].strip(b" \t") != b"100-continue":
+            self._reject(417, "unsupported expectation")
+            return False
+        request = Request(method, url, version, None, keep_alive, self.client, None, block, lowered)
+        request.app = self._app
+        request.fresh = fresh
+        self._pipeline.append(request)
+        if not keep_alive:
+            self.phase = LAST
+            return False
+        return True
+
+    def on_bare_headers_complete(self) -> None:
+        parser = self._bare
+        raw_method = parser.get_method()
+        self._bare_heads.append((self._url, _METHODS.get(raw_method) or raw_method.decode("ascii"),
+                                 parser.get_http_version(),
+                                 parser.should_keep_alive() and not self.draining))
+
+    def on_bare_message_complete(self) -> None:
+        self._bare_complete += 1
+
+    def on_bare_body(self, *_chunk: bytes) -> None:
+        raise _GiveUp()
+
+    def _new_request(self) -> Request:
+        parser = self._full
+        version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            raise _Reject(505, f"HTTP/{version} is not supported")
         raw_method = parser.get_method()
         method = _METHODS.get(raw_method) or raw_method.decode("ascii")
         keep_alive = parser.should_keep_alive() and not self.draining
-        length = self._content_length
-        body = None
-        if length or self._chunked:
-            if length is not None and length > self.config.max_body_bytes:
-                raise _Reject(413, f"declared body of {length} bytes is over the limit")
-            body = RequestBody(self.config.max_body_bytes, self.driver.pause_reading,
-                               self._resume_reading,
-                               self._send_continue if self._expect_continue else None)
-        request = Request(method, self._url, parser.get_http_version(), self._raw_headers,
-                          keep_alive, self.client, body)
-        request.app = self.ctx.app
-        request.expect_continue = self._expect_continue and body is not None
+        request = Request(method, self._url, version, self._raw_headers, keep_alive, self.client, None)
+        request.app = self._app
         self._current = request
         self._pipeline.append(request)
+        return request
+
+    def _attach_body(self, request: Request, length: int | None, chunked: bool,
+                     coding_ok: bool, expects: bool) -> None:
+        if chunked:
+            if request.version == "1.0":
+                raise _Reject(400, "Transfer-Encoding in an HTTP/1.0 request")
+            if not coding_ok:
+                raise _Reject(501, "transfer codings other than chunked are not supported")
+        if length is not None and length > self._max_body:
+            raise _Reject(413, f"declared body of {length} bytes is over the limit")
+        request.body_stream = RequestBody(self._max_body, self.driver.pause_reading,
+                                          self._resume_reading,
+                                          self._send_continue if expects else None)
+        request.expect_continue = expects
+
+    def on_chunk_header(self) -> None:
+        self._at_chunk_line = False
+
+    def on_chunk_complete(self) -> None:
+        self._at_chunk_line = True
 
     def on_body(self, chunk: bytes) -> None:
         request = self._current
@@ -295,27 +492,63 @@ class HttpSession:
     def on_message_complete(self) -> None:
         request = self._current
         self._current = None
+        self._chunk_line_next = False
         if request is not None:
             if request.body_stream is not None:
                 request.body_stream.finish()
             if not request.keep_alive:
-                self._stop_parsing = True
+                self.phase = LAST
+
+    def _chunk_sizes_seen(self, data: bytes, head_in_this_read: bool) -> None:
+        """After a read into a chunked body: check the chunk sizes whose place is known.
+
+        llhttp tells when a chunk header was parsed, not where, so the size lines
+        checked are those at a known offset: the first one, right after a head that
+        began this read, and one that begins the next read after a chunk ended here.
+        Any other oversized chunk is still refused, as its bytes pass the limit.
+        """
+        if head_in_this_read:
+            self._check_chunk_size(data, data.find(_END) + 4)
+        if self._at_chunk_line and self.phase is OPEN:
+            self._chunk_line_next = True
+
+    def _check_chunk_size(self, data: bytes, at: int) -> None:
+        """Refuse at once a chunk that alone would take the body over its limit."""
+        request = self._current
+        if request is None or request.body_stream is None:
+            return
+        match = _CHUNK_SIZE.match(data, at)
+        if match is not None:
+            size = int(match.group(1), 16)
+            if request.body_stream.received + size > self._max_body:
+                request.body_stream.fail(BodyTooLarge(f"chunk of {size} bytes is over the body limit"))
+                self._reject(413, f"chunk of {size} bytes is over the body limit")
 
     # -- refusing ------------------------------------------------------------------------
+    def refuse(self, status: int, reason: str) -> None:
+        """Answer `status` now (after anything owed) and close: for the server's guards."""
+        self._reject(status, reason)
+        self._dispatch()
+        self.transmitter.flush()
+
     def _reject(self, status: int, reason: str) -> None:
         """Answer `status` after the answers already owed, then close."""
         self._metrics.requests_rejected += 1
         peer = self.client[0] if self.client else "-"
         log.warning("%s: %d %s", peer, status, reason)
-        self._stop_parsing = True
+        if self.phase is OPEN:
+            self.phase = LAST
         version = "1.1"
         current = self._current
         if current is not None:
             version = current.version
-            if current is self._active:
-                # Its handler is running: it sees the failure through its body stream
-                # (a 413 answer by the app), and the connection closes after it.
+            if current.answered or current is self._active:
+                # Its final answer is queued, or its handler is running and sees the
+                # failure through its body stream: no second answer, and the
+                # connection closes after the one it gets.
                 current.keep_alive = False
+                if current.answered and self._active is not current:
+                    self._close_when_sent()
                 return
             try:
                 self._pipeline.remove(current)
@@ -323,11 +556,17 @@ class HttpSession:
                 pass
         self._pipeline.append(_Rejection(status, reason, version))
 
+    def _close_when_sent(self) -> None:
+        if self.phase is OPEN or self.phase is LAST:
+            self.phase = CLOSING
+            self._pipeline.clear()
+            self.transmitter.when_sent(self._closed_after_send)
+
     # -- answering -----------------------------------------------------------------------
     def _dispatch(self) -> None:
         """Answer queued requests in order, as long as loans allow."""
         pipeline = self._pipeline
-        while pipeline and self._active is None and not self.closed and not self._closing:
+        while pipeline and self._active is None and self.phase < CLOSING:
             outstanding = self.transmitter.outstanding
             # Over the connection budget, or the global ledger full while this
             # connection already has bytes on loan: wait for the transmitter to drain.
@@ -338,15 +577,14 @@ class HttpSession:
                 return
             item = pipeline.popleft()
             if type(item) is _Rejection:
-                msg = error_response(item.status, item.reason, close=True)
-                self._send(None, msg, item.version)
+                self._send(None, error_response(item.status, item.reason, close=True), item.version)
                 continue
             self._active = item
             try:
                 result = self._app(item)
             except Exception as exc:  # noqa: BLE001 - the app's own error handling failed
                 result = self._internal_error(item, exc)
-            if type(result) is Message:
+            if isinstance(result, Message):
                 self._send(item, result, item.version)
             elif type(result) is CoroutineType or inspect.isawaitable(result):
                 # The answer's own coroutine becomes the task (no wrapper frame); the
@@ -369,10 +607,10 @@ class HttpSession:
         exc = task.exception()
         result = self._internal_error(request, exc) if exc is not None else task.result()
         self._task = None
-        if self.closed:
+        if self.phase is CLOSED:
             self._active = None
             return
-        if type(result) is Message:
+        if isinstance(result, Message):
             self._send(request, result, request.version)
         else:
             self._respond_other(request, result)
@@ -407,39 +645,75 @@ class HttpSession:
 
     def _send(self, request: Request | None, msg: Message, version: str,
               *, streaming: bool = False) -> None:
-        """Push the status line and connection headers, and queue the message."""
-        close = msg.close or self.draining or request is None or not request.keep_alive
-        if request is not None and request.body_stream is not None \
-                and not request.body_stream.complete:
-            if request.expect_continue and request.body_stream._on_first_read is not None:
-                close = True   # we never said 100 Continue: the body is not coming
-            if not streaming:
-                request.body_stream.discard()
+        """Push the status line and connection headers, and queue the message.
+
+        For a streamed answer (`streaming`) this is its head: a connection that
+        closes after it closes after the last chunk, which `_stream` queues.
+        """
         stack = msg._stack
-        date = DATE.line()
-        if close:
-            stack.append(date + b"Connection: close\r\n")
+        if request is not None and request.keep_alive and request.body_stream is None \
+                and version == "1.1" and not msg.close and not self.draining:
+            # The common answer: HTTP/1.1 keep-alive, no request body still owed.
+            request.answered = True
+            stack.append(DATE.line())
+            close = False
         else:
-            stack.append(date + b"Connection: keep-alive\r\n" if version == "1.0" else date)
-            if self._remembering and request.body_stream is None:
-                self._memo_candidate = (msg, DATE.until)
+            close = self._connection_fields(request, msg, version, streaming)
         status = msg.status
-        stack.append(status_line(status))
+        stack.append(STATUS_LINES.get(status) or status_line(status))
         if status in _NO_BODY_STATUSES or (request is not None and request.method == "HEAD"):
             msg.head_only = True
         self._metrics.responses_total += 1
         if self.ctx.access_log is not None:
             self.ctx.access_log(request, msg, self.client)
         if close:
-            self._closing = True
-            self._stop_parsing = True
-            self._pipeline.clear()
-            # A streamed head has its body still to come: the close waits for the end.
-            self.transmitter.enqueue(msg, None if streaming else self._closed_after_send)
+            self.transmitter.enqueue(msg)
+            if streaming and request is not None:
+                # The body still has to go out (and the request's own body may still
+                # be arriving): `_stream` closes after the last chunk.
+                request.keep_alive = False
+            else:
+                self._close_when_sent()
         else:
             self.transmitter.enqueue(msg)
         if not streaming:
             self._active = None
+
+    def _connection_fields(self, request: Request | None, msg: Message, version: str,
+                           streaming: bool) -> bool:
+        """Push Date and Connection for any other answer; True if it closes the connection."""
+        close = msg.close or self.draining or request is None or not request.keep_alive
+        if request is not None:
+            request.answered = True
+            body = request.body_stream
+            if body is not None and not body.complete:
+                if request.expect_continue and body._on_first_read is not None:
+                    close = True   # we never said 100 Continue: the body is not coming
+                elif not streaming and (self._chunked_in_flight(request)
+                                        or self._owed(request) > DISCARD_LIMIT):
+                    close = True   # too much still owed to read it only to drop it
+                if not streaming:
+                    body.discard()
+        date = DATE.line()
+        if close:
+            msg._stack.append(date + b"Connection: close\r\n")
+        else:
+            msg._stack.append(date + b"Connection: keep-alive\r\n" if version == "1.0" else date)
+        return close
+
+    @staticmethod
+    def _owed(request: Request) -> int:
+        """Bytes of the body still to come, by its declared length (0 if unknown)."""
+        body = request.body_stream
+        length = request.header(b"content-length")
+        try:
+            return max(0, int(length) - body.received) if length is not None and body is not None else 0
+        except ValueError:
+            return 0
+
+    @staticmethod
+    def _chunked_in_flight(request: Request) -> bool:
+        return request.header(b"transfer-encoding") is not None
 
     def _switch_protocols(self, request: Request, upgrade: Upgrade) -> None:
         """Queue the 101, then hand the connection to the protocol that takes over."""
@@ -449,7 +723,7 @@ class HttpSession:
         self._metrics.responses_total += 1
         if self.ctx.access_log is not None:
             self.ctx.access_log(request, msg, self.client)
-        self._closing = True                  # this session answers nothing more
+        self.phase = CLOSING                  # this session answers nothing more
         self._pipeline.clear()
         self._active = None
         self._upgrade = None
@@ -474,7 +748,11 @@ class HttpSession:
         self.driver.close()
 
     async def _stream(self, request: Request, resp: StreamResponse) -> None:
-        """Send a StreamResponse: a head, then one small Message per chunk."""
+        """Send a StreamResponse: a head, then one small Message per chunk.
+
+        HTTP/1.0 has no chunked coding: the body is delimited by the close, so the
+        connection closes once the last chunk is sent (never after the head alone).
+        """
         chunked = request.version != "1.0"
         fields = [("Content-Type", resp.content_type), *resp.headers]
         if chunked:
@@ -483,10 +761,11 @@ class HttpSession:
         self._send(request, head, request.version, streaming=True)
         self.transmitter.flush()
         iterator = resp.body.__aiter__()
+        failed = False
         try:
             if request.method != "HEAD":
                 async for chunk in iterator:
-                    if self.closed:
+                    if self.phase is CLOSED:
                         break
                     if type(chunk) is tuple:
                         # Several slices sent as one chunk without joining them: fan-out
@@ -503,41 +782,40 @@ class HttpSession:
                         payload = (b"%x\r\n" % len(chunk), chunk, b"\r\n") if chunked else (chunk,)
                     self.transmitter.enqueue(Message(0, (), payload))
                     self.transmitter.flush()
-                    if self.transmitter.outstanding > self.config.connection_loan_budget:
+                    if self.transmitter.outstanding > self._budget:
                         await self._room()
-                if chunked and not self.closed:
+                if chunked and self.phase is not CLOSED:
                     self.transmitter.enqueue(Message(0, (), (b"0\r\n\r\n",)))
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - the body generator failed mid-stream
+            # The body is cut short: the client must see a broken framing (no last
+            # chunk), and the connection is closed at once after what is queued.
             log.exception("streaming body of %s %r failed", request.method, request.target)
-            self._closing = True
+            failed = True
         finally:
             aclose = getattr(iterator, "aclose", None)
             if aclose is not None:
                 try:
                     await aclose()
-                except Exception:  # noqa: BLE001
-                    pass
+                except Exception:  # noqa: BLE001 - a failing cleanup must not hide the answer
+                    log.debug("closing the body iterator of %r failed", request.target, exc_info=True)
         self._task = None
         if request.body_stream is not None and not request.body_stream.complete:
             request.body_stream.discard()
+            if not failed and (self._chunked_in_flight(request) or self._owed(request) > DISCARD_LIMIT):
+                request.keep_alive = False
         self._active = None
-        if not self.closed and (self._closing or not request.keep_alive):
-            # A closing head, a failed body, or the client half-closed during the
-            # stream: close once it is all sent.
+        if self.phase is CLOSED:
+            return
+        if failed or not request.keep_alive:
+            # HTTP/1.0, Connection: close, a half-close during the stream, or a
+            # failed body: close once everything queued has gone out.
             self._close_when_sent()
-        if not self.closed:
+        self.transmitter.flush()
+        if self.phase is not CLOSING:
             self._dispatch()
             self.transmitter.flush()
-
-    def _close_when_sent(self) -> None:
-        self._closing = True
-        self._stop_parsing = True
-        if self.transmitter.idle:
-            self.driver.close()
-        else:
-            self.transmitter.enqueue(Message(0, ()), self._closed_after_send)
 
     def _send_continue(self) -> None:
         # The handler asked for the body: tell the client to send it.
@@ -554,7 +832,7 @@ class HttpSession:
 
     async def _room(self) -> None:
         """Wait until the transmitter has drained (for streaming producers)."""
-        if self.transmitter.idle or self.closed:
+        if self.transmitter.idle or self.phase is CLOSED:
             return
         self._room_waiter = self.loop.create_future()
         self.transmitter.wants_idle = True
@@ -575,12 +853,13 @@ class HttpSession:
             self._resume_reading()
             self._dispatch()
             self.transmitter.flush()
-        if self.draining and not self._closing and self._active is None \
-                and not self._pipeline and self._current is None and not self._in_head:
+        if self.draining and self.phase is not CLOSING and self.phase is not CLOSED \
+                and self._active is None and not self._pipeline and self._current is None \
+                and not self._in_head:
             self.driver.close()
 
     def _resume_reading(self) -> None:
-        if not self._waiting_room and not self.closed:
+        if not self._waiting_room and self.phase is not CLOSED:
             self.driver.resume_reading()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -603,10 +882,15 @@ class HttpSession:
             return
         log.warning("closing connection from %s: %s timeout", self.client, phase)
         self._metrics.requests_rejected += 1
-        if self._current is not None and self._current.body_stream is not None:
-            self._current.body_stream.fail(TimeoutError("request body timeout"))
+        current = self._current
+        if current is not None and current.body_stream is not None:
+            current.body_stream.fail(TimeoutError("request body timeout"))
+        if current is not None and current.answered:
+            # Answered already: no second answer, just stop waiting for the body.
+            self.driver.abort()
+            return
         if self._active is None and self.transmitter.idle:
-            self._stop_parsing = True
+            self.phase = LAST
             self._pipeline.clear()
             self._send(None, error_response(408, f"{phase} timeout", close=True), "1.1")
             self.transmitter.flush()
@@ -621,8 +905,7 @@ class HttpSession:
             self.driver.close()
 
     def connection_lost(self) -> None:
-        self.closed = True
-        self._stop_parsing = True
+        self.phase = CLOSED
         outlet, self._outlet = self._outlet, None
         if outlet is not None:
             outlet.closed = True
@@ -645,6 +928,14 @@ class HttpSession:
     @property
     def busy(self) -> bool:
         return self._active is not None or bool(self._pipeline) or not self.transmitter.idle
+
+
+def _parser(callbacks: _Callbacks) -> httptools.HttpRequestParser:
+    parser = httptools.HttpRequestParser(callbacks)
+    # llhttp >= 9 refuses bytes after a `Connection: close` request; we simply stop
+    # parsing there, so let it through instead of raising (uvicorn #2238).
+    parser.set_dangerous_leniencies(lenient_data_after_close=True)
+    return parser
 
 
 class RelayedAnswer:
@@ -726,9 +1017,9 @@ class Outlet:
         if request.body_stream is not None and not request.body_stream.complete:
             request.body_stream.discard()
         session._active = None
-        if session._closing or not request.keep_alive:
+        if not request.keep_alive:
             session._close_when_sent()
-        if not session.closed:
+        if session.phase < CLOSING:
             session._dispatch()
             session.transmitter.flush()
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from email.utils import formatdate
 from http import HTTPStatus
 
-__all__ = ["status_line", "DATE", "header_block", "http_date", "REASONS"]
+__all__ = ["DATE", "REASONS", "STATUS_LINES", "header_block", "http_date", "status_line"]
 
 REASONS: dict[int, str] = {s.value: s.phrase for s in HTTPStatus}
 REASONS.setdefault(425, "Too Early")
@@ -24,6 +24,10 @@ _STATUS_LINES: dict[int, bytes] = {
     code: f"HTTP/1.1 {code} {phrase}\r\nServer: pageloan\r\n".encode("latin-1")
     for code, phrase in REASONS.items()
 }
+
+
+# Read-only for the session's hot path (a dict hit instead of a call).
+STATUS_LINES = _STATUS_LINES
 
 
 def status_line(code: int) -> bytes:
@@ -44,7 +48,7 @@ class DateHeader:
     """`Date: ...\r\n`, recomputed only when the second changes.
 
     `until` is when the current line goes stale (the next whole second); an answer
-    that embeds the line can be reused until then (answer_memo.py).
+    that embeds the line can be reused until then.
     """
 
     __slots__ = ("until", "_line")

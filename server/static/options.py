@@ -59,7 +59,6 @@ class StaticOptions:
     precompressed: bool = True
     open_files: int = DEFAULT_OPEN_FILES
     map_max: int = 16 << 20           # files up to this size are mapped (so small ranges gather)
-    answer_memo: bool = True          # replay answers to byte-identical requests
     compress: bool = True             # build br/zstd/gzip variants once, in memory
     compress_budget: int = DEFAULT_BUDGET
     rules: RuleSpec = RuleSpec()      # redirects, rewrites, auth, CORS, SPA fallback (rules.py)
@@ -147,7 +146,7 @@ def static_options_from_args(args: argparse.Namespace) -> StaticOptions:
         autoindex=args.autoindex, follow_symlinks=args.follow_symlinks,
         show_dotfiles=args.show_dotfiles, cache_control=tuple(args.cache_control),
         precompressed=not args.no_precompressed, open_files=args.open_file_cache,
-        map_max=args.map_max, answer_memo=args.answer_memo,
+        map_max=args.map_max,
         compress=not args.no_compress, compress_budget=args.compress_cache,
         rules=RuleSpec(redirects=tuple(args.redirect) + tuple(args.rewrite), auth=tuple(args.basic_auth),
                        cors=tuple(args.cors), spa_fallback=args.spa_fallback))

@@ -602,10 +602,10 @@ class SiteRules:
             return _NOTHING               # no rule concerns this path: the site's own lookup
         return plan
 
-    def respond(self, request: Request, *, replayable: bool = False) -> Any:
+    def respond(self, request: Request) -> Any:
         plan = self.plan(request)
         if plan is _NOTHING:
-            return self._respond(request, replayable=replayable)
+            return self._respond(request)
         if plan.redirect is not None:
             return redirect_response(_with_query(plan.location, request.query_string), plan.redirect.status)
         cors = plan.cors
@@ -622,19 +622,18 @@ class SiteRules:
                     return self._unauthorized(guard, cors, request)
                 if verdict is None:
                     return _error(self._site, 503, [("Retry-After", "1")])
-                return self._after_check(verdict, guard, plan, request, replayable)
-        return self._serve(plan, request, replayable)
+                return self._after_check(verdict, guard, plan, request)
+        return self._serve(plan, request)
 
-    async def _after_check(self, pending: Any, guard: _Guard, plan: _Plan, request: Request,
-                           replayable: bool) -> Any:
+    async def _after_check(self, pending: Any, guard: _Guard, plan: _Plan, request: Request) -> Any:
         if not await pending:
             return self._unauthorized(guard, plan.cors, request)
-        answer = self._serve(plan, request, False)
+        answer = self._serve(plan, request)
         if asyncio.iscoroutine(answer):
             answer = await answer
         return answer
 
-    def _serve(self, plan: _Plan, request: Request, replayable: bool) -> Any:
+    def _serve(self, plan: _Plan, request: Request) -> Any:
         asked = request
         if plan.rewrite is not None:
             query = request.query_string
@@ -642,7 +641,7 @@ class SiteRules:
             asked = Request(request.method, target, request.version, request.raw_headers,
                             request.keep_alive, request.client, request.body_stream)
             asked.app = request.app
-        answer = self._respond(asked, replayable=replayable)
+        answer = self._respond(asked)
         last_resort = self._site.last_resort
         if answer is None and plan.spa and request.method in ("GET", "HEAD") \
                 and (last_resort or _navigation(request)):
@@ -685,7 +684,7 @@ def _navigation(request: Request) -> bool:
     return accept is not None and b"text/html" in accept
 
 
-def _not_installed(request: Request, *, replayable: bool = False) -> Any:
+def _not_installed(request: Request) -> Any:
     raise RuntimeError("SiteRules.install(site) was not called")
 
 

@@ -64,32 +64,10 @@ _RANGE_MEMO_SIZE = 32
 # A percent-encoded "/" or "\" names no file on a POSIX file system; refuse it.
 _ENCODED_SEPARATOR = re.compile(rb"%(?:2[fF]|5[cC])")
 
-# The request header fields that can change a static answer, and their slots.
-_INM, _IMS, _IM, _IUS, _RANGE, _IF_RANGE, _AE = range(7)
-_WANTED = {b"if-none-match": _INM, b"if-modified-since": _IMS, b"if-match": _IM,
-           b"if-unmodified-since": _IUS, b"range": _RANGE, b"if-range": _IF_RANGE,
-           b"accept-encoding": _AE}
-_WANTED_LENGTHS = frozenset(map(len, _WANTED))
-_CONDITIONAL = 7          # extra slot: set when any field other than Accept-Encoding is present
-
-
-def _fields_of(raw_headers: list[tuple[bytes, bytes]]) -> list | None:
-    """One pass over the header list: the fields we care about, or None if none."""
-    found: list | None = None
-    for name, value in raw_headers:
-        # The length test skips Host, User-Agent, Accept, Cookie... without lowering them.
-        if len(name) not in _WANTED_LENGTHS:
-            continue
-        slot = _WANTED.get(name.lower())
-        if slot is not None:
-            if found is None:
-                found = [None] * 8
-            previous = found[slot]
-            # Repeated fields are one comma-separated list (RFC 9110 §5.3).
-            found[slot] = value if previous is None else previous + b", " + value
-            if slot != _AE:
-                found[_CONDITIONAL] = True
-    return found
+# A request whose head holds none of these fields gets the plain 200 answer (with a
+# precompressed sibling or compressed variant when it also accepts one): the
+# conditionals (If-*) and Range.
+_SELECTORS = (b"\r\nif-", b"\r\nrange:")
 
 
 class _Presentation:
@@ -212,22 +190,13 @@ class StaticSite:
         self._file_routes: dict[tuple[str, str], _Route] = {}     # serve_file's
         self._route_limit = max(1024, 4 * self.cache.max_entries)
         self._presentations: dict[tuple, _Presentation] = {}
-        # The latest answer built with `replayable`, and the open files it depends on.
-        self.last_replayable: tuple[Message, tuple[OpenFile, ...]] | None = None
 
     def __call__(self, request: Request) -> Message | None:
         return self.respond(request)
 
     # -- the fast path -------------------------------------------------------------------
-    def respond(self, request: Request, *, replayable: bool = False) -> Message | None:
-        """A response for the request, or None if the path names nothing here.
-
-        `replayable` (the Application's own static branch only) notes the answer with
-        the open files it depends on (`last_replayable`), so that the answer memo may
-        replay it for a byte-identical request while those files stay current
-        (answer_memo.py).  Handlers that call this must leave it off: their answer
-        may depend on more than the request's bytes.
-        """
+    def respond(self, request: Request) -> Message | None:
+        """A response for the request, or None if the path names nothing here."""
         method = request.method
         if method != "GET" and method != "HEAD":
             # OPTIONS * and OPTIONS /path: 204 with Allow (rules.py); others are not ours.
@@ -236,67 +205,55 @@ class StaticSite:
         route = self._routes.get(raw)
         if route is not None:
             try:
-                f = self.cache.open(route.path)
+                f = self.cache.open(route.path, fresh=request.fresh)
             except OSError:
                 f = None
             if f is not None and f.vetted:
-                return self._serve(request, route, f, replayable)
+                return self._serve(request, route, f)
             # Gone, or replaced by a file not yet checked: resolve the URL again.
             del self._routes[raw]
-        return self._resolve(request, replayable)
+        return self._resolve(request)
 
-    def _serve(self, request: Request, route: _Route, f: OpenFile,
-               replayable: bool = False) -> Message:
-        fields = _fields_of(request.raw_headers)
-        if fields is None:      # the plain GET: prebuilt entity block + the whole file
-            p = route.plain_vary if route.siblings else route.plain
-            built = f.extra.get(p) or _prebuilt(f, p)
-            msg = Message(200, (built.entity,), built.whole)
-            if replayable:
-                self.last_replayable = (msg, (f,))
-            return msg
-        msg, served = self._negotiated(request, route, f, fields)
-        if replayable:
-            # Every answer below is a pure function of the request's fields and of the
-            # identity of the files it looked at: the route's file, and the sibling it
-            # chose (whose existence is re-checked once a second, as here).
-            self.last_replayable = (msg, (f,) if served is f else (f, served))
-        return msg
+    def _serve(self, request: Request, route: _Route, f: OpenFile) -> Message:
+        """The answer for a resolved route: a few searches of the lowered head decide it.
 
-    def _negotiated(self, request: Request, route: _Route, f: OpenFile,
-                    fields: list) -> tuple[Message, OpenFile]:
-        """The answer when the request has fields that can change it, and the file
-        (the route's own, or a precompressed sibling) it describes."""
+        Only Accept-Encoding (when siblings or variants exist), the conditionals and
+        Range can change it; Cookie, User-Agent, the query string and the rest
+        cannot, so they are never looked at.
+        """
+        lowered = request.lowered_head
         chosen = None
-        accept = fields[_AE]
-        if accept is not None and (self.precompressed or self.compression is not None):
-            chosen = self._pick_sibling(route, accept, f)
-        served = f
-        if chosen is not None:
-            served, p = chosen
-        else:
+        # find(), not `in`: bytes.__contains__ first tries the needle as an integer
+        # and raises and clears a TypeError each time (CPython 3.11).
+        if (self.precompressed or self.compression is not None) \
+                and lowered.find(b"\r\naccept-encoding:") >= 0:
+            chosen = self._pick_sibling(route, request, f)
+        if chosen is None:
             p = route.plain_vary if route.siblings else route.plain
+            served: OpenFile | Variant = f
+        else:
+            served, p = chosen
         built = served.extra.get(p) or _prebuilt(served, p)
-        answer = self._negotiated_for(request, served, built, fields)
-        # A variant built in memory (compression.py) depends on its file's identity only.
-        return answer, (f if served.__class__ is Variant else served)
+        if lowered.find(_SELECTORS[0]) < 0 and lowered.find(_SELECTORS[1]) < 0:
+            return Message(200, (built.entity,), built.whole)
+        return self._conditional(request, served, built)
 
-    def _negotiated_for(self, request: Request, f: OpenFile, built: _Prebuilt,
-                        fields: list) -> Message:
-        if fields[_CONDITIONAL] is None:
-            return _whole(f, built)           # only Accept-Encoding: a browser's plain GET
-        verdict = None
-        if fields[_INM] is not None or fields[_IMS] is not None \
-                or fields[_IM] is not None or fields[_IUS] is not None:
-            verdict = evaluate(fields[_IM], fields[_IUS], fields[_INM], fields[_IMS],
+    def _conditional(self, request: Request, f: OpenFile | Variant, built: _Prebuilt) -> Message:
+        """Preconditions (RFC 9110 §13.2.2 order), then Range, for a request that has some."""
+        header = request.header
+        if_match, if_unmodified = header(b"if-match"), header(b"if-unmodified-since")
+        if_none_match, if_modified = header(b"if-none-match"), header(b"if-modified-since")
+        if if_match is not None or if_unmodified is not None or if_none_match is not None \
+                or if_modified is not None:
+            verdict = evaluate(if_match, if_unmodified, if_none_match, if_modified,
                                built.etag, built.last_modified)
-        if verdict == NOT_MODIFIED:
-            return Message(304, (built.not_modified,))
-        if verdict == PRECONDITION_FAILED:
-            return error_response(412)
-        range_header = fields[_RANGE]
+            if verdict == NOT_MODIFIED:
+                return Message(304, (built.not_modified,))
+            if verdict == PRECONDITION_FAILED:
+                return error_response(412)
+        range_header = header(b"range")
         if range_header is not None and request.method == "GET":
-            if_range = fields[_IF_RANGE]
+            if_range = header(b"if-range")
             if if_range is None or if_range_holds(if_range, built.etag, built.last_modified_text):
                 answer = self._ranged(f, built, range_header)
                 if answer is not None:
@@ -339,12 +296,15 @@ class StaticSite:
                 f"Content-Length: {length}\r\n").encode("latin-1")
         return Message(206, (head + built.shared + b"\r\n",), slices)
 
-    def _pick_sibling(self, route: _Route, accept: bytes,
+    def _pick_sibling(self, route: _Route, request: Request,
                       f: OpenFile) -> tuple[OpenFile | Variant, _Presentation] | None:
         now = time.monotonic()
         if now - route.checked_at > RECHECK_SECONDS:
             self._look_for_siblings(route, now)
         if not route.siblings:
+            return None
+        accept = request.header(b"accept-encoding")
+        if accept is None:
             return None
         coding = choose_coding(accept, route.codings)
         if coding is None:
@@ -370,7 +330,7 @@ class StaticSite:
         route.checked_at = now
 
     # -- the slow path ---------------------------------------------------------------------
-    def _resolve(self, request: Request, replayable: bool = False) -> Message | None:
+    def _resolve(self, request: Request) -> Message | None:
         raw = request.raw_path
         if _ENCODED_SEPARATOR.search(raw):
             return error_response(400, "bad path")
@@ -425,7 +385,7 @@ class StaticSite:
         if len(self._routes) >= self._route_limit:
             self._routes.clear()
         self._routes[raw] = route
-        return self._serve(request, route, f, replayable)
+        return self._serve(request, route, f)
 
     def _route_for(self, file_path: str, url_path: str) -> _Route:
         route = _Route(file_path, url_path)
