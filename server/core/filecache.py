@@ -176,6 +176,7 @@ class OpenFileCache:
         self.map_max = map_max
         self.inactive = inactive
         self._files: dict[str, OpenFile] = {}
+        self.by_path = self._files       # read-only for others: what is cached, unchecked
         self.hits = 0
         self.misses = 0
         self.closed_idle = 0
