@@ -21,6 +21,7 @@ from .asgi.options import AsgiOptions, asgi_options_from_args
 from .framework.build import AppOptions
 from .ftp import FtpConfig, ftp_config_from_args
 from .http.config import ServerConfig
+from .http.forwarded import TrustedProxies
 from .http.server import TlsSetupError, tls_context
 from .static.options import static_options_from_args
 from .websocket.options import WebSocketOptions, websocket_options_from_args
@@ -67,6 +68,18 @@ def _port_habit(args: argparse.Namespace) -> None:
         if args.port is not None and args.port != lone:
             raise SystemExit(f"pageloan: port given twice ({lone} and --port {args.port})")
         args.port = lone
+
+
+def _native_forwarding(args: argparse.Namespace) -> str | None:
+    """--forwarded-allow-ips for the native server: only when given (docs/deployment.md)."""
+    allow = getattr(args, "forwarded_allow_ips", None)
+    if allow is None or not getattr(args, "proxy_headers", True):
+        return None
+    try:
+        TrustedProxies.parse(allow)
+    except ValueError as exc:
+        raise SystemExit(f"pageloan: {exc}") from None
+    return allow
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -119,7 +132,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         global_loan_budget=args.global_loan_budget, sendfile_step=args.sendfile_step,
         gather_max=args.gather_max, zerocopy=args.zerocopy, zerocopy_min=args.zerocopy_min,
         zerocopy_copied_limit=args.zerocopy_copied_limit,
-        proxy_protocol=args.proxy_protocol, ready_path=args.ready_path, drain_delay=args.drain_delay)
+        proxy_protocol=args.proxy_protocol, ready_path=args.ready_path, drain_delay=args.drain_delay,
+        forwarded_allow_ips=_native_forwarding(args))
     app = AppOptions(root=root, static=static, handlers=handlers,
                      reload=args.reload, metrics=args.metrics, debug=args.debug)
     return Config(server=server, app=app, ftp=ftp, websocket=websocket_options_from_args(args), asgi=asgi)

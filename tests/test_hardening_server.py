@@ -247,6 +247,31 @@ async def test_a_bad_proxy_header_closes_the_connection(serve, tmp_path, caplog)
     writer.close()
 
 
+# -- forwarding headers ------------------------------------------------------------------
+
+@pytest.mark.parametrize("allow, expected", [
+    ("127.0.0.1", ["198.51.100.7", "203.0.113.9", "127.0.0.1"]),
+    ("10.0.0.0/8", ["127.0.0.1", "127.0.0.1", "127.0.0.1"]),      # we are not a trusted proxy
+])
+async def test_forwarded_client_only_from_trusted_proxies(serve, tmp_path, caplog, allow, expected):
+    (tmp_path / "a.txt").write_text("a")
+    running = await serve(root=tmp_path, access_log="-", forwarded_allow_ips=allow)
+    import logging
+    requests = [
+        b"X-Forwarded-For: 6.6.6.6, 198.51.100.7\r\n",            # the left entry is the client's claim
+        b"Forwarded: for=203.0.113.9;proto=https\r\n",
+        b"",
+    ]
+    with caplog.at_level(logging.INFO, logger="pageloan.access"):
+        for extra in requests:
+            reply = await asyncio.to_thread(
+                raw_exchange, running.port,
+                b"GET /a.txt HTTP/1.1\r\nHost: t\r\n" + extra + b"Connection: close\r\n\r\n")
+            assert reply.startswith(b"HTTP/1.1 200")
+    hosts = [r.getMessage().split(" ", 1)[0] for r in caplog.records if r.name == "pageloan.access"]
+    assert hosts == expected
+
+
 # -- socket activation -------------------------------------------------------------------
 
 def test_systemd_socket_activation(tmp_path):

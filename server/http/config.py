@@ -46,6 +46,7 @@ class ServerConfig:
     proxy_protocol: bool = False       # every connection starts with a PROXY v1/v2 header
     ready_path: str | None = None      # GET → 200 "ready", 503 once draining starts
     drain_delay: float = 0.0           # SIGTERM: answer unready this long before closing the listener
+    forwarded_allow_ips: str | None = None   # believe X-Forwarded-For/Forwarded from these peers
     # features
     access_log: str | None = None      # "-" for stdout, or a file path
     debug: bool = False                # tracebacks to the client on 500

@@ -65,6 +65,9 @@ class SocketConnection:
             pass   # AF_UNIX and friends
         config = ctx.config
         self.session = HttpSession(ctx, self, None, _peer(addr))
+        forwarding = ctx.app_for(self.session.client)
+        if forwarding is not None:       # a trusted proxy: believe its forwarding headers
+            self.session._app = forwarding
         # --zerocopy picks another transmitter here, so the ordinary one never asks.
         self._zc = zerocopy.attach(sock, self.loop, ctx.metrics, ctx.ledger,
                                    config.zerocopy_copied_limit) if config.zerocopy else None
@@ -180,6 +183,9 @@ class TlsConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         addr = self._peer or transport.get_extra_info("peername")
         self.session = HttpSession(self.ctx, self, None, _peer(addr))
+        forwarding = self.ctx.app_for(self.session.client)
+        if forwarding is not None:
+            self.session._app = forwarding
         if self.ctx.config.zerocopy:
             zerocopy.note_unsupported("TLS connections (the copy path)")
         self.transmitter = CopyTransmitter(

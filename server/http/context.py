@@ -25,6 +25,7 @@ from ..core.loans import LoanLedger
 from ..core.message import Message
 from ..core.metrics import METRICS, Metrics
 from .config import ServerConfig
+from .forwarded import TrustedProxies, forwarded_peer
 
 __all__ = ["ServerContext"]
 
@@ -50,7 +51,21 @@ class ServerContext:
         if config.ready_path:
             app = _with_readiness(app, config.ready_path.encode("latin-1"), self)
             self.app = app
+        # Forwarding headers are believed only from trusted proxies: connections from
+        # those get `forwarded_app` (connection.py), everybody else the plain one.
+        self.trusted: TrustedProxies | None = None
+        self.forwarded_app: Callable[[Any], Any] | None = None
+        if config.forwarded_allow_ips:
+            self.trusted = TrustedProxies.parse(config.forwarded_allow_ips)
+            self.forwarded_app = _with_forwarding(app, self.trusted)
         self.access_log = _access_logger() if config.access_log else None
+
+    def app_for(self, peer: tuple[str, int] | None) -> Callable[[Any], Any] | None:
+        """The forwarding-aware application for a connection from `peer`, if it is a
+        trusted proxy (None: the session keeps the plain one)."""
+        if self.trusted is not None and peer is not None and self.trusted.trusts(peer[0]):
+            return self.forwarded_app
+        return None
 
     def connection_opened(self, conn: Any) -> None:
         self.connections.add(conn)
@@ -78,6 +93,14 @@ _READY = b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: 6\r\nCache
 _UNREADY = b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: 9\r\nCache-Control: no-store\r\n\r\n"
 
 
+def _with_forwarding(app: Callable[[Any], Any], trusted: TrustedProxies) -> Callable[[Any], Any]:
+    """`app`, with `request.client` taken from the trusted proxy's forwarding headers."""
+    def answer(request: Any) -> Any:
+        request.client = forwarded_peer(request.client, request.raw_headers, trusted, "http").client
+        return app(request)
+    return answer
+
+
 def _with_readiness(app: Callable[[Any], Any], path: bytes, ctx: ServerContext) -> Callable[[Any], Any]:
     """`app`, answering GET/HEAD `path` itself: 200 `ready`, or 503 `draining` once
     the server drains.  Only installed when a readiness path is configured, so the
@@ -94,6 +117,8 @@ def _with_readiness(app: Callable[[Any], Any], path: bytes, ctx: ServerContext) 
 def _access_logger() -> Callable[..., None]:
     """Combined Log Format plus $request_time, one line per response."""
     def log_access(request: Any, msg: Any, client: tuple[str, int] | None) -> None:
+        if request is not None and request.client is not None:
+            client = request.client          # a trusted proxy's client (forwarded.py)
         host = log_escape(client[0]) if client else "-"
         when = time.strftime("%d/%b/%Y:%H:%M:%S %z")
         if request is None:
