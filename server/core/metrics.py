@@ -236,6 +236,7 @@ class _Totals(Metrics):
     """Every worker's numbers summed, shaped like one Metrics so it renders the same."""
 
     __slots__ = ("_fanout",)
+    _fanout: tuple[int, int, int]
 
     def fanout(self) -> tuple[int, int, int]:
         return self._fanout
