@@ -19,6 +19,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import handler_fixtures
 import pytest
 from conftest import REPO, free_port, raw_exchange, wait_for_port
 
@@ -26,6 +27,8 @@ from server.core.filecache import OpenFileCache
 from server.framework.application import Application
 from server.http.proxy_protocol import V2_SIGNATURE, ProxyProtocolError, parse_header
 from server.static.site import StaticSite
+
+handler_site = handler_fixtures.handler_site   # the fixture
 
 
 async def _poll(predicate, timeout: float = 10.0) -> bool:
@@ -270,6 +273,24 @@ async def test_forwarded_client_only_from_trusted_proxies(serve, tmp_path, caplo
             assert reply.startswith(b"HTTP/1.1 200")
     hosts = [r.getMessage().split(" ", 1)[0] for r in caplog.records if r.name == "pageloan.access"]
     assert hosts == expected
+
+
+async def test_handlers_still_reach_the_application_behind_the_fronts(handler_site):
+    site = await handler_site({"state.py": """
+from server import route, on_startup
+
+@on_startup
+def remember(app):
+    app.state.greeting = "hi"
+
+@route("/state")
+def state(request):
+    return {"greeting": request.app.state.greeting, "client": request.client[0]}
+"""}, ready_path="/readyz", forwarded_allow_ips="127.0.0.1")
+    reply = await site.fetch("GET", "/state", headers={"X-Forwarded-For": "192.0.2.44"})
+    assert reply.status == 200
+    assert reply.json() == {"greeting": "hi", "client": "192.0.2.44"}
+    assert (await site.get("/readyz")).body == b"ready\n"
 
 
 # -- socket activation -------------------------------------------------------------------

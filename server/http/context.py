@@ -49,7 +49,7 @@ class ServerContext:
         # False once draining starts: the readiness path answers 503.
         self.ready = True
         if config.ready_path:
-            app = _with_readiness(app, config.ready_path.encode("latin-1"), self)
+            app = _Readiness(app, config.ready_path.encode("latin-1"), self)
             self.app = app
         # Forwarding headers are believed only from trusted proxies: connections from
         # those get `forwarded_app` (connection.py), everybody else the plain one.
@@ -57,7 +57,7 @@ class ServerContext:
         self.forwarded_app: Callable[[Any], Any] | None = None
         if config.forwarded_allow_ips:
             self.trusted = TrustedProxies.parse(config.forwarded_allow_ips)
-            self.forwarded_app = _with_forwarding(app, self.trusted)
+            self.forwarded_app = _Forwarding(app, self.trusted)
         self.access_log = _access_logger() if config.access_log else None
 
     def app_for(self, peer: tuple[str, int] | None) -> Callable[[Any], Any] | None:
@@ -89,29 +89,53 @@ def log_escape(text: str) -> str:
     return text.translate(_LOG_ESCAPES)
 
 
+class _AppFront:
+    """A front on the application that answers a few things itself and passes the rest.
+
+    Handlers reach the application through `request.app` (its `state`, its
+    routes), which is whatever the session calls: so every other attribute is the
+    wrapped application's.
+    """
+
+    def __init__(self, inner: Callable[[Any], Any]) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class _Forwarding(_AppFront):
+    """`request.client` taken from a trusted proxy's forwarding headers (forwarded.py)."""
+
+    def __init__(self, inner: Callable[[Any], Any], trusted: TrustedProxies) -> None:
+        super().__init__(inner)
+        self._trusted = trusted
+
+    def __call__(self, request: Any) -> Any:
+        request.client = forwarded_peer(request.client, request.raw_headers, self._trusted, "http").client
+        return self._inner(request)
+
+
 _READY = b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: 6\r\nCache-Control: no-store\r\n\r\n"
 _UNREADY = b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: 9\r\nCache-Control: no-store\r\n\r\n"
 
 
-def _with_forwarding(app: Callable[[Any], Any], trusted: TrustedProxies) -> Callable[[Any], Any]:
-    """`app`, with `request.client` taken from the trusted proxy's forwarding headers."""
-    def answer(request: Any) -> Any:
-        request.client = forwarded_peer(request.client, request.raw_headers, trusted, "http").client
-        return app(request)
-    return answer
+class _Readiness(_AppFront):
+    """GET/HEAD `path` answered here: 200 `ready`, or 503 `draining` once the server
+    drains.  Only installed when a readiness path is configured, so the default
+    request path pays nothing for it."""
 
+    def __init__(self, inner: Callable[[Any], Any], path: bytes, ctx: ServerContext) -> None:
+        super().__init__(inner)
+        self._path = path
+        self._ctx = ctx
 
-def _with_readiness(app: Callable[[Any], Any], path: bytes, ctx: ServerContext) -> Callable[[Any], Any]:
-    """`app`, answering GET/HEAD `path` itself: 200 `ready`, or 503 `draining` once
-    the server drains.  Only installed when a readiness path is configured, so the
-    default request path pays nothing for it."""
-    def answer(request: Any) -> Any:
-        if request.raw_path == path and (request.method == "GET" or request.method == "HEAD"):
-            if ctx.ready:
+    def __call__(self, request: Any) -> Any:
+        if request.raw_path == self._path and (request.method == "GET" or request.method == "HEAD"):
+            if self._ctx.ready:
                 return Message(200, (_READY,), (b"ready\n",))
             return Message(503, (_UNREADY,), (b"draining\n",), close=True)
-        return app(request)
-    return answer
+        return self._inner(request)
 
 
 def _access_logger() -> Callable[..., None]:
