@@ -38,12 +38,12 @@ from __future__ import annotations
 import argparse
 import mmap
 import os
+import queue
 import stat as stat_mod
 import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import brotli
@@ -174,6 +174,36 @@ def _sealed_memory_file(data: bytes, name: str) -> OpenDescriptor:
     return OpenDescriptor(fd, len(data), mapping)
 
 
+class _Builders:
+    """A few daemon threads that run build jobs from a queue.
+
+    Daemon threads, not a ThreadPoolExecutor: a build is disposable (the next request
+    asks again), so stopping the server must not wait for queued compressions.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.threads = [threading.Thread(target=self._run, name=f"pageloan-compress-{n}", daemon=True)
+                        for n in range(max(1, workers))]
+        for thread in self.threads:
+            thread.start()
+
+    def submit(self, job: Callable[..., None], *args: Any) -> None:
+        self.jobs.put((job, args))
+
+    def _run(self) -> None:
+        while True:
+            item = self.jobs.get()
+            if item is None:
+                return
+            job, args = item
+            job(*args)
+
+    def close(self) -> None:
+        for _thread in self.threads:
+            self.jobs.put(None)
+
+
 class Compressor:
     """The per-site cache of compressed variants and the pool that builds them."""
 
@@ -191,7 +221,7 @@ class Compressor:
         self._identity_of: dict[str, tuple] = {}       # path → latest identity seen
         self._pending: set[tuple] = set()
         self._lock = threading.Lock()                  # builds finish on pool threads
-        self._pool: ThreadPoolExecutor | None = None   # made on first use (after any fork)
+        self._pool: _Builders | None = None            # started on first use (after any fork)
         self.bytes_held = 0
         self.built = 0
         self.dropped = 0
@@ -250,7 +280,7 @@ class Compressor:
     # -- building ----------------------------------------------------------------------------
     def _submit(self, key: tuple, f: OpenFile, coding: str) -> None:
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="pageloan-compress")
+            self._pool = _Builders(self.workers)
         # The job holds the descriptor's owner, so the fd stays open while it reads
         # even if the open-file cache lets the file go meanwhile.
         self._pool.submit(self._build, key, f.handle, f.path, f.mtime, coding)
@@ -343,7 +373,7 @@ class Compressor:
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.close()
             self._pool = None
 
     def __len__(self) -> int:
