@@ -22,6 +22,7 @@ nothing could not pass.
 from __future__ import annotations
 
 import ast
+import functools
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +118,13 @@ class _Imports(ast.NodeVisitor):
 
 
 def import_edges(root: Path, top: str) -> tuple[list[Edge], dict[str, Path]]:
+    return _import_edges(root, top, tuple(sorted((p.as_posix(), p.stat().st_mtime_ns)
+                                                 for p in (root / top).rglob("*.py"))))
+
+
+@functools.lru_cache(maxsize=8)
+def _import_edges(root: Path, top: str, _version: tuple[tuple[str, int], ...]) -> tuple[list[Edge], dict[str, Path]]:
+    """Parsed once per tree state (`_version`: every file and its mtime)."""
     modules = module_files(root, top)
     edges: list[Edge] = []
     for name, path in modules.items():
