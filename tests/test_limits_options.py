@@ -42,6 +42,8 @@ def _serve(*args: str, timeout: float = 20) -> subprocess.CompletedProcess:
     (["--global-loan-budget", "0"], ["--global-loan-budget", "too small"]),
     (["--sendfile-step", "0"], ["--sendfile-step", "too small"]),
     (["--gather-max", "lots"], ["--gather-max", "not a size"]),
+    (["--open-file-cache-inactive", "0"], ["--open-file-cache-inactive", "more than 0"]),
+    (["--drain-delay", "-1"], ["--drain-delay", "at least 0"]),
 ])
 @pytest.mark.slow
 def test_numeric_options_are_range_checked(args, words):

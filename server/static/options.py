@@ -20,6 +20,7 @@ the root; precompressed siblings on (they only ever *add* a smaller representati
     --no-compress                 do not build compressed variants in memory
     --compress-cache SIZE         bytes of compressed variants kept (default 32M)
     --open-file-cache N           open files kept (descriptors, stat, mappings)
+    --open-file-cache-inactive S  close a cached file unused this long (nginx's inactive=)
     --spa-fallback FILE           a missing path without an extension gets FILE (200)
     --redirect 'FROM TO [STATUS]' redirect (301 default; FROM may end in /* for a prefix)
     --rewrite 'FROM TO'           serve TO for FROM, internally
@@ -36,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..core.filecache import OpenFileCache
+from ..core.filecache import DEFAULT_INACTIVE, OpenFileCache
 from .cache_policy import CacheControlRules, parse_rule
 from .compression import DEFAULT_BUDGET, Compressor
 from .rules import RuleError, RuleSpec, SiteRules, parse_auth, parse_cors, parse_redirect
@@ -58,6 +59,7 @@ class StaticOptions:
     cache_control: tuple[tuple[str, str], ...] = ()   # (glob, value), first match wins
     precompressed: bool = True
     open_files: int = DEFAULT_OPEN_FILES
+    open_files_inactive: float = DEFAULT_INACTIVE
     map_max: int = 16 << 20           # files up to this size are mapped (so small ranges gather)
     compress: bool = True             # build br/zstd/gzip variants once, in memory
     compress_budget: int = DEFAULT_BUDGET
@@ -95,6 +97,16 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _inactive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a valid time (more than 0 seconds)")
     return value
 
 
@@ -138,6 +150,10 @@ def add_static_arguments(parser: argparse.ArgumentParser) -> None:
                        help="allow cross-origin requests to PATH from ORIGINs (* for any)")
     group.add_argument("--open-file-cache", type=_positive, default=DEFAULT_OPEN_FILES, metavar="N",
                        help=f"open files to keep (default {DEFAULT_OPEN_FILES})")
+    group.add_argument("--open-file-cache-inactive", type=_inactive, default=DEFAULT_INACTIVE,
+                       metavar="SECONDS",
+                       help=f"close a cached file nobody used for this long (default {DEFAULT_INACTIVE:g}; "
+                            "deleted files are closed within a second regardless)")
 
 
 def static_options_from_args(args: argparse.Namespace) -> StaticOptions:
@@ -146,6 +162,7 @@ def static_options_from_args(args: argparse.Namespace) -> StaticOptions:
         autoindex=args.autoindex, follow_symlinks=args.follow_symlinks,
         show_dotfiles=args.show_dotfiles, cache_control=tuple(args.cache_control),
         precompressed=not args.no_precompressed, open_files=args.open_file_cache,
+        open_files_inactive=args.open_file_cache_inactive,
         map_max=args.map_max,
         compress=not args.no_compress, compress_budget=args.compress_cache,
         rules=RuleSpec(redirects=tuple(args.redirect) + tuple(args.rewrite), auth=tuple(args.basic_auth),
@@ -158,7 +175,8 @@ def static_site(root: Path, options: StaticOptions | None = None) -> StaticSite:
     RuleError if a rule cannot apply to this root (an SPA fallback file missing).
     """
     options = options or StaticOptions()
-    cache = OpenFileCache(max_entries=options.open_files, map_max=options.map_max)
+    cache = OpenFileCache(max_entries=options.open_files, map_max=options.map_max,
+                          inactive=options.open_files_inactive)
     site = StaticSite(
         root, cache=cache,
         autoindex=options.autoindex,
