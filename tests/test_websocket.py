@@ -617,3 +617,14 @@ async def test_garbage_after_the_handshake_never_hurts_the_server(ws_site, caplo
         assert await ws.recv() == "alive"
     # No exception escaped into the event loop (a callback error would leave a socket deaf).
     assert not [r for r in caplog.records if r.name == "asyncio" and r.levelname == "ERROR"]
+
+
+async def test_serve_flags_reach_the_bundled_handlers(server_process):
+    proc = server_process(["--ws-max-size", "1000"])
+    async with connect(f"ws://127.0.0.1:{proc.port}/ws/echo") as ws:
+        await ws.send("a" * 1000)
+        assert await ws.recv() == "a" * 1000
+        await ws.send("a" * 1001)
+        with pytest.raises(ConnectionClosed):
+            await ws.recv()
+    assert ws.close_code == 1009
