@@ -54,12 +54,12 @@ async def publish(request, name):
 
 
 @route("/channels/{name}")
-def subscribe(request, name):
+async def subscribe(request, name):
     return channel_response(request, channel(name))
 
 
 @route("/channels/{name}/events")
-def subscribe_events(request, name):
+async def subscribe_events(request, name):
     return channel_events(request, channel(name))
 
 
@@ -73,7 +73,7 @@ async def subscribe_websocket(ws, name):
 
 
 @route("/channels")
-def list_channels(request):
+async def list_channels(request):
     return [{"name": ch.name, "readers": ch.readers, "next_seq": ch.next_seq,
              "policy": ch.policy, "chunks_held": ch.chunks_held, "bytes_held": ch.bytes_held,
              "producing": ch.producer is not None} for ch in channels()]
@@ -125,7 +125,7 @@ async def _generate(ch):
 
 
 @route("/stream")
-def sample_stream(request):
+async def sample_stream(request):
     ch = channel("samples", policy="skip", replay_chunks=16)
     response = channel_response(request, ch)      # subscribe first: the generator sees a reader
     if ch not in _generators:

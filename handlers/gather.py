@@ -16,7 +16,7 @@ PARTS = ("style.css", "index.html")
 
 
 @route("/gather")
-def gather(request):
+async def gather(request):
     try:
         limit = int(request.query_value("bytes", "-1"))
     except ValueError:

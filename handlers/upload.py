@@ -92,12 +92,12 @@ async def receive_form(request):
 
 
 @route("/upload/{name}")
-def send_back(request, name):
+async def send_back(request, name):
     return file_response(request, upload_path(upload_directory(request.app), name))
 
 
 @route("/upload")
-def list_uploads(request):
+async def list_uploads(request):
     directory = upload_directory(request.app)
     return sorted(entry.name for entry in os.scandir(directory)
                   if entry.is_file() and not entry.name.startswith("."))

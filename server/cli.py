@@ -35,6 +35,7 @@ from .config_file import (
     use_sites,
 )
 from .core.metrics import METRICS, SharedMetrics
+from .framework.application import DEFAULT_HANDLER_THREADS
 from .ftp import add_ftp_arguments, start_ftp
 from .http.config import ServerConfig
 from .http.server import Server, inherited_listener
@@ -113,6 +114,7 @@ def _seconds(minimum: float, *, inclusive: bool) -> Callable[[str], float]:
 
 _port = _ranged_int(0, 65535, "port")
 _workers = _ranged_int(1, 1024, "worker count")
+_handler_threads = _ranged_int(1, 1024, "handler thread count")
 _connections = _ranged_int(1, None, "connection limit")
 _timeout = _seconds(0.0, inclusive=False)
 _drain = _seconds(0.0, inclusive=True)
@@ -133,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=_port, default=None, help="port (default 8080; 0 picks a free one)")
     serve.add_argument("--workers", type=_workers, default=1, help="worker processes sharing the port (SO_REUSEPORT)")
     serve.add_argument("--handlers", type=Path, help="directory of drop-in handler modules")
+    serve.add_argument("--handler-threads", type=_handler_threads, default=DEFAULT_HANDLER_THREADS, metavar="N",
+                       help=f"threads that run `def` handlers, which may block (default {DEFAULT_HANDLER_THREADS}); "
+                            "`async def` handlers run on the event loop")
     serve.add_argument("--reload", action="store_true", help="reload changed handler modules")
     serve.add_argument("--access-log", nargs="?", const="-", default=None, metavar="FILE",
                        help="combined-format access log to FILE (or stdout)")

@@ -135,5 +135,6 @@ def config_from_args(args: argparse.Namespace) -> Config:
         proxy_protocol=args.proxy_protocol, ready_path=args.ready_path, drain_delay=args.drain_delay,
         forwarded_allow_ips=_native_forwarding(args))
     app = AppOptions(root=root, static=static, handlers=handlers,
-                     reload=args.reload, metrics=args.metrics, debug=args.debug)
+                     reload=args.reload, metrics=args.metrics, debug=args.debug,
+                     handler_threads=args.handler_threads)
     return Config(server=server, app=app, ftp=ftp, websocket=websocket_options_from_args(args), asgi=asgi)

@@ -203,7 +203,7 @@ class OpenFileCache:
                 try:
                     st = os.stat(path)
                 except OSError:
-                    del self._files[path]
+                    self._files.pop(path, None)     # (pop: a handler thread may race us)
                     raise
             if cached.matches(st):
                 self.hits += 1
@@ -211,7 +211,7 @@ class OpenFileCache:
                 if fresh:
                     self._trust(cached)
                 return cached
-            del self._files[path]
+            self._files.pop(path, None)
         self.misses += 1
         opened = OpenFile(path, self.map_max)
         if len(self._files) >= self.max_entries:

@@ -11,11 +11,14 @@ more.  This one tries, in order:
     3. the files under the static root;
     4. 404.
 
-The hot path stays synchronous as long as it can: a `def` handler's return value is
-converted and handed back at once (the session queues it without creating a task),
-an `async def` handler's coroutine is wrapped in one small coroutine that converts
-its result.  Request hooks (hooks.py) add a wrapping coroutine only when some are
-registered; with none, `_entry` *is* the plain dispatcher.
+The static path stays synchronous: its Message is handed back at once (the session
+queues it without creating a task).  An `async def` handler with no await in its
+body is run to its end in one step; any other `async def` handler's coroutine is
+wrapped in one small coroutine that converts its result.  A `def` handler may block
+(a database driver, a file read), so it runs in a bounded thread pool
+(`handler_threads`, `--handler-threads`), never on the loop.  Request hooks
+(hooks.py) add a wrapping coroutine only when some are registered; with none,
+`_entry` *is* the plain dispatcher.
 
 Errors are answered here, not in the session, so that error hooks can shape them:
 `HTTPError` and the engine's `BadRequest`/`BodyTooLarge` become their status; any
@@ -28,11 +31,14 @@ together between two requests; a request in flight keeps what it started with.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextvars import copy_context
+from functools import partial
 from typing import Any
 
 from ..core.message import Message
@@ -87,9 +93,13 @@ def router_from_registries(registries: Iterable[Registry]) -> Router:
     return router
 
 
+DEFAULT_HANDLER_THREADS = 40
+
+
 class Application:
     def __init__(self, static: StaticSite | None = None, *, metrics: bool = False,
-                 router: Any = None, hooks: Hooks | None = None, debug: bool = False) -> None:
+                 router: Any = None, hooks: Hooks | None = None, debug: bool = False,
+                 handler_threads: int = DEFAULT_HANDLER_THREADS) -> None:
         self.static = static
         if static is not None:
             static.last_resort = True     # nothing answers after it here (static/rules.py)
@@ -100,6 +110,11 @@ class Application:
         # WebSocket limits for `@websocket` routes (server.websocket.WebSocketOptions),
         # set by the CLI; None means that package's defaults.
         self.websocket_options: Any = None
+        # `def` handlers may block (a database driver, a file read, a sleep): they run
+        # in this bounded pool, so one of them never stalls the other connections.
+        # `async def` handlers stay on the loop.
+        self._threads = ThreadPoolExecutor(max_workers=handler_threads,
+                                           thread_name_prefix="pageloan-handler")
         self.install(router, hooks)
 
     @classmethod
@@ -138,6 +153,7 @@ class Application:
                 await call_lifecycle_hook(hook, self)
             except Exception:  # noqa: BLE001 - one failing hook must not skip the others
                 log.exception("on_shutdown hook %r failed", hook)
+        self._threads.shutdown(wait=False, cancel_futures=True)
 
     # -- answering -------------------------------------------------------------------------
     def __call__(self, request: Request) -> Any:
@@ -156,6 +172,8 @@ class Application:
                     params = found.params
                     if params:   # (an empty match shares one dict: never hand it out)
                         request.route_params = params   # for hooks and middleware
+                    if not route.is_async:
+                        return self._in_thread(request, route.handler, params)
                     result = route.handler(request, **params)
                     if route.never_suspends:
                         # No await in the body: one step runs it to the end.  It runs in
@@ -166,9 +184,7 @@ class Application:
                         except StopIteration as done:
                             return self._convert_sync(request, done.value)
                         raise RuntimeError(f"{route.name} suspended with no await in its body")
-                    if route.is_async:
-                        return self._finish(request, result)
-                    return self._convert_sync(request, result)
+                    return self._finish(request, result)
                 if found.allowed:
                     allow = ", ".join(sorted({*found.allowed, "OPTIONS"}))
                     if request.method == "OPTIONS":     # what this path answers, not an error
@@ -196,6 +212,18 @@ class Application:
             if inspect.isawaitable(result):   # a `def` that returned a coroutine
                 return self._finish(request, result)
             raise
+
+    async def _in_thread(self, request: Request, handler: Callable[..., Any],
+                         params: Mapping[str, Any]) -> Answer:
+        """Run a `def` handler in the pool, in a copy of this context (as a task would)."""
+        call = partial(copy_context().run, partial(handler, request, **params))
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self._threads, call)
+            if inspect.isawaitable(result):    # a `def` that returned a coroutine
+                result = await result
+            return to_response(result)
+        except Exception as exc:  # noqa: BLE001
+            return await _resolved(self.exception_answer(request, exc))
 
     async def _finish(self, request: Request, pending: Any) -> Answer:
         try:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..static.options import StaticOptions, static_site
 from ..static.site import StaticSite
-from .application import Application, router_from_registries
+from .application import DEFAULT_HANDLER_THREADS, Application, router_from_registries
 from .hooks import Hooks
 from .loader import HandlerDirectory, HandlerLoadError, Reloader
 from .registry import Registry
@@ -37,12 +37,14 @@ class AppOptions:
     reload: bool = False                    # re-import changed handler modules
     metrics: bool = False                   # GET /metrics
     debug: bool = False                     # tracebacks in 500 answers
+    handler_threads: int = DEFAULT_HANDLER_THREADS   # the pool `def` handlers run in
 
 
 def build_application(options: AppOptions) -> Application:
     """The application for `options`; HandlerLoadError if a handler module is broken."""
     static: StaticSite | None = static_site(options.root, options.static) if options.root else None
-    app = Application(static, metrics=options.metrics, debug=options.debug)
+    app = Application(static, metrics=options.metrics, debug=options.debug,
+                      handler_threads=options.handler_threads)
     app.state.options = options
     if options.handlers is None:
         return app
