@@ -228,14 +228,10 @@ class SocketTransmitter:
             if sent < 0:
                 return
             if sent and sent == self._queued - self.accepted:
+                # Everything queued was memory, and the kernel took it all.
                 self._metrics.bytes_gather += sent
                 slices.clear()
-                # _accept(sent, sent), inline: everything queued was memory, all taken.
-                self.accepted += sent
-                self.outstanding = 0
-                self._ledger.repay(sent)
-                if self._marks:
-                    self._fire_marks()
+                self._accept(sent, sent)
                 if self.wants_idle and not self.closed:
                     self._on_idle()
                 return
