@@ -427,3 +427,23 @@ def test_benchmark_reports_what_the_kernel_did(tmp_path):
     assert forced["zerocopy_sends"] > 0 and forced["gb_sent"] > 0
     # One machine: the kernel copied every zerocopy send, and the report says so.
     assert forced["zerocopy_copied"] == forced["zerocopy_completions"] == forced["zerocopy_sends"]
+
+
+@pytest.mark.slow
+@pytest.mark.tools
+def test_strace_shows_msg_zerocopy_windows_instead_of_sendfile(server_process, site, tmp_path):
+    if shutil.which("strace") is None:
+        pytest.skip("strace not installed")
+    trace = tmp_path / "trace.txt"
+    srv = server_process([str(site), "--zerocopy", "--metrics"],
+                         prefix=["strace", "-f", "-qq", "-e", "trace=setsockopt,sendmsg,sendfile,recvmsg",
+                                 "-e", "signal=none", "-o", str(trace)])
+    assert _get(srv.port, "/big.bin")[1] == BIG
+    _settled(srv.port)
+    text = trace.read_text()
+    if "sendmsg" not in text:
+        pytest.skip(f"strace cannot trace here: {text[-300:]}")
+    assert "SO_ZEROCOPY" in text or "SOL_SOCKET, 0x3c" in text    # setsockopt(..., SO_ZEROCOPY, [1])
+    assert "MSG_ZEROCOPY" in text
+    assert "MSG_ERRQUEUE" in text                                  # the notices were read
+    assert "sendfile(" not in text                                 # the mapped file went as windows
