@@ -221,11 +221,13 @@ def test_peers_that_vanish_with_sends_pending_leak_nothing(server_process, site)
     assert _maps(pid, site / "big.bin") == maps
 
 
+@pytest.mark.slow
 def test_a_connection_closed_with_notices_pending_keeps_its_socket_until_they_arrive(server_process, site):
     """The server closes a stalled keep-alive connection; the kernel would drop the
     notices of a closed socket, so the fd stays open until they have come."""
     srv = server_process([str(site), "--zerocopy", "--metrics", "--keepalive-timeout", "0.5"])
     pid = srv.proc.pid
+    assert _get(srv.port, "/old.bin")[1] == OLD      # warm: cached, its fd and mapping open
     _settled(srv.port)
     fds = _fds(pid)
     slow = _slow_client(srv.port, "/old.bin")
