@@ -47,7 +47,7 @@ OLD = bytes(range(256)) * 4096           # 1 MiB: fits the send buffer, so only 
 BIG = os.urandom(8 << 20)                # 8 MiB: mapped (under --map-max), sent as windows
 
 
-def poll(predicate, timeout: float = 10.0, interval: float = 0.02):
+def poll(predicate, what: str = "", timeout: float = 10.0, interval: float = 0.02):
     """Wait until predicate() is truthy, with a deadline; return its value."""
     deadline = time.monotonic() + timeout
     while True:
@@ -55,7 +55,7 @@ def poll(predicate, timeout: float = 10.0, interval: float = 0.02):
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s: {predicate.__doc__ or predicate}")
+            raise AssertionError(f"not within {timeout}s: {what or predicate.__doc__ or predicate}")
         time.sleep(interval)
 
 
@@ -120,12 +120,34 @@ def _fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def _fd_targets(pid: int) -> set[str]:
+    out = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            pass
+    return out
+
+
+def _server_side(server_port: int, client: socket.socket) -> str:
+    """The fd target ("socket:[inode]") of the server's end of `client`'s connection."""
+    client_port = client.getsockname()[1]
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            local, remote, inode = fields[1], fields[2], fields[9]
+            if int(local.split(":")[1], 16) == server_port and int(remote.split(":")[1], 16) == client_port:
+                return f"socket:[{inode}]"
+    raise AssertionError(f"no server socket for client port {client_port}")
+
+
 def _settled(port: int) -> dict[str, float]:
     """/metrics once nothing waits on a notice and nothing is on loan."""
     def settled():
         m = metrics(port)
         return m if m["pageloan_zerocopy_pending_bytes"] == 0 and m["pageloan_loans_outstanding"] == 0 else None
-    return poll(settled)
+    return poll(settled, "nothing pending, nothing on loan")
 
 
 @pytest.fixture
@@ -209,15 +231,19 @@ def test_peers_that_vanish_with_sends_pending_leak_nothing(server_process, site)
     fds, maps = _fds(pid), _maps(pid, site / "big.bin")
     clients = [_slow_client(srv.port, "/big.bin") for _ in range(6)]
     poll(lambda: metrics(srv.port)["pageloan_zerocopy_pending_bytes"] > 0)
+    theirs = {_server_side(srv.port, sock) for sock in clients}
+    assert theirs <= _fd_targets(pid)
     for sock in clients:
         sock.recv(1000)
         # RST: the kernel drops what it still holds and sends the last notices.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()
     m = _settled(srv.port)
-    assert m["pageloan_zerocopy_completions_total"] == m["pageloan_zerocopy_sends_total"]
-    poll(lambda: metrics(srv.port)["pageloan_connections_open"] == 1)   # ours, reading /metrics
-    poll(lambda: _fds(pid) == fds)
+    assert m["pageloan_zerocopy_completions_total"] == m["pageloan_zerocopy_sends_total"], m
+    poll(lambda: metrics(srv.port)["pageloan_connections_open"] == 1, "connections closed")
+    poll(lambda: not theirs & _fd_targets(pid), "their sockets closed")
+    # Give or take /metrics connections still lingering: nothing else stayed open.
+    poll(lambda: _fds(pid) <= fds, "fds back to where they were")
     assert _maps(pid, site / "big.bin") == maps
 
 
@@ -227,22 +253,20 @@ def test_a_connection_closed_with_notices_pending_keeps_its_socket_until_they_ar
     notices of a closed socket, so the fd stays open until they have come."""
     srv = server_process([str(site), "--zerocopy", "--metrics", "--keepalive-timeout", "0.5"])
     pid = srv.proc.pid
-    assert _get(srv.port, "/old.bin")[1] == OLD      # warm: cached, its fd and mapping open
-    _settled(srv.port)
-    fds = _fds(pid)
     slow = _slow_client(srv.port, "/old.bin")
     try:
         poll(lambda: metrics(srv.port)["pageloan_zerocopy_pending_bytes"] > 0)
+        ours = _server_side(srv.port, slow)
         # Idle for the server (all handed to the kernel): closed by the keep-alive timeout...
         poll(lambda: metrics(srv.port)["pageloan_connections_open"] == 1)
         # ...but its socket is still open, waiting for the notices.
-        assert _fds(pid) > fds
+        assert ours in _fd_targets(pid)
         assert metrics(srv.port)["pageloan_zerocopy_pending_bytes"] > 0
         assert _read_response(slow)[1] == OLD       # every byte still arrives
     finally:
         slow.close()
     _settled(srv.port)
-    poll(lambda: _fds(pid) == fds)
+    poll(lambda: ours not in _fd_targets(pid))
 
 
 def test_loopback_copies_are_counted_and_the_connection_falls_back(server_process, site):
@@ -394,6 +418,40 @@ def test_completion_ranges_wrap_around_the_32_bit_counter():
                 zc.retire()
             finally:
                 loop.close()
+
+
+def test_retiring_when_the_last_notice_is_already_queued_closes_once():
+    """retire() reads the queue first; that read may already close the socket."""
+    import select
+    loop = asyncio.new_event_loop()
+    try:
+        with socket.create_server(("127.0.0.1", 0)) as server, \
+                socket.create_connection(server.getsockname()) as client:
+            peer, _ = server.accept()
+            peer.setblocking(False)
+            ledger = LoanLedger(1 << 20)
+            m = Metrics(ledger)
+            zc = zerocopy.attach(peer, loop, m, ledger)
+            assert zc is not None
+            payload = b"z" * (100 << 10)
+            sent = zc.sendmsg([payload], 0)
+            ledger.lend(sent)
+            got = 0
+            while got < sent:
+                got += len(client.recv(1 << 20))
+            # The notice is queued once the kernel frees the buffers: POLLERR says so.
+            waiter = select.poll()
+            waiter.register(peer.fileno(), 0)
+            deadline = time.monotonic() + 10
+            while not waiter.poll(50):
+                assert time.monotonic() < deadline, "no completion notice"
+            zc.retire()
+            assert peer.fileno() == -1                   # closed, exactly once, no error
+            assert zc.pending_bytes == 0 and ledger.outstanding == 0
+            assert m.zerocopy_completions == m.zerocopy_sends == 1
+            assert zerocopy.ErrorQueueWatch._by_loop.get(id(loop)) is None   # its epoll closed too
+    finally:
+        loop.close()
 
 
 def test_unix_sockets_degrade_to_the_ordinary_path_with_one_log_line(caplog):

@@ -142,12 +142,13 @@ class ErrorQueueWatch:
 
     def unwatch(self, zc: ZeroCopySocket) -> None:
         """Before the fd is closed (its number may be reused at once)."""
-        if self._sockets.get(zc.fd) is zc:
-            del self._sockets[zc.fd]
-            try:
-                self._epoll.unregister(zc.fd)
-            except OSError:
-                pass
+        if self._sockets.get(zc.fd) is not zc:
+            return
+        del self._sockets[zc.fd]
+        try:
+            self._epoll.unregister(zc.fd)
+        except OSError:
+            pass
         if not self._sockets:
             # Nothing left to watch: give the fd back (tests start many loops).
             self._loop.remove_reader(self._epoll.fileno())
@@ -242,6 +243,7 @@ class ZeroCopySocket:
         # Called with the bytes whose loans a notice ended (the transmitter's repay).
         self.on_repaid: Callable[[int], None] | None = None
         self._retired = False
+        self._closed = False
         self._orphan_timer: asyncio.TimerHandle | None = None
         self._watch = ErrorQueueWatch.for_loop(loop)
         self._watch.watch(self)
@@ -351,7 +353,9 @@ class ZeroCopySocket:
         self._retired = True
         self.loop.closed = True
         self.on_repaid = None        # the transmitter is gone: repay the ledger directly
-        self.reap()
+        self.reap()                  # closes the socket if that was the last notice
+        if self._closed:
+            return
         if not self._pending:
             self._close_now()
             return
@@ -366,6 +370,9 @@ class ZeroCopySocket:
         self._close_now()
 
     def _close_now(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         if self._orphan_timer is not None:
             self._orphan_timer.cancel()
             self._orphan_timer = None
