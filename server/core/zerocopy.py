@@ -54,7 +54,7 @@ import socket
 import struct
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from .loans import LoanLedger
 from .message import FileRegion
@@ -229,7 +229,9 @@ class ZeroCopySocket:
         self.sock = sock
         self.fd = sock.fileno()
         self._loop = loop
-        self.loop = ZeroCopyLoop(loop, self.fd)
+        self._proxy = ZeroCopyLoop(loop, self.fd)
+        # The loop as this socket's connection and transmitter must use it.
+        self.loop = cast(asyncio.AbstractEventLoop, self._proxy)
         self._metrics = metrics
         self._ledger = ledger
         self._copied_limit = copied_limit
@@ -302,7 +304,7 @@ class ZeroCopySocket:
                         self._complete(first, last, code & SO_EE_CODE_ZEROCOPY_COPIED)
         if found:
             self._starved = False
-            self.loop.schedule_rearm()
+            self._proxy.schedule_rearm()
             if found >= REAP_BATCH:
                 # More may be queued; the edge was already reported, so come back.
                 self._loop.call_soon(self.reap)
@@ -351,7 +353,7 @@ class ZeroCopySocket:
         if self._retired:
             return
         self._retired = True
-        self.loop.closed = True
+        self._proxy.closed = True
         self.on_repaid = None        # the transmitter is gone: repay the ledger directly
         self.reap()                  # closes the socket if that was the last notice
         if self._closed:
@@ -401,27 +403,18 @@ class ZeroCopyTransmitter(SocketTransmitter):
     not test for zerocopy at all.  Loans: a slice's bytes are charged from enqueue as
     usual; when a zerocopy call takes them they stay charged — `outstanding` and the
     global ledger — as bytes waiting on completions, until `ZeroCopySocket` reads the
-    notice and calls `_repaid`.  The inline one-sendmsg fast path and the answer
-    replay shortcut of the base class repay at return of the call, so they are not
-    used here: every flush goes through `_flush_some`.
+    notice and calls `_repaid`.  The base class's inline one-sendmsg fast path repays
+    at return of the call, so it is not used here: every flush goes through
+    `_flush_some`.
     """
 
     def __init__(self, sock: socket.socket, zc: ZeroCopySocket, *, min_bytes: int = DEFAULT_MIN_BYTES,
                  **kwargs: Any) -> None:
         kwargs["gather_max"] = WINDOW_ALL
-        super().__init__(sock, zc.loop, **kwargs)     # type: ignore[arg-type]
+        super().__init__(sock, zc.loop, **kwargs)
         self.zc = zc
         self._zc_min = min_bytes
         zc.on_repaid = self._repaid
-
-    def replay(self, layout: tuple[tuple, int, int, int]) -> None:
-        slices, size, charge, regions = layout
-        if self.closed:
-            return
-        self._slices.extend(slices)
-        self._regions += regions
-        self._lend(size, charge)
-        self.flush()
 
     def flush(self) -> None:
         if not self._slices or self._flushing or self._waiting_writable or self.closed:
