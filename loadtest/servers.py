@@ -142,6 +142,8 @@ SERVERS: tuple[ServerSpec, ...] = (
                _python_peer("sanic_app.py"), venv=True),
     ServerSpec("uvicorn", "uvicorn (httptools, uvloop) + Starlette StaticFiles", HTTP,
                _python_peer("starlette_app.py"), venv=True),
+    ServerSpec("granian", "granian (ASGI, 1 worker, 1 runtime thread, uvloop) + the same Starlette app",
+               HTTP, _python_peer("granian_app.py"), venv=True),
     ServerSpec("pyftpdlib", "pyftpdlib FTPServer (sendfile on)", FTP,
                _python_peer("ftp_app.py"), venv=True),
 )

@@ -31,10 +31,11 @@ PEER_MODULES: dict[str, tuple[str, ...]] = {
     "aiohttp": ("aiohttp", "uvloop"),
     "sanic": ("sanic",),
     "uvicorn": ("uvicorn", "starlette", "httptools", "uvloop"),
+    "granian": ("granian", "starlette", "uvloop"),
     "pyftpdlib": ("pyftpdlib",),
 }
 # Distribution names whose versions go into the results.
-VERSIONED = ("aiohttp", "uvloop", "sanic", "uvicorn", "httptools", "starlette", "pyftpdlib")
+VERSIONED = ("aiohttp", "uvloop", "sanic", "uvicorn", "granian", "httptools", "starlette", "pyftpdlib")
 PREPARE = ("python3 -m venv {venv}\n"
            "    {venv}/bin/pip install -e '.[peers]'      # from the repository root")
 
