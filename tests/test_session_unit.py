@@ -302,8 +302,6 @@ async def test_garbage_gets_400_and_the_connection_closes(garbage):
     assert calls == []
 
 
-@pytest.mark.xfail(strict=True, reason="session.py tells 501 from 400 by searching the whole read for a "
-                   "request line, and finds the good request before the garbage: answers 501")
 async def test_garbage_after_a_good_request_is_refused_after_its_answer():
     h = Harness(echo)
     h.feed(b"GET /good HTTP/1.1\r\nHost: t\r\n\r\n\x00\x01\x02garbage\r\n\r\n")

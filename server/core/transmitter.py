@@ -232,7 +232,7 @@ class SocketTransmitter:
                 self._metrics.bytes_gather += sent
                 slices.clear()
                 self._accept(sent, sent)
-                if self.wants_idle and not self.closed:
+                if self.wants_idle and not self.closed and self._on_idle is not None:
                     self._on_idle()
                 return
             if sent:
@@ -248,7 +248,7 @@ class SocketTransmitter:
             self._fail(exc)
         finally:
             self._flushing = False
-        if self.wants_idle and not self._slices and not self.closed:
+        if self.wants_idle and not self._slices and not self.closed and self._on_idle is not None:
             self._on_idle()
 
     def _gather(self, slices: list | tuple) -> int:

@@ -236,7 +236,7 @@ class Application:
         async def innermost(request: Request) -> Answer:
             return await _resolved(self._dispatch(request))
 
-        call_next = innermost
+        call_next: Callable[[Request], Any] = innermost
         for mw in reversed(middleware):
             call_next = _wrap_middleware(mw, call_next)
         return call_next
@@ -295,7 +295,7 @@ class Application:
         # 413: the rest of the body is still coming and will not be read; close.
         close = status == 413
         page_of = getattr(self.static, "error_page", None)
-        page = page_of(status) if page_of is not None and detail is None else None
+        page: Message | None = page_of(status) if page_of is not None and detail is None else None
         if page is None and detail is None and self.static is not None:
             page = default_error_page(status)     # a root's errors look like a site's (error_pages.py)
         if page is None:
@@ -345,4 +345,5 @@ def _wrap_middleware(mw: Callable, call_next: Callable[[Request], Any]) -> Calla
 async def _resolved(answer: Any) -> Answer:
     if inspect.isawaitable(answer):
         answer = await answer
-    return answer
+    resolved: Answer = answer
+    return resolved

@@ -59,6 +59,7 @@ import logging
 import re
 import traceback
 from collections import deque
+from collections.abc import Callable
 from functools import partial
 from types import CoroutineType
 from typing import Any, Protocol
@@ -77,7 +78,7 @@ __all__ = ["Driver", "HttpSession", "Outlet", "Phase", "RelayedAnswer"]
 log = logging.getLogger("pageloan.http")
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_REQUEST_LINE = re.compile(rb"(?:^|\n)[!#$%&'*+.^_`|~0-9A-Za-z-]+ [^ \r\n]+ HTTP/1\.[01]\r?\n")
+_REQUEST_LINE = re.compile(rb"(?:\r\n)*[!#$%&'*+.^_`|~0-9A-Za-z-]+ [^ \r\n]+ HTTP/1\.[01]\r\n")
 # A chunk-size line (RFC 9112 §7.1): hex digits, optional extensions, CRLF.
 _CHUNK_SIZE = re.compile(rb"(?:\r\n)?([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?(?:\r\n|$)")
 _NO_BODY_STATUSES = frozenset({204, 304})
@@ -113,6 +114,9 @@ class Driver(Protocol):
 
     def abort(self) -> None: ...
 
+    # What the driver feeds; an upgrade hands the connection to another protocol.
+    session: Any
+
 
 class _Reject(Exception):
     """Raised inside a parser callback to refuse the request with `status`."""
@@ -144,6 +148,10 @@ class _Callbacks:
     httptools looks its callbacks up when the parser is made, so the bare parser is
     simply given an object without `on_header`.
     """
+
+    on_url: Callable[[bytes], Any]
+    on_body: Callable[..., None]
+    on_chunk_header: Callable[..., None]
 
     def __init__(self, session: HttpSession, *, bare: bool) -> None:
         if bare:
@@ -261,8 +269,9 @@ class HttpSession:
                 self._reject(500, "internal error while parsing")
         except httptools.HttpParserInvalidMethodError:
             # llhttp refuses both unknown methods and binary garbage (a TLS hello on
-            # the plain port): only a well-formed request line earns 501.
-            if _REQUEST_LINE.search(data):
+            # the plain port): only a well-formed request line earns 501, looked for
+            # where the refused request begins (after the heads answered from this read).
+            if _REQUEST_LINE.match(data, self._refused_at(data, started)):
                 self._reject(501, "unknown method")
             else:
                 self._reject(400, "malformed request line")
@@ -277,6 +286,20 @@ class HttpSession:
                 self._unfinished_head(data, at_rest)
         self._dispatch()
         self.transmitter.flush()
+
+    def _refused_at(self, data: bytes, started: int) -> int:
+        """Where in `data` the request llhttp refused begins, as far as can be told.
+
+        Requests it accepted from this read came first; their heads end at CRLFCRLF
+        (a body among them makes this a guess, which costs a 400 instead of a 501).
+        """
+        at = 0
+        for _ in range(max(0, self.requests_started - started - 1)):
+            end = data.find(_END, at)
+            if end < 0:
+                break
+            at = end + 4
+        return at
 
     def _unfinished_head(self, data: bytes, started_here: bool) -> None:
         """A read ended inside a head: refuse an HTTP/0.9 request line at once.
@@ -576,7 +599,7 @@ class HttpSession:
                 self._wait_for_room()
                 return
             item = pipeline.popleft()
-            if type(item) is _Rejection:
+            if isinstance(item, _Rejection):
                 self._send(None, error_response(item.status, item.reason, close=True), item.version)
                 continue
             self._active = item
@@ -762,6 +785,7 @@ class HttpSession:
         self.transmitter.flush()
         iterator = resp.body.__aiter__()
         failed = False
+        payload: tuple[Any, ...]
         try:
             if request.method != "HEAD":
                 async for chunk in iterator:
@@ -1000,7 +1024,7 @@ class Outlet:
 
     @property
     def over_budget(self) -> bool:
-        return self._session.transmitter.outstanding > self._session.config.connection_loan_budget
+        return bool(self._session.transmitter.outstanding > self._session.config.connection_loan_budget)
 
     async def room(self) -> None:
         if not self.closed:

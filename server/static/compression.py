@@ -98,7 +98,8 @@ def compress(data: bytes, coding: str, level: int | None = None) -> bytes:
     if level is None:
         level = ON_DEMAND_LEVELS[coding]
     if coding == "br":
-        return brotli.compress(data, quality=level)
+        compressed: bytes = brotli.compress(data, quality=level)
+        return compressed
     if coding == "zstd":
         # Content size in the frame header: a decoder can allocate once.
         return zstandard.ZstdCompressor(level=level, write_content_size=True).compress(data)
@@ -250,13 +251,14 @@ class Compressor:
     def variant(self, f: OpenFile, coding: str) -> Variant | None:
         """The `coding` variant of open file `f` if built, else None (and start a build)."""
         extra_key = _EXTRA_KEYS[coding]
-        found = f.extra.get(extra_key)
-        if found is not None:
-            if found is _NO_GAIN:
+        known = f.extra.get(extra_key)
+        if known is not None:
+            if known is _NO_GAIN:
                 return None
-            if found.live:
-                found.used = True
-                return found
+            if known.live:
+                known.used = True
+                held: Variant = known
+                return held
             del f.extra[extra_key]
         identity = (f.dev, f.ino, f.size, f.mtime_ns)
         key = (*identity, coding)
@@ -272,7 +274,7 @@ class Compressor:
         if found is None:
             return None                 # being built: the plain bytes this time
         f.extra[extra_key] = found
-        if found is _NO_GAIN:
+        if not isinstance(found, Variant):       # _NO_GAIN
             return None
         found.used = True
         return found

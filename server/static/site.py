@@ -93,7 +93,7 @@ class _Prebuilt:
     __slots__ = ("entity", "not_modified", "shared", "content_type", "etag",
                  "last_modified", "last_modified_text", "whole")
 
-    def __init__(self, f: OpenFile, p: _Presentation) -> None:
+    def __init__(self, f: OpenFile | Variant, p: _Presentation) -> None:
         # The ETag comes from identity, never from content: inode, size and mtime (ns).
         # It changes when the file is rewritten or replaced, and costs no read.
         self.etag = f'"{f.ino:x}-{f.size:x}-{f.mtime_ns:x}{p.etag_suffix}"'.encode("ascii")
@@ -120,14 +120,14 @@ class _Prebuilt:
         self.whole = (FileRegion(f.fd, 0, f.size, f.handle),) if f.size else ()
 
 
-def _prebuilt(f: OpenFile, p: _Presentation) -> _Prebuilt:
+def _prebuilt(f: OpenFile | Variant, p: _Presentation) -> _Prebuilt:
     built = f.extra.get(p)
     if built is None:
         built = f.extra[p] = _Prebuilt(f, p)
     return built
 
 
-def _whole(f: OpenFile, built: _Prebuilt) -> Message:
+def _whole(f: OpenFile | Variant, built: _Prebuilt) -> Message:
     # A zero-length file has no payload slice at all: never a sendfile of 0 bytes.
     return Message(200, (built.entity,), built.whole)
 
@@ -260,7 +260,7 @@ class StaticSite:
                     return answer
         return _whole(f, built)
 
-    def _ranged(self, f: OpenFile, built: _Prebuilt, header: bytes) -> Message | None:
+    def _ranged(self, f: OpenFile | Variant, built: _Prebuilt, header: bytes) -> Message | None:
         """206 (one part or multipart/byteranges), 416, or None to send the whole."""
         # The same Range asked of the same file (a download manager's or a player's
         # repeated request) gets the same head and slices: memoised with the file,
@@ -277,12 +277,12 @@ class StaticSite:
             memo[key] = (answer.header_slices()[0], answer.payload)
         return answer
 
-    def _ranged_answer(self, f: OpenFile, built: _Prebuilt, header: bytes) -> Message | None:
+    def _ranged_answer(self, f: OpenFile | Variant, built: _Prebuilt, header: bytes) -> Message | None:
         size = f.size
         ranges = parse_range(header, size)
         if ranges is None:
             return None
-        if ranges is UNSATISFIABLE:
+        if not isinstance(ranges, list):         # UNSATISFIABLE
             return error_response(416, headers=[("Content-Range", f"bytes */{size}")])
         if len(ranges) == 1:
             first, last = ranges[0]
