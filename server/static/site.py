@@ -46,7 +46,7 @@ from ..http.request import BadRequest, Request
 from ..http.responses import bytes_response, error_response, redirect_response
 from ..http.wire import header_block, http_date
 from .autoindex import listing_page
-from .byteranges import UNSATISFIABLE, content_range, multipart_slices, new_boundary, parse_range
+from .byteranges import content_range, multipart_slices, new_boundary, parse_range
 from .cache_policy import CacheControlRules
 from .compression import Compressor, Variant
 from .conditional import NOT_MODIFIED, PRECONDITION_FAILED, evaluate, if_range_holds
