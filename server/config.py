@@ -79,7 +79,7 @@ def _native_forwarding(args: argparse.Namespace) -> str | None:
         TrustedProxies.parse(allow)
     except ValueError as exc:
         raise SystemExit(f"pageloan: {exc}") from None
-    return allow
+    return str(allow)
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

@@ -31,6 +31,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable
+from typing import Any
 
 from ..core import zerocopy
 from ..core.transmitter import CopyTransmitter, SocketTransmitter
@@ -53,7 +54,8 @@ class SocketConnection:
 
     def __init__(self, ctx: ServerContext, sock: socket.socket, addr: tuple | None) -> None:
         self.ctx = ctx
-        self.loop = ctx.loop
+        # The loop, or under --zerocopy a wrapper that remembers our reader (zerocopy.py).
+        self.loop: Any = ctx.loop
         self.sock = sock
         self.fd = sock.fileno()
         sock.setblocking(False)
