@@ -25,13 +25,14 @@ from typing import Any
 from .asgi.build import build_asgi_adapter
 from .asgi.lifespan import LifespanFailure
 from .asgi.options import add_asgi_arguments
-from .config import Config, config_from_args
-from .config_file import (
+from .config import (
+    Config,
     ConfigFileError,
     SiteConfig,
     apply_config_file,
     build_server_application,
     check_config,
+    config_from_args,
     use_sites,
 )
 from .core.metrics import METRICS, SharedMetrics

@@ -16,7 +16,7 @@ import pytest
 from harness import free_port, wait_for_port
 
 from server.cli import build_parser
-from server.config_file import ConfigFileError, apply_config_file, load_config_file
+from server.config import ConfigFileError, apply_config_file, load_config_file
 
 REPO = Path(__file__).resolve().parent.parent
 
