@@ -258,6 +258,19 @@ def test_no_upward_import_between_layers():
     assert not problems, "upward or sideways imports between layers:\n" + "\n".join(problems)
 
 
+# What may sit at the top of server/: the package faces (the public handler API, the
+# `python -m server` entry point, the public test client), the CLI and the configuration.
+TOP_LEVEL_MODULES = frozenset({"__init__.py", "__main__.py", "testing.py", "cli.py", "config.py"})
+
+
+def test_the_top_of_server_holds_only_faces_cli_config_and_layer_packages():
+    top = REPO / "server"
+    modules = {p.name for p in top.glob("*.py")}
+    assert modules <= TOP_LEVEL_MODULES, f"modules that belong in a layer package: {sorted(modules - TOP_LEVEL_MODULES)}"
+    packages = {p.name for p in top.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert packages <= set(RANKS) - {""}, f"packages without a rank: {sorted(packages - set(RANKS))}"
+
+
 def test_no_import_cycle_between_modules():
     cycles = import_cycles(REPO, "server", TOLERATED_CYCLE_EDGES)
     assert not cycles, _describe_cycles(REPO, "server", cycles)
