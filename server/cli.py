@@ -249,25 +249,6 @@ def run_worker(config: Config, ready: Callable[[int], None] | None = None, *,
             extras.append(service)
             log.info("pageloan: FTP on %s port %s", ftp_config.host, service.port)
 
-    try:
-        loop.run_until_complete(start())
-    except Exception as exc:  # noqa: BLE001 - a failing start-up hook or bind stops start-up
-        log.error("pageloan: cannot start: %s", exc, exc_info=not isinstance(exc, (OSError, LifespanFailure)))
-        loop.close()
-        return 2
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    # Everything built at start-up (modules, routes, caches) lives for the whole run:
-    # move it out of the collector's generations so collections scan only request garbage.
-    gc.freeze()
-    scheme = "https" if config.server.tls_cert else "http"
-    served = config.app.root if config.asgi is None else \
-        f"ASGI app {config.asgi.app}" + (f" with {config.app.root}" if config.app.root else "")
-    log.info("pageloan: serving %s on %s://%s:%d/ (pid %d)", served, scheme,
-             config.server.host, server.port, os.getpid())
-    if ready is not None:
-        ready(server.port or 0)
-
     async def serve_until_stopped() -> None:
         await stop.wait()
         log.info("pageloan: draining %d connection(s)", len(server.ctx.connections))
@@ -278,10 +259,37 @@ def run_worker(config: Config, ready: Callable[[int], None] | None = None, *,
         if shutdown is not None:
             await shutdown()
 
+    async def start_and_serve() -> int:
+        # One run of the loop from start to stop: a SIGTERM that arrives while the
+        # loop is not running (between two run_until_complete calls) can be lost by
+        # uvloop, and the server would then never drain.
+        try:
+            await start()
+        except Exception as exc:  # noqa: BLE001 - a failing start-up hook or bind stops start-up
+            log.error("pageloan: cannot start: %s", exc,
+                      exc_info=not isinstance(exc, (OSError, LifespanFailure)))
+            return 2
+        # Everything built at start-up (modules, routes, caches) lives for the whole run:
+        # move it out of the collector's generations so collections scan only request garbage.
+        gc.freeze()
+        scheme = "https" if config.server.tls_cert else "http"
+        served = config.app.root if config.asgi is None else \
+            f"ASGI app {config.asgi.app}" + (f" with {config.app.root}" if config.app.root else "")
+        log.info("pageloan: serving %s on %s://%s:%d/ (pid %d)", served, scheme,
+                 config.server.host, server.port, os.getpid())
+        if ready is not None:
+            ready(server.port or 0)
+        await serve_until_stopped()
+        return 0
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     try:
-        loop.run_until_complete(serve_until_stopped())
+        code = loop.run_until_complete(start_and_serve())
     finally:
         loop.close()
+    if code:
+        return code
     log.info("pageloan: stopped")
     return 0
 
