@@ -543,7 +543,9 @@ class HttpSession:
         match = _CHUNK_SIZE.match(data, at)
         if match is not None:
             size = int(match.group(1), 16)
-            if request.body_stream.received + size > self._max_body:
+            # The body's own limit: a handler may lift it (a channel's producer streams
+            # an unbounded body that is never stored, framework/channels.py).
+            if request.body_stream.received + size > request.body_stream.limit:
                 request.body_stream.fail(BodyTooLarge(f"chunk of {size} bytes is over the body limit"))
                 self._reject(413, f"chunk of {size} bytes is over the body limit")
 
