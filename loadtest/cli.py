@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         print("no selected server speaks any selected scenario's protocol", file=sys.stderr)
         return 2
 
-    needed = {"wrk"} if any(sc.protocol == "http" for sc, _ in pairs) else set()
+    needed = {"wrk"} if any(sc.protocol != "ftp" for sc, _ in pairs) else set()
     needed |= {"curl"} if any(sc.protocol == "ftp" for sc, _ in pairs) else set()
     needed |= {"strace"} if args.strace_seconds else set()
     needed |= {t for _, sp in pairs for t in sp.tools}

@@ -17,7 +17,7 @@ RANGES = "bytes=0-99,1000-1999,50000-59999,500000-500999"
 class Scenario:
     name: str
     summary: str
-    protocol: str = "http"          # "http" (wrk) or "ftp" (curl)
+    protocol: str = "http"          # "http" (wrk), "asgi" (wrk, the ASGI bench app) or "ftp" (curl)
     path: str = "/1k.bin"
     connections: int = 64
     script: str | None = None       # a Lua script in loadtest/
@@ -68,6 +68,18 @@ SCENARIOS: tuple[Scenario, ...] = (
              path="/text-48k.txt", script="browser_text.lua", script_args=("br",), expect="br"),
     Scenario("json", "GET /json from a handler: the framework's own overhead",
              path="/json", expect="json"),
+    # The same Starlette app (peers/asgi_bench_app.py) on every ASGI server; browser-like requests.
+    Scenario("asgi-json", "ASGI: GET /json, a Starlette JSONResponse, as a page's fetch() asks",
+             protocol="asgi", path="/json", script="asgi_browser.lua", script_args=("fetch",),
+             expect="json"),
+    Scenario("asgi-static-1k", "ASGI: GET /1k.bin from Starlette StaticFiles, as an <img> asks",
+             protocol="asgi", path="/1k.bin", script="asgi_browser.lua", script_args=("image",)),
+    Scenario("asgi-file-1m", "ASGI: GET /1m.bin, a Starlette FileResponse of 1 MiB",
+             protocol="asgi", path="/1m.bin", connections=16, script="asgi_browser.lua",
+             script_args=("document",)),
+    Scenario("asgi-file-256m", "ASGI: GET /256m.bin, a Starlette FileResponse: bulk rate",
+             protocol="asgi", path="/256m.bin", connections=4, metric="mb_per_s", timeout_s=60,
+             big_file=True),
     Scenario("ftp-retr", "FTP RETR of 256m.bin with curl, one transfer at a time",
              protocol="ftp", path="/256m.bin", connections=1, metric="mb_per_s",
              expect="retr", big_file=True),

@@ -90,7 +90,18 @@ def users_file(rundir: Path) -> Path:
     return path
 
 
+ASGI_APP = "asgi_bench_app"       # peers/asgi_bench_app.py: the app every ASGI server runs
+
+
 def _pageloan(ctx: Context, scenario: Scenario) -> Launch:
+    if scenario.protocol == "asgi":
+        port = free_port()
+        env = pageloan_env()
+        env["ASGI_BENCH_ROOT"] = str(ctx.docroot)
+        # No ROOT: the application answers everything, its files by pathsend.
+        argv = [sys.executable, "-m", "server", "serve", "--asgi", f"{ASGI_APP}:app",
+                "--app-dir", str(PEERS_DIR), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+        return Launch(argv, env, port)
     http_port = free_port()
     root = ctx.ftproot if scenario.protocol == "ftp" else ctx.docroot
     argv = [sys.executable, "-m", "server", "serve", str(root), "--host", "127.0.0.1",
@@ -116,8 +127,19 @@ def _nginx(open_file_cache: bool) -> Callable[[Context, Scenario], Launch]:
     return build
 
 
-def _python_peer(script: str) -> Callable[[Context, Scenario], Launch]:
+def _asgi_peer(server: str) -> Callable[[Context, Scenario], Launch]:
+    """The ASGI bench app (peers/asgi_bench_app.py) on `server` (uvicorn or granian)."""
     def build(ctx: Context, scenario: Scenario) -> Launch:
+        port = free_port()
+        argv = [str(ctx.peer_python), str(PEERS_DIR / f"{ASGI_APP}.py"), str(ctx.docroot), str(port), server]
+        return Launch(argv, _clean_env(), port)
+    return build
+
+
+def _python_peer(script: str, asgi_server: str | None = None) -> Callable[[Context, Scenario], Launch]:
+    def build(ctx: Context, scenario: Scenario) -> Launch:
+        if scenario.protocol == "asgi" and asgi_server is not None:
+            return _asgi_peer(asgi_server)(ctx, scenario)
         port = free_port()
         argv = [str(ctx.peer_python), str(PEERS_DIR / script)]
         if scenario.protocol == "ftp":
@@ -128,10 +150,10 @@ def _python_peer(script: str) -> Callable[[Context, Scenario], Launch]:
     return build
 
 
-HTTP, FTP = frozenset({"http"}), frozenset({"ftp"})
+HTTP, FTP, ASGI = frozenset({"http"}), frozenset({"ftp"}), frozenset({"asgi"})
 SERVERS: tuple[ServerSpec, ...] = (
-    ServerSpec("pageloan", "this repository, `python -m server serve`, 1 worker",
-               HTTP | FTP, _pageloan),
+    ServerSpec("pageloan", "this repository, `python -m server serve` (ASGI: `--asgi`), 1 worker",
+               HTTP | FTP | ASGI, _pageloan),
     ServerSpec("nginx", "nginx, 1 worker, sendfile + tcp_nopush", HTTP, _nginx(False),
                tools=("nginx",)),
     ServerSpec("nginx+ofc", "nginx as above plus open_file_cache", HTTP, _nginx(True),
@@ -140,10 +162,10 @@ SERVERS: tuple[ServerSpec, ...] = (
                _python_peer("aiohttp_app.py"), venv=True),
     ServerSpec("sanic", "Sanic single process, app.static + handler", HTTP,
                _python_peer("sanic_app.py"), venv=True),
-    ServerSpec("uvicorn", "uvicorn (httptools, uvloop) + Starlette StaticFiles", HTTP,
-               _python_peer("starlette_app.py"), venv=True),
+    ServerSpec("uvicorn", "uvicorn (httptools, uvloop) + Starlette StaticFiles", HTTP | ASGI,
+               _python_peer("starlette_app.py", asgi_server="uvicorn"), venv=True),
     ServerSpec("granian", "granian (ASGI, 1 worker, 1 runtime thread, uvloop) + the same Starlette app",
-               HTTP, _python_peer("granian_app.py"), venv=True),
+               HTTP | ASGI, _python_peer("granian_app.py", asgi_server="granian"), venv=True),
     ServerSpec("pyftpdlib", "pyftpdlib FTPServer (sendfile on)", FTP,
                _python_peer("ftp_app.py"), venv=True),
 )

@@ -53,7 +53,15 @@ class ScopeMaker:
         raw_path = request.raw_path
         client = request.client
         scheme = self.scheme
-        if self.trusted is not None:
+        headers = []
+        forwarding = False
+        for name, value in request.raw_headers:
+            lower = name.lower()
+            if lower[:2] == b"x-" and lower.startswith(b"x-forwarded-") or lower == b"forwarded":
+                forwarding = True
+            headers.append((lower, value))
+        if forwarding and self.trusted is not None:
+            # Only a request that carries forwarding headers pays for the trust check.
             found = forwarded_peer(client, request.raw_headers, self.trusted, scheme)
             client, scheme = found.client, found.scheme
         if self.root_path:
@@ -69,7 +77,7 @@ class ScopeMaker:
             "raw_path": raw_path,
             "query_string": request.query_string.encode("latin-1"),
             "root_path": self.root_path,
-            "headers": [(name.lower(), value) for name, value in request.raw_headers],
+            "headers": headers,
             "client": client,
             "server": self.server,
             "state": dict(self.state),

@@ -26,6 +26,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 __all__ = ["DEFAULT_TRUSTED", "ForwardedPeer", "TrustedProxies", "forwarded_peer"]
 
@@ -64,6 +65,9 @@ class TrustedProxies:
             return True
         if not host:
             return False
+        return _trusted(self, host)
+
+    def _check(self, host: str) -> bool:
         try:
             address = ipaddress.ip_address(host.split("%", 1)[0])
         except ValueError:
@@ -71,6 +75,12 @@ class TrustedProxies:
         if address.version == 6 and address.ipv4_mapped is not None:
             address = address.ipv4_mapped   # ::ffff:127.0.0.1 on a dual-stack socket
         return any(address in net for net in self.networks)
+
+
+@lru_cache(maxsize=4096)
+def _trusted(proxies: TrustedProxies, host: str) -> bool:
+    # Parsing an address costs microseconds; the same few proxies ask on every request.
+    return proxies._check(host)
 
 
 @dataclass(frozen=True)
