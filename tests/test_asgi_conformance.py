@@ -229,6 +229,26 @@ async def test_disconnect_after_the_response_is_complete(serve: Any) -> None:
     assert seen == ["http.disconnect"]
 
 
+async def test_polling_receive_with_a_timeout_keeps_working(serve: Any) -> None:
+    """Starlette's `request.is_disconnected()` cancels a receive at once, again and again."""
+    seen: list[str] = []
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        await read_body(receive)
+        for _ in range(3):
+            try:
+                seen.append((await asyncio.wait_for(receive(), 0.01))["type"])
+            except TimeoutError:
+                seen.append("still connected")
+        await respond(send, b"done")
+        seen.append((await receive())["type"])
+    server = await start(serve, app)
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(server.url)).text == "done"
+    await wait_for(lambda: len(seen) == 4)
+    assert seen == ["still connected"] * 3 + ["http.disconnect"]
+
+
 async def test_long_poll_sees_the_client_leave(serve: Any) -> None:
     seen: list[str] = []
 

@@ -138,7 +138,7 @@ class HttpExchange(RelayedAnswer):
 
     def _wake_receivers(self) -> None:
         gone = self._gone
-        if gone is None:
+        if gone is None or gone.cancelled():
             self._gone = gone = asyncio.get_running_loop().create_future()
         if not gone.done():
             gone.set_result(None)
@@ -213,7 +213,9 @@ class HttpExchange(RelayedAnswer):
                     self._body_done = True
                 return {"type": "http.request", "body": chunk, "more_body": more}
         gone = self._gone
-        if gone is None:
+        if gone is None or gone.cancelled():
+            # (A receive cancelled while waiting — Starlette's `is_disconnected()` polls
+            # that way — cancels the future it awaited: the next one waits on a new one.)
             self._gone = gone = asyncio.get_running_loop().create_future()
         await gone
         return _DISCONNECT

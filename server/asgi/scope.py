@@ -33,6 +33,16 @@ ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
 EXTENSIONS = ("http.response.pathsend", "http.response.zerocopysend")
 
 
+_FORWARDING = frozenset({b"forwarded", b"x-forwarded-for", b"x-forwarded-proto"})
+
+
+def _forwarding(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, _value in headers:
+        if name in _FORWARDING:
+            return True
+    return False
+
+
 class ScopeMaker:
     """Builds scopes for one server: its address, scheme, root path and trust."""
 
@@ -53,16 +63,11 @@ class ScopeMaker:
         raw_path = request.raw_path
         client = request.client
         scheme = self.scheme
-        headers = []
-        forwarding = False
-        for name, value in request.raw_headers:
-            lower = name.lower()
-            if lower[:2] == b"x-" and lower.startswith(b"x-forwarded-") or lower == b"forwarded":
-                forwarding = True
-            headers.append((lower, value))
-        if forwarding and self.trusted is not None:
+        raw_headers = request.raw_headers
+        headers = [(name.lower(), value) for name, value in raw_headers]
+        if self.trusted is not None and _forwarding(headers):
             # Only a request that carries forwarding headers pays for the trust check.
-            found = forwarded_peer(client, request.raw_headers, self.trusted, scheme)
+            found = forwarded_peer(client, raw_headers, self.trusted, scheme)
             client, scheme = found.client, found.scheme
         if self.root_path:
             path = self.root_path + path
