@@ -71,3 +71,11 @@ def test_root_beside_the_app_answers_first(server_process: Any, tmp_path: Path) 
     assert httpx.get(proc.url + "/present.txt").text == "from the static site\n"
     assert httpx.get(proc.url + "/absent.txt").text == "made by factory /absent.txt"
     assert httpx.post(proc.url + "/present.txt").text == "made by factory /present.txt"
+
+
+def test_metrics_flag_serves_prometheus_text_before_the_app(server_process: Any) -> None:
+    proc = server_process(["--asgi", "asgi_broken_apps:make_app", "--factory", "--app-dir", str(TESTS),
+                           "--metrics"])
+    assert httpx.get(proc.url + "/x").text == "made by factory /x"
+    text = httpx.get(proc.url + "/metrics").text
+    assert "pageloan_responses_total" in text

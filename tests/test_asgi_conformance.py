@@ -195,6 +195,48 @@ async def test_large_chunked_body_arrives_in_pieces(serve: Any) -> None:
     assert report["types"] == ["http.request"]
 
 
+@pytest.mark.slow
+async def test_an_app_not_reading_its_body_stops_the_upload(serve: Any) -> None:
+    """Back-pressure on the way in: while the app does not call receive(), the socket is
+    not read, so what the server takes is bounded by its queue and the socket buffers."""
+    release = asyncio.Event()
+    total = 32 << 20
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        first = await receive()
+        await release.wait()
+        body, _ = await read_body(receive)
+        await respond(send, b"%d" % (len(first["body"]) + len(body)))
+    server = await start(serve, app)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % total)
+
+    async def upload() -> None:
+        block = b"u" * (1 << 20)
+        for _ in range(total >> 20):
+            writer.write(block)
+            await writer.drain()
+    sending = asyncio.create_task(upload())
+
+    def received() -> int:
+        sessions = [c.session for c in server.server.ctx.connections]
+        active = [s._active for s in sessions if s._active is not None]
+        return active[0].body_stream.received if active else 0
+    # Poll until the server stops taking bytes: it must stop far short of the 32 MiB.
+    last = -1
+    while received() != last:
+        last = received()
+        await asyncio.sleep(0.2)
+    assert 0 < last < 16 << 20 and not sending.done()
+    release.set()
+    await asyncio.wait_for(sending, 20)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 200 ")
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    assert await reader.readexactly(length) == b"%d" % total
+    writer.close()
+
+
 async def test_expect_100_continue_is_sent_when_the_app_reads(serve: Any) -> None:
     server = await start(serve, body_app)
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
@@ -287,6 +329,7 @@ async def test_send_after_disconnect_raises_oserror(serve: Any) -> None:
     await wait_for(lambda: not server.server.ctx.connections)
 
 
+@pytest.mark.slow
 async def test_streaming_waits_for_a_slow_reader(serve: Any) -> None:
     """Back-pressure: the app's send blocks while the client reads nothing."""
     sent = [0]

@@ -10,7 +10,8 @@ valid UTF-8 is answered 400 without calling the application.
 
 `startup()` / `shutdown()` run the lifespan protocol (lifespan.py); shutdown first
 gives application tasks still running (background tasks after their response) a
-moment to finish.  `listening_on(host, port)` tells the scopes the server address
+moment to finish.  With `--metrics`, `GET /metrics` is pageloan's, answered before
+the static site and the application.  `listening_on(host, port)` tells the scopes the server address
 once the listener is bound.
 """
 
@@ -22,8 +23,9 @@ from collections.abc import Callable
 from typing import Any
 
 from ..core.filecache import OpenFileCache
+from ..core.metrics import METRICS
 from ..http.request import BadRequest, Request
-from ..http.responses import error_response
+from ..http.responses import error_response, text_response
 from ..static.site import StaticSite
 from .http import ExchangeSettings, HttpExchange
 from .lifespan import Lifespan
@@ -43,8 +45,9 @@ class AsgiAdapter:
 
     def __init__(self, app: Callable[..., Any], *, static: StaticSite | None = None,
                  root_path: str = "", scheme: str = "http", trusted: Any = None,
-                 lifespan: str = "auto", debug: bool = False) -> None:
+                 lifespan: str = "auto", debug: bool = False, metrics: bool = False) -> None:
         self.asgi_app = app
+        self.metrics = metrics          # --metrics: GET /metrics is ours, before the app
         self.static = static
         state: dict[str, Any] = {}
         self.scopes = ScopeMaker(scheme=scheme, root_path=root_path, trusted=trusted, state=state)
@@ -68,6 +71,8 @@ class AsgiAdapter:
         await self.lifespan.shutdown()
 
     def __call__(self, request: Request) -> Any:
+        if self.metrics and request.raw_path == b"/metrics":
+            return text_response(METRICS.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
         static = self.static
         if static is not None:
             answer = static.respond(request)

@@ -22,4 +22,4 @@ def build_asgi_adapter(options: AsgiOptions, app_options: AppOptions, *, tls: bo
     static = static_site(app_options.root, app_options.static) if app_options.root is not None else None
     return AsgiAdapter(app, static=static, root_path=options.root_path,
                        scheme="https" if tls else "http", trusted=options.trusted(),
-                       lifespan=options.lifespan, debug=app_options.debug)
+                       lifespan=options.lifespan, debug=app_options.debug, metrics=app_options.metrics)
