@@ -3,16 +3,17 @@
 Theory of operation.  The session calls `adapter(request)` and accepts a Message, a
 StreamResponse, an awaitable of either, or a RelayedAnswer.  With a static ROOT
 beside the application, the StaticSite is asked first and its answer — a Message
-of cached file regions, on pageloan's own fast path — is returned synchronously; only what it does not name (a missing file, a method
-other than GET/HEAD) reaches the application.  Everything else becomes an
+of cached file regions, on pageloan's own fast path — is returned synchronously;
+only what it does not name (a missing file, a method other than GET/HEAD) reaches
+the application.  Everything else becomes an
 HttpExchange (http.py) over a freshly built scope (scope.py).  A path that is not
 valid UTF-8 is answered 400 without calling the application.
 
 `startup()` / `shutdown()` run the lifespan protocol (lifespan.py); shutdown first
 gives application tasks still running (background tasks after their response) a
 moment to finish.  With `--metrics`, `GET /metrics` is pageloan's, answered before
-the static site and the application.  `listening_on(host, port)` tells the scopes the server address
-once the listener is bound.
+the static site and the application.  `listening_on(host, port)` tells the scopes
+the server address once the listener is bound.
 """
 
 from __future__ import annotations
