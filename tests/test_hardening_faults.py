@@ -149,3 +149,60 @@ async def test_clients_resetting_mid_response_and_mid_upload(site):
             await asyncio.sleep(0.05)
         return False
     assert await connections_gone()
+
+
+@pytest.mark.slow
+def test_sigterm_under_load_drains_every_started_response(tmp_path):
+    """Clients keep asking on keep-alive connections; SIGTERM: every response already
+    begun arrives whole, then each connection closes, and the server exits 0."""
+    import signal
+    import time
+
+    from loadtest.conns import ServerUnderTest
+
+    server = ServerUnderTest(tmp_path, ["--drain-timeout", "20"])
+    outcome = {"complete": 0, "refused": 0, "partial": 0}
+
+    async def client(seed: int) -> None:
+        paths = ["/big.bin", "/index.html", "/hello/x"]
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        except OSError:
+            outcome["refused"] += 1
+            return
+        n = seed
+        try:
+            while True:
+                writer.write(f"GET {paths[n % 3]} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+                n += 1
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return                        # closed between responses: fine
+                length = int(head.lower().split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
+                try:
+                    await reader.readexactly(length)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    outcome["partial"] += 1       # a response cut short: the bug
+                    return
+                outcome["complete"] += 1
+                if b"Connection: close" in head:
+                    return
+        finally:
+            writer.close()
+
+    async def run() -> None:
+        tasks = [asyncio.create_task(client(i)) for i in range(8)]
+        await asyncio.sleep(1.0)
+        server.proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
+
+    try:
+        started = time.monotonic()
+        asyncio.run(run())
+        code = server.proc.wait(30)
+    finally:
+        server.stop()
+    assert outcome["partial"] == 0, outcome
+    assert outcome["complete"] > 8
+    assert code == 0 and time.monotonic() - started < 30
