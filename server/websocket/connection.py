@@ -340,6 +340,14 @@ class WebSocketConnection:
         self.transmitter.enqueue(Message(0, ()), sent)
         await done
 
+    def when_drained(self, callback: Callable[[BaseException | None], None]) -> bool:
+        """Call `callback` once the kernel has taken everything queued so far (or the
+        connection failed); False, and no call, if nothing is queued."""
+        if self.transmitter.idle:
+            return False
+        self.transmitter.enqueue(Message(0, ()), callback)
+        return True
+
     def _send_control(self, frame: bytes | bytearray) -> None:
         if frame:
             self.transmitter.enqueue(Message(0, (), (bytes(frame),)))

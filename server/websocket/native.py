@@ -401,6 +401,22 @@ async def broadcast(sockets: Iterable[WebSocket | WebSocketConnection],
             slow.append(conn)
         count += 1
     if slow:
-        await asyncio.gather(*(conn.drained() for conn in slow), return_exceptions=True)
+        # One future for all of them, counted down by the transmitters' completion
+        # callbacks: no task per slow socket (a thousand readers, a thousand tasks).
+        done = asyncio.get_running_loop().create_future()
+        waiting = 1            # held until every callback is registered (a failed one fires at once)
+
+        def drained(_exc: BaseException | None) -> None:
+            nonlocal waiting
+            waiting -= 1
+            if waiting == 0 and not done.done():
+                done.set_result(None)
+
+        for conn in slow:
+            waiting += 1
+            if not conn.when_drained(drained):
+                waiting -= 1
+        drained(None)
+        await done
     return count
 
