@@ -32,6 +32,7 @@ to ignore it on other methods), so HEAD with a Range describes the 200 answer.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat as stat_mod
@@ -377,7 +378,11 @@ class StaticSite:
             f = self.cache.open(file_path, st)
         except PermissionError:
             return self._forbidden()
-        except OSError:
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                # Out of descriptors: the file is there, we cannot open it now.
+                return error_response(503, "out of file descriptors; try again",
+                                      headers=[("Retry-After", "1")])
             return None
         if not f.vetted and not self._vet(f):
             return None
