@@ -30,7 +30,6 @@ from ..http.request import Request
 __all__ = ["ASGI_VERSION", "ScopeMaker"]
 
 ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
-EXTENSIONS = ("http.response.pathsend", "http.response.zerocopysend")
 
 
 _FORWARDING = frozenset({b"forwarded", b"x-forwarded-for", b"x-forwarded-proto"})
@@ -86,5 +85,5 @@ class ScopeMaker:
             "client": client,
             "server": self.server,
             "state": dict(self.state),
-            "extensions": {name: {} for name in EXTENSIONS},
+            "extensions": {"http.response.pathsend": {}, "http.response.zerocopysend": {}},
         }
