@@ -98,7 +98,7 @@ class HttpExchange(RelayedAnswer):
 
     __slots__ = ("app", "scope", "request", "settings", "outlet", "_phase", "_status",
                  "_headers", "_length", "_left", "_chunked", "_no_body", "_close",
-                 "_body_read", "_body_done", "_gone", "_lost", "_ended", "_refusal",
+                 "_body_read", "_body_done", "_gone", "_over", "_lost", "_ended", "_refusal",
                  "_trailers")
 
     def __init__(self, app: Callable[..., Any], scope: dict[str, Any], request: Request,
@@ -118,7 +118,8 @@ class HttpExchange(RelayedAnswer):
         self._close = False
         self._body_read = 0
         self._body_done = False
-        self._gone: asyncio.Future | None = None   # set: receive returns http.disconnect
+        self._gone: asyncio.Future | None = None   # what a waiting receive awaits
+        self._over = False                   # answered, or the client gone: http.disconnect
         self._lost = False                   # the connection is gone: send raises
         self._ended = False                  # the session's request is finished
         self._refusal: Message | None = None  # 413/408 owed instead of the app's answer
@@ -140,10 +141,9 @@ class HttpExchange(RelayedAnswer):
         self._wake_receivers()
 
     def _wake_receivers(self) -> None:
+        self._over = True
         gone = self._gone
-        if gone is None or gone.cancelled():
-            self._gone = gone = asyncio.get_running_loop().create_future()
-        if not gone.done():
+        if gone is not None and not gone.done():
             gone.set_result(None)
 
     async def _run(self) -> None:
@@ -215,8 +215,10 @@ class HttpExchange(RelayedAnswer):
                 if not more:
                     self._body_done = True
                 return {"type": "http.request", "body": chunk, "more_body": more}
+        if self._over:
+            return _DISCONNECT
         gone = self._gone
-        if gone is None or gone.cancelled():
+        if gone is None or gone.done():
             # (A receive cancelled while waiting — Starlette's `is_disconnected()` polls
             # that way — cancels the future it awaited: the next one waits on a new one.)
             self._gone = gone = asyncio.get_running_loop().create_future()
