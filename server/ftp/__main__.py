@@ -15,7 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
-from . import add_ftp_arguments, ftp_config_from_args, start_ftp
+from . import FtpConfig, add_ftp_arguments, ftp_config_from_args, start_ftp
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _serve(config) -> None:
+async def _serve(config: FtpConfig) -> None:
     service = await start_ftp(config)
     print(f"ftp port {service.port}", flush=True)
     stop = asyncio.Event()
@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             uvloop.install()
         except ImportError:
             pass
+    if config is None:                      # no --ftp-port: nothing to serve
+        parser.error("--ftp-port is required")
     asyncio.run(_serve(config))
     return 0
 

@@ -152,7 +152,7 @@ class LoginThrottle:
         self._failures[address] = count
         while len(self._failures) > self.MAX_ADDRESSES:
             self._failures.popitem(last=False)
-        return min(self.base_delay * (2 ** min(count - 1, 10)), self.MAX_DELAY)
+        return float(min(self.base_delay * (2 ** min(count - 1, 10)), self.MAX_DELAY))
 
     def succeeded(self, address: str) -> None:
         self._failures.pop(address, None)

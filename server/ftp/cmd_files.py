@@ -108,6 +108,6 @@ async def cmd_mlst(s: Session, arg: str) -> None:
     parts, real = s.vfs.resolve(arg or ".")
     st = os.stat(real)
     shown = VirtualFS.display(parts)
-    line = mlsx_line(shown, st, s.account.writable, s.mlst_facts)
+    line = mlsx_line(shown, st, s.account is not None and s.account.writable, s.mlst_facts)
     # The fact line starts with one space inside the multi-line reply (RFC 3659 §7.2).
     s.reply(250, f"Listing {shown}", [line])

@@ -137,7 +137,7 @@ async def cmd_nlst(s: Session, arg: str) -> None:
 
 
 async def cmd_mlsd(s: Session, arg: str) -> None:
-    writable = s.account.writable
+    writable = s.account is not None and s.account.writable
     facts = s.mlst_facts
     await _send_listing(s, arg, lambda entries: render_mlsd(entries, writable, facts),
                         directory_only=True)

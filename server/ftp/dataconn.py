@@ -118,7 +118,7 @@ class DataChannel:
                 sock.close()
                 continue
             self._listener = sock
-            return sock.getsockname()[1]
+            return int(sock.getsockname()[1])
         raise FtpError(425, "No free passive port.")
 
     async def _accept(self, listener: socket.socket, timeout: float) -> socket.socket:

@@ -91,7 +91,8 @@ class FtpService:
 
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
-        self._sessions.add(task)
+        if task is not None:
+            self._sessions.add(task)
         try:
             peer = writer.get_extra_info("peername")
             local = writer.get_extra_info("sockname")
@@ -110,7 +111,8 @@ class FtpService:
         except Exception:    # noqa: BLE001 - one broken session must not reach the server
             log.exception("FTP session failed")
         finally:
-            self._sessions.discard(task)
+            if task is not None:
+                self._sessions.discard(task)
             writer.close()
 
     async def close(self) -> None:

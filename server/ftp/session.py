@@ -37,6 +37,7 @@ import logging
 import re
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Protocol
 
 from ..core.receive import ResumeOffsetError
@@ -115,9 +116,9 @@ class Session:
         # Transfer parameters, set by commands and consumed by transfers.
         self.type = "I"
         self.rest_offset = 0
-        self.rename_from = None
+        self.rename_from: Path | None = None
         self.epsv_all = False
-        self.mlst_facts = DEFAULT_FACTS
+        self.mlst_facts: tuple[str, ...] = DEFAULT_FACTS
         # RFC 4217 state: control connection under TLS, PBSZ seen, data protection.
         self.tls = False
         self.pbsz = False
@@ -148,8 +149,9 @@ class Session:
                     continue
                 if self.transferring:
                     command = self.service.commands.get(verb)
-                    if command is None or not command.during_transfer:
-                        await asyncio.wait({self.transfer})
+                    transfer = self.transfer
+                    if (command is None or not command.during_transfer) and transfer is not None:
+                        await asyncio.wait({transfer})
                 await self.dispatch(verb, arg)
                 await self.writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -200,7 +202,7 @@ class Session:
         if command.login and self.account is None:
             self.reply(530, "Please log in with USER and PASS.")
             return
-        if command.write and not self.account.writable:
+        if command.write and not (self.account is not None and self.account.writable):
             self.reply(550, "Permission denied: read-only account.")
             return
         try:
@@ -245,13 +247,17 @@ class Session:
             try:
                 if self.prot_private:
                     try:
-                        conn = await open_tls_data(sock, self.service.tls_context, self.config.data_timeout)
+                        context = self.service.tls_context
+                        if context is None:          # PROT P is refused without a certificate
+                            raise ssl.SSLError("no TLS certificate configured")
+                        conn = await open_tls_data(sock, context, self.config.data_timeout)
                     except (TimeoutError, OSError, ssl.SSLError) as exc:
                         log.info("TLS handshake failed on a data connection from %s: %r", self.client_ip, exc)
                         self.reply(425, "Can't open data connection: TLS negotiation failed.")
                         return
                     log.debug("TLS data connection from %s (%s, session reused: %s)", self.client_ip,
-                              conn.transport.get_extra_info("cipher"), conn.session_reused)
+                              conn.transport.get_extra_info("cipher") if conn.transport else None,
+                              conn.session_reused)
                 done_text = await work(conn)
                 if isinstance(conn, TlsData):
                     conn.close()             # close_notify; the shutdown ends in the background
@@ -304,6 +310,9 @@ class Session:
     async def start_tls(self) -> None:
         """Upgrade the control connection (after the 234 reply); close it on failure."""
         context = self.service.tls_context
+        if context is None:                  # AUTH TLS is refused without a certificate
+            self.writer.close()
+            return
         try:
             # Awaited directly, not through wait_for's task: the transport must switch
             # to TLS before the loop turns again, or a ClientHello arriving meanwhile
