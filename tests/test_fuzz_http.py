@@ -27,7 +27,9 @@ def test_fuzzed_requests_get_well_formed_answers_and_the_server_keeps_serving(ta
     stats = run_fuzz(target, SUITE_EXAMPLES, seed_value=12)
     assert stats.examples >= SUITE_EXAMPLES
     assert stats.requests > stats.examples and stats.responses > SUITE_EXAMPLES // 2
-    assert 200 in stats.statuses and 400 in stats.statuses   # both sides were exercised
+    # Both sides were exercised: some request was served (any 2xx/304; which ones
+    # depends on the timing of pipelines under load) and some was refused with 400.
+    assert any(200 <= s < 300 or s == 304 for s in stats.statuses) and 400 in stats.statuses
     assert target.alive()
     assert "Traceback" not in target.log()
 
