@@ -12,7 +12,6 @@ real curl where it matters.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -189,14 +188,7 @@ def test_faulty_framing_gets_its_status_and_a_close(serve_thread, root, request_
 def test_an_http09_request_line_is_refused_at_once(serve_thread, root):
     running = serve_thread(app_with(root), header_timeout=30)
     started = time.monotonic()
-    with socket.create_connection(("127.0.0.1", running.port), timeout=10) as s:
-        s.sendall(b"GET /a.txt\r\n")
-        data = b""
-        while True:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            data += chunk
+    data = raw_exchange(running.port, b"GET /a.txt\r\n", timeout=10)
     assert data.startswith(b"HTTP/1.1 400 ")
     assert time.monotonic() - started < 5
 

@@ -13,12 +13,11 @@ keeps HTTP's rules: order, HEAD, Connection: close, exactly one Host.
 from __future__ import annotations
 
 import os
-import socket
 import threading
 from pathlib import Path
 
 import pytest
-from harness import RawClient, serve_site
+from harness import RawClient, raw_exchange, serve_site
 
 SMALL = bytes(range(256)) * 40          # 10 KiB: mapped, gathered with its head
 BROWSER = [
@@ -169,32 +168,21 @@ def test_connection_close_in_a_whole_head_read_closes_after_the_answer(root):
 ], ids=["missing", "twice", "twice-any-case"])
 @pytest.mark.parametrize("split", [False, True], ids=["whole-read", "split-read"])
 def test_http11_needs_exactly_one_host(root, head, split):
-    with serve_site(root) as running, socket.create_connection(("127.0.0.1", running.port), 5) as s:
-        if split:        # across two reads: the full parser's callbacks see it
-            s.sendall(head[:20])
-            s.sendall(head[20:])
+    with serve_site(root) as running, RawClient(running.port, timeout=5) as c:
+        if split:        # across two sends: the full parser's callbacks may see it
+            c.send_raw(head[:20])
+            c.send_raw(head[20:])
         else:
-            s.sendall(head)
-        answer = b""
-        while True:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            answer += chunk
-        assert answer.startswith(b"HTTP/1.1 400 ")
-        assert answer.count(b"\r\nServer: pageloan\r\n") == 1      # one answer, then the close
+            c.send_raw(head)
+        answer = c.read_until_close()
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert answer.count(b"\r\nServer: pageloan\r\n") == 1      # one answer, then the close
 
 
 def test_http10_without_host_is_served(root):
-    with serve_site(root) as running, socket.create_connection(("127.0.0.1", running.port), 5) as s:
-        s.sendall(b"GET /a.txt HTTP/1.0\r\n\r\n")
-        answer = b""
-        while True:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            answer += chunk
-        assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"hello\n")
+    with serve_site(root) as running:
+        answer = raw_exchange(running.port, b"GET /a.txt HTTP/1.0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"hello\n")
 
 
 def test_rename_under_load_is_seen_by_the_next_request(root):
