@@ -33,8 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -44,7 +42,7 @@ from pathlib import Path
 
 from loadtest import PACKAGE_DIR, REPO_ROOT, procstat
 from loadtest.locations import CACHE_DIR, RESULTS_DIR
-from loadtest.process import ServerProcess, free_port
+from loadtest.process import ServerProcess, finish_record, free_port, raise_descriptor_limit
 from loadtest.results import base_meta, save
 from loadtest.servers import pageloan_env
 from loadtest.tools import find_tool
@@ -114,10 +112,7 @@ def measure(server: str, scenario: FanoutScenario, duration: float, peers: Path,
     except Exception as exc:  # noqa: BLE001 - the record carries any failure
         record["error"] = f"{type(exc).__name__}: {exc}"
     finally:
-        record["exit_status"] = proc.stop()
-        if record["error"]:
-            record["server_log_tail"] = proc.log_tail()
-        shutil.rmtree(rundir, ignore_errors=True)
+        finish_record(record, proc, rundir)
     return record
 
 
@@ -165,9 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     if not scenarios:
         p.error(f"no such scenario; choose from {', '.join(s.name for s in SCENARIOS)}")
     # 1,000 sockets on each side (the servers inherit this limit).
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < 4096 <= hard or soft < hard < 4096:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
+    raise_descriptor_limit(4096)
     cpus = sorted(os.sched_getaffinity(0))
     taskset = find_tool("taskset")
     server_pin: list[str] = []

@@ -9,6 +9,8 @@ the measurement. Every wait here is bounded.
 from __future__ import annotations
 
 import os
+import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -93,3 +95,20 @@ class ServerProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def raise_descriptor_limit(wanted: int) -> None:
+    """Raise this process's soft RLIMIT_NOFILE towards `wanted` (the hard limit caps it);
+    the servers and clients it starts inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < wanted <= hard or soft < hard < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
+
+
+def finish_record(record: dict, proc: ServerProcess, rundir: Path) -> dict:
+    """Stop the measured server, keep its log tail if the run failed, drop its run dir."""
+    record["exit_status"] = proc.stop()
+    if record.get("error"):
+        record["server_log_tail"] = proc.log_tail()
+    shutil.rmtree(rundir, ignore_errors=True)
+    return record

@@ -44,7 +44,7 @@ from pathlib import Path
 
 from loadtest import REPO_ROOT, procstat
 from loadtest.locations import CACHE_DIR, RESULTS_DIR
-from loadtest.process import ServerProcess, free_port, port_open
+from loadtest.process import ServerProcess, finish_record, free_port, port_open
 from loadtest.results import base_meta, save
 from loadtest.servers import pageloan_env
 from loadtest.tools import find_tool, require_tools
@@ -187,10 +187,7 @@ def measure(setup: str, mode: str, args: argparse.Namespace, docroot: Path, wrk:
     except Exception as exc:  # noqa: BLE001 - the record carries any failure
         record["error"] = f"{type(exc).__name__}: {exc}"
     finally:
-        record["exit_status"] = proc.stop()
-        if record["error"]:
-            record["server_log_tail"] = proc.log_tail()
-        shutil.rmtree(rundir, ignore_errors=True)
+        finish_record(record, proc, rundir)
     return record
 
 
