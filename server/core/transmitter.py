@@ -241,6 +241,10 @@ class SocketTransmitter:
                 self._accept(sent, sent)
             self._wait_writable()
             return
+        self._flush_queue()
+
+    def _flush_queue(self) -> None:
+        """The general flush: file regions and long queues, one syscall after another."""
         self._flushing = True
         try:
             self._flush_some()
@@ -248,8 +252,13 @@ class SocketTransmitter:
             self._fail(exc)
         finally:
             self._flushing = False
-        if self.wants_idle and not self._slices and not self.closed and self._on_idle is not None:
-            self._on_idle()
+        self._idle_check()
+
+    def _idle_check(self) -> None:
+        # The owner asked to hear when the queue is empty (a loan budget, a drain).
+        on_idle = self._on_idle
+        if self.wants_idle and not self._slices and not self.closed and on_idle is not None:
+            on_idle()
 
     def _gather(self, slices: list | tuple) -> int:
         """One sendmsg of memory slices: bytes taken, 0 if the socket is full, -1 if the

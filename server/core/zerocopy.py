@@ -419,14 +419,9 @@ class ZeroCopyTransmitter(SocketTransmitter):
     def flush(self) -> None:
         if not self._slices or self._flushing or self._waiting_writable or self.closed:
             return
-        self._flushing = True
-        try:
-            self._flush_some()
-        except OSError as exc:
-            self._fail(exc)
-        finally:
-            self._flushing = False
-        self._idle_check()
+        # Not the base class's memory-only shortcut: every gather call goes through
+        # _send_gathered, which decides whether it is sent with MSG_ZEROCOPY.
+        self._flush_queue()
 
     def _send_gathered(self) -> int:
         slices = self._slices
@@ -463,13 +458,6 @@ class ZeroCopyTransmitter(SocketTransmitter):
         self.outstanding -= nbytes
         self._ledger.repay(nbytes)
         self._idle_check()
-
-    def _idle_check(self) -> None:
-        # The owner asked to hear when the queue is empty (a loan budget, a drain): a
-        # notice that returns loans is such a moment too, though nothing was sent.
-        on_idle = self._on_idle
-        if self.wants_idle and not self._slices and not self.closed and on_idle is not None:
-            on_idle()
 
     def close(self, exc: BaseException | None = None) -> None:
         if self.closed:
