@@ -62,6 +62,25 @@ async def until(condition: Callable[[], T], what: str = "the condition", *,
         await asyncio.sleep(interval)
 
 
+class _Settling:
+    """The bookkeeping `wait_stable` and `until_stable` share: has the value held still?"""
+
+    def __init__(self, first: object, hold: float, timeout: float, what: str) -> None:
+        self.last, self.since = first, time.monotonic()
+        self.deadline = self.since + timeout
+        self.hold, self.timeout, self.what = hold, timeout, what
+
+    def settled(self, value: object) -> bool:
+        now = time.monotonic()
+        if value != self.last:
+            self.last, self.since = value, now
+        elif now - self.since >= self.hold:
+            return True
+        if now >= self.deadline:
+            raise _fail(self.what, self.timeout, value)
+        return False
+
+
 def wait_stable(measure: Callable[[], T], *, hold: float = 0.2, timeout: float = DEFAULT_TIMEOUT,
                 interval: float = 0.02, what: str = "the value to settle") -> T:
     """Block until `measure()` has returned the same value for `hold` seconds; return it.
@@ -70,34 +89,20 @@ def wait_stable(measure: Callable[[], T], *, hold: float = 0.2, timeout: float =
     is the quiet period asked of the server, the deadline bounds a value that never
     settles.
     """
-    deadline = time.monotonic() + timeout
-    last = measure()
-    since = time.monotonic()
+    settling = _Settling(measure(), hold, timeout, what)
     while True:
         time.sleep(interval)
         value = measure()
-        now = time.monotonic()
-        if value != last:
-            last, since = value, now
-        elif now - since >= hold:
+        if settling.settled(value):
             return value
-        if now >= deadline:
-            raise _fail(what, timeout, value)
 
 
 async def until_stable(measure: Callable[[], T], *, hold: float = 0.2, timeout: float = DEFAULT_TIMEOUT,
                        interval: float = 0.02, what: str = "the value to settle") -> T:
     """`wait_stable` in the server's own event loop."""
-    deadline = time.monotonic() + timeout
-    last = measure()
-    since = time.monotonic()
+    settling = _Settling(measure(), hold, timeout, what)
     while True:
         await asyncio.sleep(interval)
         value = measure()
-        now = time.monotonic()
-        if value != last:
-            last, since = value, now
-        elif now - since >= hold:
+        if settling.settled(value):
             return value
-        if now >= deadline:
-            raise _fail(what, timeout, value)
