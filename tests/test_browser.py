@@ -11,22 +11,19 @@ the page) that the script ran.  A screenshot is written to a temporary file
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
-from harness import serve_site
+from harness import BROWSER_MISSING, chromium, serve_site, wait_js
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED = REPO / "static"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
 
 pytestmark = [pytest.mark.tools, pytest.mark.slow, pytest.mark.skipif(
-    not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)),
+    BROWSER_MISSING,
     reason="headless Chromium not available (apt-get install chromium chromium-driver)",
 )]
 
@@ -39,30 +36,11 @@ def site():
 
 @pytest.fixture(scope="module")
 def browser():
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tempfile.mkdtemp(prefix="pageloan-chromium-")
-    options = Options()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", f"--user-data-dir={profile}", "--window-size=1200,1100"):
-        options.add_argument(flag)
-    try:
-        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    except Exception as exc:  # noqa: BLE001 - any start-up failure means no browser here
-        shutil.rmtree(profile, ignore_errors=True)
-        pytest.skip(f"Chromium did not start: {exc}")
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
-    shutil.rmtree(profile, ignore_errors=True)
+    with chromium("--window-size=1200,1100") as driver:
+        yield driver
 
 
-def _wait(driver, condition: str, timeout: float = 10.0):
-    from selenium.webdriver.support.ui import WebDriverWait
-    return WebDriverWait(driver, timeout).until(lambda d: d.execute_script(condition))
+_wait = wait_js
 
 
 def _check_page(driver, url: str) -> None:

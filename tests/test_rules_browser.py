@@ -7,25 +7,19 @@ one fetches JSON from the other, which allows exactly that origin.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
-from harness import ThreadedServer
+from harness import BROWSER_MISSING, ThreadedServer, chromium, wait_js
 
 from server.framework.application import Application
 from server.static.options import StaticOptions, static_site
 from server.static.rules import RuleSpec, make_cors
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
 
 pytestmark = [
-    pytest.mark.skipif(not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)),
+    pytest.mark.skipif(BROWSER_MISSING,
                        reason="headless Chromium not available (apt-get install chromium chromium-driver)"),
     pytest.mark.slow,
 ]
@@ -49,30 +43,11 @@ document.addEventListener("DOMContentLoaded", () => {
 
 @pytest.fixture(scope="module")
 def browser():
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tempfile.mkdtemp(prefix="pageloan-chromium-")
-    options = Options()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    try:
-        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    except Exception as exc:  # noqa: BLE001 - any start-up failure means no browser here
-        shutil.rmtree(profile, ignore_errors=True)
-        pytest.skip(f"Chromium did not start: {exc}")
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
-    shutil.rmtree(profile, ignore_errors=True)
+    with chromium() as driver:
+        yield driver
 
 
-def _wait(driver, condition: str, timeout: float = 10.0):
-    from selenium.webdriver.support.ui import WebDriverWait
-    return WebDriverWait(driver, timeout).until(lambda d: d.execute_script(condition))
+_wait = wait_js
 
 
 def _site(root: Path, **spec) -> ThreadedServer:
