@@ -30,23 +30,18 @@ ratios to aiohttp is printed.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from loadtest import PACKAGE_DIR, REPO_ROOT, procstat
-from loadtest.locations import CACHE_DIR, RESULTS_DIR
-from loadtest.process import ServerProcess, finish_record, free_port, raise_descriptor_limit
-from loadtest.results import base_meta, save
+from loadtest import PACKAGE_DIR, REPO_ROOT, bench, procstat
+from loadtest.process import ServerProcess, finish_record, free_port
 from loadtest.servers import pageloan_env
-from loadtest.tools import find_tool
-from loadtest.venv import DEFAULT_VENV, MissingPeers, check_peers, peer_python
+from loadtest.venv import MissingPeers, check_peers, peer_python
 
 
 @dataclass(frozen=True)
@@ -144,50 +139,23 @@ def _table(records: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m loadtest.fanout_bench", description=__doc__.split("\n")[0])
-    p.add_argument("--servers", default=",".join(SERVERS), help=f"comma list from {', '.join(SERVERS)}")
-    p.add_argument("--scenarios", default=",".join(s.name for s in SCENARIOS))
-    p.add_argument("--duration", type=float, default=10.0, help="seconds of producing per run (default 10)")
-    p.add_argument("--peer-python", type=Path, help="interpreter with aiohttp, uvicorn, starlette")
-    p.add_argument("--venv", type=Path, default=DEFAULT_VENV)
-    p.add_argument("--out", type=Path, help="results JSON (default: the cache's results/)")
+    p = bench.parser("python -m loadtest.fanout_bench", __doc__, SERVERS, SCENARIOS,
+                     "seconds of producing per run (default 10)",
+                     "interpreter with aiohttp, uvicorn, starlette")
     args = p.parse_args(argv)
-    servers = [s for s in args.servers.split(",") if s]
-    unknown = set(servers) - set(SERVERS)
-    if unknown:
-        p.error(f"unknown servers: {', '.join(sorted(unknown))}")
-    scenarios = [s for s in SCENARIOS if s.name in args.scenarios.split(",")]
-    if not scenarios:
-        p.error(f"no such scenario; choose from {', '.join(s.name for s in SCENARIOS)}")
-    # 1,000 sockets on each side (the servers inherit this limit).
-    raise_descriptor_limit(4096)
-    cpus = sorted(os.sched_getaffinity(0))
-    taskset = find_tool("taskset")
-    server_pin: list[str] = []
-    client_pin: list[str] = []
-    if len(cpus) >= 2 and taskset:
-        server_pin, client_pin = [taskset, "-c", str(cpus[0])], [taskset, "-c", str(cpus[1])]
-        os.sched_setaffinity(0, {cpus[1]})
+    servers, scenarios = bench.chosen(p, args, SERVERS, SCENARIOS)
+    server_pin, client_pin = bench.pins()
     peers = peer_python(args.peer_python, args.venv)
     try:
         check_peers(peers, [s for s in servers if s != "pageloan"], args.venv)
     except MissingPeers as exc:
         print(exc, file=sys.stderr)
         return 3
-    workroot = CACHE_DIR / "work"
-    workroot.mkdir(parents=True, exist_ok=True)
-    records = []
-    for scenario in scenarios:
-        for server in servers:
-            print(f"{scenario.name} on {server} ...", file=sys.stderr, flush=True)
-            records.append(measure(server, scenario, args.duration, peers, server_pin,
-                                   client_pin, workroot))
-    out = args.out or RESULTS_DIR / time.strftime("fanout-%Y%m%d-%H%M%S.json", time.gmtime())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save(out, {"meta": {**base_meta(sys.argv), "pinned": bool(server_pin)}, "records": records})
-    print(_table(records))
-    print(f"results: {out}")
-    return 1 if any(r.get("error") for r in records) else 0
+    work = bench.workroot()
+    return bench.run_all("fanout", scenarios, servers, args.out, bool(server_pin),
+                         lambda server, scenario: measure(server, scenario, args.duration, peers,
+                                                          server_pin, client_pin, work),
+                         _table)
 
 
 if __name__ == "__main__":
