@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import json as _json
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from types import MappingProxyType
@@ -39,7 +38,6 @@ PAUSE_ABOVE = 64 << 10
 _NO_PARAMS: Mapping[str, Any] = MappingProxyType({})   # shared, read-only: no dict per request
 
 
-_monotonic = time.monotonic
 
 _JSON_KINDS = {dict: "an object", list: "an array", str: "a string", int: "a number",
                float: "a number", bool: "a boolean", type(None): "null"}
@@ -206,7 +204,7 @@ class Request:
     # hooks and routing) starts as a class-level default and lands in the instance
     # dict only when somebody asks: the hot static path never does.
     __slots__ = ("method", "target", "version", "_raw_headers", "head", "_lowered", "keep_alive",
-                 "client", "body_stream", "app", "_raw_path", "answered", "fresh", "started",
+                 "client", "body_stream", "app", "_raw_path", "answered", "fresh",
                  "__dict__", "__weakref__")
 
     _state: dict[str, Any] | None = None
@@ -218,6 +216,9 @@ class Request:
     _query: dict[str, list[str]] | None = None
     _cookies: dict[str, str] | None = None
     _form: FormData | None = None
+    # When the head was complete (monotonic), for the access log's request time; the
+    # session sets it only when an access log is written (no clock read otherwise).
+    started = 0.0
 
     def __init__(self, method: str, target: bytes, version: str,
                  raw_headers: list[tuple[bytes, bytes]] | None, keep_alive: bool,
@@ -236,8 +237,6 @@ class Request:
         self.body_stream = body_stream
         self.app: Any = None
         self._raw_path: bytes | None = None
-        # When the head was complete (monotonic): the access log's $request_time.
-        self.started = _monotonic()
         # Set by the session once this request's final answer is queued: whatever of
         # its body arrives later is discarded, never answered a second time.
         self.answered = False

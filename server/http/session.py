@@ -57,6 +57,7 @@ import enum
 import inspect
 import logging
 import re
+import time
 import traceback
 from collections import deque
 from collections.abc import Callable
@@ -76,6 +77,7 @@ from .wire import DATE, STATUS_LINES, status_line
 __all__ = ["Driver", "HttpSession", "Outlet", "Phase", "RelayedAnswer"]
 
 log = logging.getLogger("pageloan.http")
+_monotonic = time.monotonic
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _REQUEST_LINE = re.compile(rb"(?:\r\n)*[!#$%&'*+.^_`|~0-9A-Za-z-]+ [^ \r\n]+ HTTP/1\.[01]\r\n")
@@ -214,6 +216,8 @@ class HttpSession:
         self._max_body = ctx.config.max_body_bytes
         self._budget = ctx.config.connection_loan_budget
         self.requests_started = 0
+        # Requests are timed (a clock read each) only for the access log's request time.
+        self._timed = ctx.access_log is not None
         # An upgrade request and the bytes read past its head, until it is answered.
         self._upgrade: Request | None = None
         self._upgrade_data: list[bytes] = []
@@ -449,6 +453,8 @@ class HttpSession:
         request = Request(method, url, version, None, keep_alive, self.client, None, block, lowered)
         request.app = self._app
         request.fresh = fresh
+        if self._timed:
+            request.started = _monotonic()
         self._pipeline.append(request)
         if not keep_alive:
             self.phase = LAST
@@ -478,6 +484,8 @@ class HttpSession:
         keep_alive = parser.should_keep_alive() and not self.draining
         request = Request(method, self._url, version, self._raw_headers, keep_alive, self.client, None)
         request.app = self._app
+        if self._timed:
+            request.started = _monotonic()
         self._current = request
         self._pipeline.append(request)
         return request
