@@ -24,7 +24,7 @@ def target(tmp_path_factory):
 
 @pytest.mark.slow
 def test_fuzzed_requests_get_well_formed_answers_and_the_server_keeps_serving(target):
-    stats = run_fuzz(target, SUITE_EXAMPLES, seed_value=12)
+    stats = run_fuzz(target, SUITE_EXAMPLES, seed_value=12, mutants=2)
     assert stats.examples >= SUITE_EXAMPLES
     assert stats.requests > stats.examples and stats.responses > SUITE_EXAMPLES // 2
     # Both sides were exercised: some request was served (any 2xx/304; which ones

@@ -12,20 +12,21 @@ import asyncio
 import pytest
 
 from loadtest.conns import ServerUnderTest, raise_own_limit, run_conns
-from loadtest.soak import run_soak
+from loadtest.soak import run_soak, soak_server
 
 
 @pytest.mark.slow
 def test_one_minute_soak_leaves_no_growth_and_returns_to_baseline(tmp_path):
-    server = ServerUnderTest(tmp_path, ["--keepalive-timeout", "2", "--max-body-size", "1m"])
+    server = soak_server(tmp_path)
     try:
-        report = asyncio.run(run_soak(server, 60.0, clients=6))
+        report = asyncio.run(run_soak(server, 60.0, clients=6, ftp_clients=2))
     finally:
         server.stop()
     assert report.ok, report.problems
     assert report.requests > 200 and report.resets > 0
     assert {200, 201, 206, 304, 404} <= set(report.statuses)
     assert report.fds_after <= report.fds_baseline + 2
+    assert report.ftp_sessions > 5 and report.ftp_transfers > 10 and report.ftp_errors == 0
     assert "Traceback" not in server.log()
 
 
