@@ -87,6 +87,10 @@ class FakeTransmitter:
         self._queue.append((message, done))
         self.outstanding += len(self._bytes_of(message))
 
+    def transmit(self, message: Message) -> None:
+        self.enqueue(message)
+        self.flush()
+
     def when_sent(self, done: Done) -> None:
         """As SocketTransmitter.when_sent: now if nothing is queued, else after it."""
         if self.closed:
@@ -97,7 +101,8 @@ class FakeTransmitter:
             self._queue.append((Message(0, ()), done))
 
     def flush(self) -> None:
-        self.flushes += 1
+        if self._queue:             # a flush with nothing queued makes no syscall
+            self.flushes += 1
         while self._queue:
             message, done = self._queue.pop(0)
             data = self._bytes_of(message)

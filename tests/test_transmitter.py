@@ -63,6 +63,53 @@ async def test_small_file_leaves_with_its_header_as_one_gathered_write(tmp_path)
     b.close()
 
 
+async def test_transmit_hands_an_idle_socket_its_answer_at_once_with_nothing_left_on_loan(tmp_path):
+    data = make_file(tmp_path / "small.bin", 3000)
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    metrics = Metrics(LoanLedger(1 << 20))
+    f = OpenFile(str(tmp_path / "small.bin"), map_max=64 << 10)
+    region = FileRegion(f.fd, 0, f.size, f)
+    b.settimeout(5)
+    tx = SocketTransmitter(a, asyncio.get_running_loop(), metrics=metrics)
+    await tx.send(Message(200, [b"FIRST\r\n\r\n"], (region,)))      # makes the region's window
+    assert b.recv(10000) == b"FIRST\r\n\r\n" + data
+    metrics.ledger.peak = 0
+    tx.transmit(Message(200, [b"\r\n", b"SECOND\r\n"], (region, b"tail")))
+    # Sent inside the call (no loop turn), the top of the stack first, in one gather.
+    assert b.recv(10000) == b"SECOND\r\n\r\n" + data + b"tail"
+    assert tx.idle and tx.outstanding == 0 and tx.accepted == 9 + 3000 + 10 + 3000 + 4
+    assert metrics.ledger.peak == 0 and metrics.bytes_gather == 2 * 3000 + 9 + 10 + 4
+    a.close()
+    b.close()
+
+
+async def test_transmit_short_write_leaves_the_rest_on_loan_until_the_kernel_takes_it():
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    a.setblocking(False)
+    b.setblocking(False)
+    metrics = Metrics(LoanLedger(64 << 20))
+    tx = SocketTransmitter(a, asyncio.get_running_loop(), metrics=metrics)
+    body = os.urandom(4 << 20)
+    tx.transmit(Message(200, [b"H\r\n\r\n"], (body,)))
+    owed = tx.outstanding
+    assert 0 < owed < len(body) + 5 and metrics.ledger.outstanding == owed and not tx.idle
+    received = bytearray()
+    loop = asyncio.get_running_loop()
+
+    async def drain() -> None:
+        while len(received) < len(body) + 5:
+            received.extend(await loop.sock_recv(b, 1 << 20))
+
+    await asyncio.wait_for(drain(), 30)
+    assert bytes(received) == b"H\r\n\r\n" + body
+    await until(lambda: tx.idle and tx.outstanding == 0)
+    assert metrics.ledger.outstanding == 0 and metrics.ledger.peak == len(body) + 5
+    a.close()
+    b.close()
+
+
 async def test_truncated_mmap_window_fails_one_send_without_sigbus(tmp_path):
     """A mapped file truncated under a queued window: EFAULT for that send, no SIGBUS."""
     path = tmp_path / "shrinks.bin"

@@ -138,6 +138,57 @@ class SocketTransmitter:
         if done is not None:
             self._marks.append((self._queued, done))
 
+    def transmit(self, message: Message) -> None:
+        """Queue a message and flush: `enqueue` then `flush`, with a shortcut.
+
+        The shortcut is the common answer — one message of memory slices (header
+        slices, bytes, the mmap window of a small file) to a socket with nothing
+        queued: the slices go straight into one sendmsg.  When the kernel takes them
+        all, which it usually does, the loan opened and closed inside this call, so
+        nothing is queued, charged or repaid.  Anything else (a file region for
+        sendfile, a window not yet made, a short write, a busy socket) takes the
+        general path, which accounts every slice as a loan until the kernel has it.
+        """
+        if self._slices or self._waiting_writable or self.closed or self._flushing:
+            self.enqueue(message)
+            self.flush()
+            return
+        iov = message._stack[::-1]                  # top of the stack goes first
+        if not message.head_only:
+            gather_max = self._gather_max
+            for s in message.payload:
+                if type(s) is FileRegion:
+                    view = s.view
+                    if view is None or s.count > gather_max:
+                        self.enqueue(message)       # sendfile, or a window to make first
+                        self.flush()
+                        return
+                    iov.append(view)
+                elif len(s):
+                    iov.append(s)
+        total = sum(map(len, iov))
+        try:
+            sent = self._sock.sendmsg(iov)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self._fail(exc)
+            return
+        self._metrics.bytes_gather += sent
+        if sent == total:
+            self._queued += total
+            self.accepted += total
+            if self.wants_idle and self._on_idle is not None:
+                self._on_idle()
+            return
+        # A short write: what the kernel did not take is on loan from now on.
+        slices = self._slices
+        slices.extend(iov)
+        self._lend(total, total)
+        self._retire(sent, len(slices))
+        self._accept(sent, sent)
+        self._wait_writable()
+
     def _lend(self, size: int, charge: int) -> None:
         """`size` more bytes queued; `charge` of them on loan until the kernel takes them."""
         self._queued += size
@@ -482,6 +533,10 @@ class CopyTransmitter:
         self.outstanding += charge
         self._ledger.lend(charge)
         self._queue.append((slices, done, charge))
+
+    def transmit(self, message: Message) -> None:
+        self.enqueue(message)
+        self.flush()
 
     def when_sent(self, done: Done) -> None:
         """Call `done` once everything queued so far has been written (now if idle)."""

@@ -57,7 +57,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from .loans import LoanLedger
-from .message import FileRegion
+from .message import FileRegion, Message
 from .metrics import Metrics
 from .transmitter import IOV_LIMIT, MSG_MORE, SocketTransmitter
 
@@ -422,6 +422,12 @@ class ZeroCopyTransmitter(SocketTransmitter):
         # Not the base class's memory-only shortcut: every gather call goes through
         # _send_gathered, which decides whether it is sent with MSG_ZEROCOPY.
         self._flush_queue()
+
+    def transmit(self, message: Message) -> None:
+        # The base class's shortcut sends without a loan; here a large gather lends
+        # pages until the kernel's notice, so every message takes the queue.
+        self.enqueue(message)
+        self.flush()
 
     def _send_gathered(self) -> int:
         slices = self._slices

@@ -707,8 +707,12 @@ class HttpSession:
                 request.keep_alive = False
             else:
                 self._close_when_sent()
-        else:
+        elif streaming or self._pipeline:
+            # A streamed head waits for its first chunk; pipelined answers leave
+            # together in the one flush after the read is handled.
             self.transmitter.enqueue(msg)
+        else:
+            self.transmitter.transmit(msg)
         if not streaming:
             self._active = None
 
