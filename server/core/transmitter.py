@@ -153,7 +153,7 @@ class SocketTransmitter:
             self.enqueue(message)
             self.flush()
             return
-        iov = message._stack[::-1]                  # top of the stack goes first
+        iov: list = message._stack[::-1]            # top of the stack goes first
         if not message.head_only:
             gather_max = self._gather_max
             for s in message.payload:
