@@ -223,7 +223,8 @@ class Request:
     def __init__(self, method: str, target: bytes, version: str,
                  raw_headers: list[tuple[bytes, bytes]] | None, keep_alive: bool,
                  client: tuple[str, int] | None, body_stream: RequestBody | None,
-                 head: bytes | None = None, lowered: bytes | None = None) -> None:
+                 head: bytes | None = None, lowered: bytes | None = None, app: Any = None,
+                 fresh: bool = False) -> None:
         self.method = method
         self.target = target
         self.version = version
@@ -235,7 +236,7 @@ class Request:
         self.keep_alive = keep_alive
         self.client = client
         self.body_stream = body_stream
-        self.app: Any = None
+        self.app: Any = app
         self._raw_path: bytes | None = None
         # Set by the session once this request's final answer is queued: whatever of
         # its body arrives later is discarded, never answered a second time.
@@ -243,7 +244,7 @@ class Request:
         # Its first byte was in the socket when this loop turn's poll returned (the
         # first request of a read that began between requests): the open-file cache
         # may answer it with a stat taken during this turn (filecache.py).
-        self.fresh = False
+        self.fresh = fresh
 
     @property
     def state(self) -> dict[str, Any]:

@@ -450,9 +450,8 @@ class HttpSession:
         if expect >= 0 and lowered[expect + 9:lowered.find(b"\r\n", expect + 9)].strip(b" \t") != b"100-continue":
             self._reject(417, "unsupported expectation")
             return False
-        request = Request(method, url, version, None, keep_alive, self.client, None, block, lowered)
-        request.app = self._app
-        request.fresh = fresh
+        request = Request(method, url, version, None, keep_alive, self.client, None, block, lowered,
+                          self._app, fresh)
         if self._timed:
             request.started = _monotonic()
         self._pipeline.append(request)
@@ -688,12 +687,13 @@ class HttpSession:
                 and version == "1.1" and not msg.close and not self.draining:
             # The common answer: HTTP/1.1 keep-alive, no request body still owed.
             request.answered = True
-            stack.append(DATE.line())
+            status = msg.status
+            stack.append(DATE.head(status))
             close = False
         else:
             close = self._connection_fields(request, msg, version, streaming)
-        status = msg.status
-        stack.append(STATUS_LINES.get(status) or status_line(status))
+            status = msg.status
+            stack.append(STATUS_LINES.get(status) or status_line(status))
         if status in _NO_BODY_STATUSES or (request is not None and request.method == "HEAD"):
             msg.head_only = True
         self._metrics.responses_total += 1

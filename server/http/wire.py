@@ -51,19 +51,35 @@ class DateHeader:
     that embeds the line can be reused until then.
     """
 
-    __slots__ = ("until", "_line")
+    __slots__ = ("until", "_line", "_heads")
 
     def __init__(self) -> None:
         self.until = 0.0
         self._line = b""
+        self._heads: dict[int, bytes] = {}
 
     def line(self) -> bytes:
         now = time.time()
         if now >= self.until:
-            second = int(now)
-            self.until = second + 1.0
-            self._line = b"Date: " + http_date(second).encode("ascii") + b"\r\n"
+            self._advance(now)
         return self._line
+
+    def head(self, status: int) -> bytes:
+        """The status line, Server and Date of a keep-alive answer: one slice, made
+        at most once a second per status (the common answer's whole connection part)."""
+        now = time.time()
+        if now >= self.until:
+            self._advance(now)
+        head = self._heads.get(status)
+        if head is None:
+            head = self._heads[status] = status_line(status) + self._line
+        return head
+
+    def _advance(self, now: float) -> None:
+        second = int(now)
+        self.until = second + 1.0
+        self._line = b"Date: " + http_date(second).encode("ascii") + b"\r\n"
+        self._heads = {}
 
 
 DATE = DateHeader()
