@@ -285,3 +285,49 @@ async def test_chunks_that_follow_closely_are_gathered_into_one_batch():
     await asyncio.wait_for(waiter, 5)
     assert sub.take()[1] == (b"b", b"c", big)   # one batch: one send for the three
     channel.close()
+
+
+async def test_an_armed_reader_is_called_back_instead_of_awaiting():
+    """`arm` is `wait` without a task: one plain call when there is something to take,
+    when the reader is dropped or the stream ends — once per arming."""
+    channel = Channel("armed", max_lag_chunks=2, heartbeat=None)
+    calls: list[bool] = []
+    sub = channel.subscribe()
+    assert sub.arm(calls.append) is True
+    await channel.publish(b"one")
+    assert calls == [False]
+    await channel.publish(b"two")
+    assert calls == [False]                      # not armed again: not called again
+    assert sub.arm(calls.append) is False        # ready now: take instead
+    assert sub.take()[1] == (b"one", b"two")
+    assert sub.arm(calls.append) is True
+    sub.close()                                  # the reader leaving is not called back
+    await channel.publish(b"three")
+    assert calls == [False]
+    slow = channel.subscribe()
+    assert slow.arm(calls.append) is True
+    for i in range(4):                           # past the lag limit: dropped, and told
+        channel.publish_nowait(b"x%d" % i)
+    assert calls == [False, False] and slow.error is not None
+    last = channel.subscribe()
+    assert last.arm(calls.append) is True
+    channel.close()
+    assert calls == [False, False, False] and last.ended
+
+
+async def test_an_armed_reader_hears_the_heartbeat_and_a_failing_callback_is_contained(caplog):
+    channel = Channel(heartbeat=0.05)
+    beats: list[bool] = []
+    sub = channel.subscribe()
+    other = channel.subscribe()
+
+    def broken(beat: bool) -> None:
+        raise RuntimeError("reader callback failed")
+
+    assert other.arm(broken) and sub.arm(beats.append)
+    deadline = asyncio.get_running_loop().time() + 5
+    while not beats and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+    assert beats == [True] and sub.beat_passed() is True and sub.beat_passed() is False
+    assert "reader callback failed" in caplog.text
+    channel.close()

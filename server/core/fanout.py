@@ -44,9 +44,18 @@ Readers waiting at the live edge are woken at most once per `coalesce` seconds (
 or per 256 KiB (a quarter of the lag limit if smaller): the first chunk after a pause
 wakes them at once, chunks that follow closely gather and go out together, one
 gather call per reader for the lot — so a fast stream costs a send per reader per
-batch, not per chunk, for at most a millisecond of delay.  A silent channel wakes its waiting readers every `heartbeat` seconds
-with an empty batch, so that an event stream can send a keep-alive comment — one
-timer per channel, not one per reader.
+batch, not per chunk, for at most a millisecond of delay.  A silent channel wakes its
+waiting readers every `heartbeat` seconds with an empty batch, so that an event stream
+can send a keep-alive comment — one timer per channel, not one per reader.
+
+A reader waits in one of two ways.  `await wait()` parks a future (a task per
+reader: in-process readers, the WebSocket layer).  `arm(callback)` parks a plain
+callable instead, which the channel calls when the reader should take again: the
+HTTP subscribers use it, so that a wake-up is one Python call that takes a batch and
+hands it to that reader's transmitter — no task, no coroutine frame, no future per
+reader per batch.  A callback runs inside whatever woke it (a publish, the
+coalescing timer, close, a drop); one that raises is logged and does not stop the
+others.
 """
 
 from __future__ import annotations
@@ -100,7 +109,8 @@ class Subscription:
     """One reader's cursor into a channel.  Async-iterate it for chunks, or `take`
     batches of slices (what the HTTP subscribers do)."""
 
-    __slots__ = ("channel", "cursor", "skipped", "missed", "error", "_waiter", "_beat", "_left")
+    __slots__ = ("channel", "cursor", "skipped", "missed", "error", "_waiter", "_notify", "_beat",
+                 "_left")
 
     def __init__(self, channel: Channel, cursor: int) -> None:
         self.channel = channel
@@ -109,6 +119,7 @@ class Subscription:
         self.missed = 0                 # chunks asked for that had left the window
         self.error: SlowReader | None = None
         self._waiter: asyncio.Future | None = None
+        self._notify: Callable[[bool], None] | None = None
         self._beat = False
         self._left = False
 
@@ -184,15 +195,40 @@ class Subscription:
         beat, self._beat = self._beat, False
         return beat
 
-    def _wake(self) -> None:
+    def arm(self, callback: Callable[[bool], None]) -> bool:
+        """`wait` without a task: call `callback(beat)` once, when a chunk is ready, the
+        stream ends, this reader is dropped, or the heartbeat passes in silence (then
+        `beat` is True).  False, and nothing armed, if one of those is already so: take
+        now instead."""
+        if self.ready() or self.ended:
+            return False
+        if self._notify is None:
+            self.channel._waiting.append(self)
+        self._notify = callback
+        return True
+
+    def beat_passed(self) -> bool:
+        """True once after the heartbeat woke an armed reader in silence."""
+        beat, self._beat = self._beat, False
+        return beat
+
+    def _wake(self, beat: bool = False) -> None:
+        notify = self._notify
+        if notify is not None:
+            self._notify = None
+            self._beat = beat
+            _call(notify, beat)
+            return
         waiter = self._waiter
         if waiter is not None and not waiter.done():
+            self._beat = beat
             waiter.set_result(None)
 
     def close(self) -> None:
         """Leave the channel (the reader went away); nothing it had is kept for it."""
         if not self._left:
             self._left = True
+            self._notify = None          # whoever armed it is the one leaving
             self.channel._leave(self)
             self._wake()
 
@@ -214,6 +250,13 @@ class Subscription:
                     raise self.error
                 raise StopAsyncIteration
             await self.wait()
+
+
+def _call(notify: Callable[[bool], None], beat: bool) -> None:
+    try:
+        notify(beat)
+    except Exception:  # noqa: BLE001 - one reader's failure must not stop the others
+        log.exception("fan-out reader callback %r failed", notify)
 
 
 class Channel:
@@ -400,9 +443,7 @@ class Channel:
         self._wake_handle = None
         waiting, self._waiting = self._waiting, []
         for sub in waiting:
-            waiter = sub._waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+            sub._wake()
         if waiting:
             self._total_at_wake = self._total
             self._seq_at_wake = self.next_seq
@@ -539,9 +580,7 @@ class Channel:
         if not self._published_since_beat:
             waiting, self._waiting = self._waiting, []
             for sub in waiting:
-                if sub._waiter is not None and not sub._waiter.done():
-                    sub._beat = True
-                    sub._waiter.set_result(None)
+                sub._wake(True)
         self._published_since_beat = False
         if self._subscribers:
             self._arm_heartbeat()

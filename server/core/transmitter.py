@@ -80,7 +80,16 @@ class SocketTransmitter:
     is kept as stream positions: `_queued` bytes ever queued and `accepted` bytes the
     kernel has taken; a message's completion callback fires when `accepted` passes the
     position where that message ended.
+
+    Slotted, and its list of completion marks is a plain list (rarely more than one
+    entry; a deque would allocate a 64-slot block per connection): a thousand
+    readers of one stream hold a thousand of these.
     """
+
+    __slots__ = ("_sock", "_fd", "_loop", "_metrics", "_ledger", "_slices", "_marks", "_queued",
+                 "_regions", "_on_error", "_on_idle", "wants_idle", "_step", "_gather_max",
+                 "_waiting_writable", "_writer_registered", "_flushing", "_resume_scheduled",
+                 "outstanding", "accepted", "closed")
 
     def __init__(
         self,
@@ -100,7 +109,7 @@ class SocketTransmitter:
         self._metrics = metrics or METRICS
         self._ledger = ledger or self._metrics.ledger
         self._slices: list = []                         # owed to the kernel, front first
-        self._marks: deque[tuple[int, Done]] = deque()  # (end position, completion callback)
+        self._marks: list[tuple[int, Done]] = []        # (end position, completion callback)
         self._queued = 0                                # stream position: bytes ever queued
         self._regions = 0                               # FileRegions among _slices
         self._on_error = on_error
@@ -238,6 +247,10 @@ class SocketTransmitter:
     @property
     def idle(self) -> bool:
         return not self._slices
+
+    def set_idle_listener(self, on_idle: Callable[[], None] | None) -> None:
+        """Who hears `on_idle` from now on (the protocol that took the connection over)."""
+        self._on_idle = on_idle
 
     def when_sent(self, done: Done) -> None:
         """Call `done` once the kernel has taken everything queued so far (now if idle)."""
@@ -419,7 +432,7 @@ class SocketTransmitter:
         marks = self._marks
         accepted = self.accepted
         while marks and marks[0][0] <= accepted:
-            marks.popleft()[1](None)
+            marks.pop(0)[1](None)
 
     # -- waiting ---------------------------------------------------------------------
     def _wait_writable(self) -> None:
@@ -468,7 +481,7 @@ class SocketTransmitter:
         self._regions = 0
         self._ledger.repay(self.outstanding)
         self.outstanding = 0
-        marks, self._marks = self._marks, deque()
+        marks, self._marks = self._marks, []
         for _end, done in marks:
             done(exc or ConnectionError("connection closed"))
 
@@ -522,6 +535,10 @@ class CopyTransmitter:
     @property
     def idle(self) -> bool:
         return not self._queue and self._pump is None
+
+    def set_idle_listener(self, on_idle: Callable[[], None] | None) -> None:
+        """Who hears `on_idle` from now on (the protocol that took the connection over)."""
+        self._on_idle = on_idle
 
     def enqueue(self, message: Message, done: Done | None = None) -> None:
         if self.closed:

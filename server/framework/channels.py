@@ -35,11 +35,12 @@ from __future__ import annotations
 import re
 import sys
 import weakref
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, Callable
 from typing import Any
 
 from ..core.fanout import POLICIES, Channel, Chunk, SlowReader, Subscription
 from ..http.errors import HTTPError
+from ..http.pushstream import PushResponse
 from ..http.request import Request
 from ..http.responses import StreamResponse
 
@@ -102,7 +103,9 @@ def _limit(request: Request) -> int | None:
 
 
 class _Feed:
-    """A subscription as a streaming body: tuples of chunk slices, a batch at a time."""
+    """A subscription as a streaming body: tuples of chunk slices, a batch at a time.
+
+    Pushed (`take`/`arm`, pushstream.py) when the session can, iterated otherwise."""
 
     __slots__ = ("sub", "remaining")
 
@@ -110,24 +113,40 @@ class _Feed:
         self.sub = sub
         self.remaining = limit if limit is not None else sys.maxsize
 
+    def take(self) -> tuple[Chunk, ...] | None:
+        """The next batch (the published chunk objects), () for none yet, None at the end."""
+        sub = self.sub
+        if self.remaining > 0:
+            try:
+                _seq, slices = sub.take(min(BATCH_CHUNKS, self.remaining), BATCH_BYTES)
+            except SlowReader:
+                slices = None                  # dropped: the response ends cleanly
+            else:
+                if slices:
+                    self.remaining -= len(slices)  # one slice per chunk
+                    return slices
+                if not sub.ended:
+                    return ()
+        sub.close()
+        return None
+
+    def arm(self, callback: Callable[[bool], None]) -> bool:
+        return self.sub.arm(callback)
+
+    def close(self) -> None:
+        self.sub.close()
+
     def __aiter__(self) -> _Feed:
         return self
 
     async def __anext__(self) -> tuple[Chunk, ...]:
-        sub = self.sub
-        while self.remaining > 0:
-            try:
-                _seq, slices = sub.take(min(BATCH_CHUNKS, self.remaining), BATCH_BYTES)
-            except SlowReader:
-                break                          # dropped: the response ends cleanly
+        while True:
+            slices = self.take()
+            if slices is None:
+                raise StopAsyncIteration
             if slices:
-                self.remaining -= len(slices)  # one slice per chunk
                 return slices
-            if sub.ended:
-                break
-            await sub.wait()
-        sub.close()
-        raise StopAsyncIteration
+            await self.sub.wait()
 
     async def aclose(self) -> None:
         self.sub.close()
@@ -146,7 +165,7 @@ def channel_response(request: Request, ch: Channel, *,
     sub = ch.subscribe(from_seq)
     headers = [("Cache-Control", "no-store"), ("X-Accel-Buffering", "no"),
                ("X-Channel-Seq", str(sub.cursor))]
-    return StreamResponse(_Feed(sub, limit), content_type=content_type, headers=headers)
+    return PushResponse(_Feed(sub, limit), content_type=content_type, headers=headers)
 
 
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
@@ -168,25 +187,33 @@ def _comment(text: str) -> bytes:
     return b": " + text.encode("utf-8") + b"\n\n"
 
 
+_KEEP_ALIVE = _comment("keep-alive")
+
+
 class _EventFeed:
-    """A subscription as an event stream: each chunk one event, plus comments."""
+    """A subscription as an event stream: each chunk one event, plus comments.
 
-    __slots__ = ("sub", "remaining", "done")
+    Pushed (`take`/`arm`, pushstream.py) when the session can, iterated otherwise."""
 
-    def __init__(self, sub: Subscription, limit: int | None) -> None:
+    __slots__ = ("sub", "remaining", "done", "first", "beat")
+
+    def __init__(self, sub: Subscription, limit: int | None, first: bytes | None = None) -> None:
         self.sub = sub
         self.remaining = limit if limit is not None else sys.maxsize
         self.done = False
+        self.first = first       # sent before any event (the `retry:` field)
+        self.beat = False        # the heartbeat passed in silence: send a keep-alive
 
-    def __aiter__(self) -> _EventFeed:
-        return self
-
-    async def __anext__(self) -> tuple[Chunk, ...]:
+    def take(self) -> tuple[Chunk, ...] | None:
+        """The next slices to send, () for none yet, None at the end."""
         sub = self.sub
         if self.done:
-            raise StopAsyncIteration
-        while self.remaining > 0:
-            notes: list[Chunk] = []
+            return None
+        notes: list[Chunk] = []
+        if self.first is not None:
+            notes.append(self.first)
+            self.first = None
+        if self.remaining > 0:
             if sub.missed:
                 notes.append(_comment(f"missed {sub.missed} chunks: no longer in the replay window"))
                 sub.missed = 0
@@ -200,16 +227,38 @@ class _EventFeed:
                 sub.close()
                 return (*notes, _comment(f"dropped: {exc}"))
             if slices:
+                self.beat = False
                 self.remaining -= sub.cursor - first
                 return (*notes, *slices) if notes else slices
             if notes:
                 return tuple(notes)
-            if sub.ended:
-                break
-            if await sub.wait():
-                return (_comment("keep-alive"),)
+            if self.beat or sub.beat_passed():
+                self.beat = False
+                return (_KEEP_ALIVE,)
+            if not sub.ended:
+                return ()
+        self.done = True
         sub.close()
-        raise StopAsyncIteration
+        return None
+
+    def arm(self, callback: Callable[[bool], None]) -> bool:
+        return self.sub.arm(callback)
+
+    def close(self) -> None:
+        self.done = True
+        self.sub.close()
+
+    def __aiter__(self) -> _EventFeed:
+        return self
+
+    async def __anext__(self) -> tuple[Chunk, ...]:
+        while True:
+            slices = self.take()
+            if slices is None:
+                raise StopAsyncIteration
+            if slices:
+                return slices
+            self.beat = await self.sub.wait()
 
     async def aclose(self) -> None:
         self.sub.close()
@@ -225,19 +274,9 @@ def channel_events(request: Request, ch: Channel, *, limit: int | None = None,
     from_seq = _from_seq(request, events=True)
     limit = limit if limit is not None else _limit(request)
     sub = ch.subscribe(from_seq)
-    feed = _EventFeed(sub, limit)
-    body: AsyncIterable[Any] = feed if retry is None else _with_retry(feed, retry)
+    feed = _EventFeed(sub, limit, None if retry is None else b"retry: %d\n\n" % int(retry))
     headers = [("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no")]
-    return StreamResponse(body, content_type="text/event-stream; charset=utf-8", headers=headers)
-
-
-async def _with_retry(feed: _EventFeed, retry: int) -> AsyncIterator[Any]:
-    try:
-        yield b"retry: %d\n\n" % int(retry)
-        async for item in feed:
-            yield item
-    finally:
-        await feed.aclose()
+    return PushResponse(feed, content_type="text/event-stream; charset=utf-8", headers=headers)
 
 
 async def publish_from(ch: Channel, source: AsyncIterable[Any], *, close: bool = True) -> tuple[int, int]:

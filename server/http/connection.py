@@ -50,7 +50,14 @@ LINGER_BYTES = 1 << 20
 
 
 class SocketConnection:
-    """Raw-socket driver: recv → session; pause/resume; lingering close."""
+    """Raw-socket driver: recv → session; pause/resume; lingering close.
+
+    Slotted: a thousand readers of one stream hold a thousand of these.
+    `progress_mark` and `stall_mark` belong to the server's sweeper."""
+
+    __slots__ = ("ctx", "loop", "sock", "fd", "session", "_zc", "transmitter", "_reading",
+                 "_lingering", "closed", "_linger_left", "_linger_timer", "progress_mark",
+                 "stall_mark")
 
     def __init__(self, ctx: ServerContext, sock: socket.socket, addr: tuple | None) -> None:
         self.ctx = ctx
@@ -88,6 +95,8 @@ class SocketConnection:
         self._reading = True
         self._lingering = False
         self.closed = False
+        self.progress_mark: tuple | None = None
+        self.stall_mark: tuple | None = None
         self.loop.add_reader(self.fd, self._on_readable)
         ctx.connection_opened(self)
 

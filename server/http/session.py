@@ -69,6 +69,7 @@ import httptools
 
 from ..core.message import Message
 from .context import ServerContext
+from .pushstream import PushedStream, PushResponse
 from .request import BadRequest, BodyTooLarge, Request, RequestBody
 from .responses import StreamResponse, error_response, header_block
 from .upgrade import Handover, Upgrade
@@ -653,7 +654,10 @@ class HttpSession:
 
     def _respond_other(self, request: Request, result: Any) -> None:
         if isinstance(result, StreamResponse):
-            self._task = self.loop.create_task(self._stream(request, result))
+            if type(result) is PushResponse and self._can_push(request):
+                self._push(request, result)
+            else:
+                self._task = self.loop.create_task(self._stream(request, result))
         elif type(result) is Upgrade and request is self._upgrade:
             self._switch_protocols(request, result)
         elif isinstance(result, RelayedAnswer):
@@ -784,18 +788,45 @@ class HttpSession:
     def _closed_after_send(self, exc: BaseException | None) -> None:
         self.driver.close()
 
-    async def _stream(self, request: Request, resp: StreamResponse) -> None:
-        """Send a StreamResponse: a head, then one small Message per chunk.
-
-        HTTP/1.0 has no chunked coding: the body is delimited by the close, so the
-        connection closes once the last chunk is sent (never after the head alone).
-        """
+    @staticmethod
+    def _stream_head(request: Request, resp: StreamResponse) -> Message:
+        """A streamed answer's head.  HTTP/1.0 has no chunked coding: the body is
+        delimited by the close, so the connection closes once the last chunk is sent
+        (never after the head alone)."""
         chunked = request.version != "1.0"
         fields = [("Content-Type", resp.content_type), *resp.headers]
         if chunked:
             fields.append(("Transfer-Encoding", "chunked"))
-        head = Message(resp.status, (header_block(fields),), close=not chunked)
-        self._send(request, head, request.version, streaming=True)
+        return Message(resp.status, (header_block(fields),), close=not chunked)
+
+    def _can_push(self, request: Request) -> bool:
+        """A PushResponse may take the connection over when nothing else is owed on it:
+        no request body, nothing parsed behind the request, no upgrade, no drain."""
+        return (request.method != "HEAD" and request.body_stream is None and not self._pipeline
+                and self._current is None and not self._in_head and self._upgrade is None
+                and self._outlet is None and self.phase < CLOSING and not self.draining)
+
+    def _push(self, request: Request, resp: PushResponse) -> None:
+        """Send the head, then hand the connection to a PushedStream (pushstream.py):
+        this session, its parsers and the request are let go while the body streams."""
+        self._send(request, self._stream_head(request, resp), request.version, streaming=True)
+        self.phase = CLOSING                  # this session answers nothing more
+        self._active = None
+        driver = self.driver
+        driver.pause_reading()
+        stream = PushedStream(self.ctx, driver, self.transmitter, self.client, resp.source,
+                              chunked=request.version != "1.0", keep_alive=request.keep_alive,
+                              app=self._app, resume=_resume_http)
+        driver.session = stream
+        # The parsers call back into this session and it holds them: a cycle only the
+        # cyclic GC would free, long after, from its oldest generation.  Break it now.
+        del self._full, self._bare
+        stream.start()
+
+    async def _stream(self, request: Request, resp: StreamResponse) -> None:
+        """Send a StreamResponse: a head, then one small Message per chunk."""
+        chunked = request.version != "1.0"
+        self._send(request, self._stream_head(request, resp), request.version, streaming=True)
         self.transmitter.flush()
         iterator = resp.body.__aiter__()
         failed = False
@@ -966,6 +997,19 @@ class HttpSession:
     @property
     def busy(self) -> bool:
         return self._active is not None or bool(self._pipeline) or not self.transmitter.idle
+
+
+def _resume_http(ctx: ServerContext, driver: Driver, transmitter: Any,
+                 client: tuple[str, int] | None, app: Any, data: bytes) -> None:
+    """After a pushed stream on a keep-alive connection: a fresh session reads on."""
+    session = HttpSession(ctx, driver, transmitter, client)
+    session._app = app
+    transmitter.set_idle_listener(session.on_transmit_idle)
+    transmitter.wants_idle = False
+    driver.session = session
+    driver.resume_reading()
+    if data:
+        session.data_received(data)
 
 
 def _parser(callbacks: _Callbacks) -> httptools.HttpRequestParser:
