@@ -113,7 +113,7 @@ def measure(server: str, scenario: FanoutScenario, duration: float, peers: Path,
 
 def _table(records: list[dict]) -> str:
     rows = [f"{'scenario':<12} {'server':<9} {'MB/s':>8} {'vs aiohttp':>10} {'CPU s/GB':>9} "
-            f"{'RSS/reader':>11} {'vs aiohttp':>10} ended"]
+            f"{'RSS/reader':>11} {'vs aiohttp':>10} {'client CPU':>10} ended"]
     for r in records:
         if r.get("error"):
             rows.append(f"{r['scenario']:<12} {r['server']:<9} ERROR {r['error']}")
@@ -126,15 +126,25 @@ def _table(records: list[dict]) -> str:
         memory = f"{growth / base_growth:.2f}x" if growth is not None and base_growth else ""
         rows.append(f"{r['scenario']:<12} {r['server']:<9} {r['mb_per_s']:>8.1f} {speed:>10} "
                     f"{r['cpu_s_per_gb'] or 0:>9.2f} {growth if growth is not None else '-':>8} KiB "
-                    f"{memory:>10} {r['ended']}/{r['readers']}")
-    # RSS per *added* reader: the slope between the two reader counts, per server.
+                    f"{memory:>10} {r.get('client_cpu_share') or 0:>10.2f} {r['ended']}/{r['readers']}")
+    # RSS per *added* reader: the slope between the two reader counts, per server, of
+    # the peak while producing and of the readers connected but idle.
+    slopes: dict[str, tuple[int, int, float, float]] = {}
     for server in dict.fromkeys(r["server"] for r in records):
         runs = sorted((r for r in records if r["server"] == server and not r.get("error")
                        and r.get("rss_peak_kib")), key=lambda r: r["readers"])
         if len(runs) >= 2 and runs[-1]["readers"] > runs[0]["readers"]:
-            slope = (runs[-1]["rss_peak_kib"] - runs[0]["rss_peak_kib"]) / (runs[-1]["readers"] - runs[0]["readers"])
-            rows.append(f"{server}: RSS per added reader ({runs[0]['readers']} → {runs[-1]['readers']}) "
-                        f"{slope:.1f} KiB")
+            added = runs[-1]["readers"] - runs[0]["readers"]
+            slopes[server] = (runs[0]["readers"], runs[-1]["readers"],
+                              (runs[-1]["rss_peak_kib"] - runs[0]["rss_peak_kib"]) / added,
+                              (runs[-1]["rss_idle_kib"] - runs[0]["rss_idle_kib"]) / added)
+    base = slopes.get("aiohttp")
+    for server, (low, high, peak, idle) in slopes.items():
+        ratio = f" ({peak / base[2]:.2f}x aiohttp's)" if base and base[2] > 0 and server != "aiohttp" else ""
+        rows.append(f"{server}: RSS per added reader ({low} → {high}) {peak:.1f} KiB while producing"
+                    f"{ratio}, {idle:.1f} KiB connected and idle")
+    rows.append("client CPU: the share of one CPU the load client used while producing; near 1.00 "
+                "the client set the pace and the MB/s is a floor")
     return "\n".join(rows)
 
 

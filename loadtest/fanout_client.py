@@ -16,7 +16,8 @@ chunks of a fixed incompressible pattern, flow-controlled by the transport) for
 `duration` seconds, then ends the body; the readers' responses should then end.
 
 Figures: bytes delivered to all readers during the producing window and the
-aggregate MB/s; with `--server-pid`, the server's RSS (summed over its process tree)
+aggregate MB/s; the share of one CPU the client itself used meanwhile (near 1.0 it,
+not the server, set the pace); with `--server-pid`, the server's RSS (summed over its process tree)
 before the readers connect, with them connected and idle, and at its peak while
 producing — the harness turns those into RSS growth per reader.  Every phase has a
 deadline; the whole run is bounded by `--timeout`.
@@ -61,7 +62,14 @@ def tree_rss_kib(root: int) -> int:
     return total
 
 
-class Reader(asyncio.Protocol):
+# Every reader receives into this one buffer: the bytes are only counted, never kept,
+# so the client's cost per byte is the kernel's copy out of the socket and nothing
+# more (a bytes object per read and a copy to look for the end would double it, and
+# make a fast server look as slow as the client).
+_SINK = memoryview(bytearray(256 << 10))
+
+
+class Reader(asyncio.BufferedProtocol):
     """One subscriber: the GET, its response head, then bytes counted."""
 
     def __init__(self, request: bytes) -> None:
@@ -77,19 +85,27 @@ class Reader(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         transport.write(self.request)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _SINK
+
+    def buffer_updated(self, nbytes: int) -> None:
         if not self.in_body:
-            self.head += data
+            self.head += _SINK[:nbytes]
             end = self.head.find(b"\r\n\r\n")
             if end < 0:
                 return
             self.status = int(bytes(self.head[9:12]) or b"0")
-            data = bytes(self.head[end + 4:])
+            body = bytes(self.head[end + 4:])
             self.in_body = True
             if not self.ready.done():
                 self.ready.set_result(None)
-        self.received += len(data)
-        self.tail = (self.tail + data)[-7:]
+            self.received += len(body)
+            self.tail = body[-7:]
+            return
+        self.received += nbytes
+        # The last few bytes, to see the terminating chunk: a 7-byte copy per read.
+        last = _SINK[max(0, nbytes - 7):nbytes].tobytes()
+        self.tail = last if nbytes >= 7 else (self.tail + last)[-7:]
 
     @property
     def ended(self) -> bool:
@@ -171,7 +187,9 @@ async def run(args: argparse.Namespace) -> dict:
         if pid:
             peak[0] = max(peak[0], tree_rss_kib(pid))
 
-    before = sum(r.received for r in readers)
+    at_start = [r.received for r in readers]
+    before = sum(at_start)
+    cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.monotonic()
     sent = 0
     next_sample = started
@@ -190,6 +208,10 @@ async def run(args: argparse.Namespace) -> dict:
         await asyncio.sleep(0)
     elapsed = time.monotonic() - started
     delivered = sum(r.received for r in readers) - before
+    # Every reader should have received while the RSS was sampled (none stuck, none dropped).
+    receiving = sum(r.received > start for r, start in zip(readers, at_start, strict=True))
+    cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+    client_cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
     sample()
     ptransport.write(b"0\r\n\r\n")
     deadline = time.monotonic() + args.end_timeout
@@ -209,7 +231,10 @@ async def run(args: argparse.Namespace) -> dict:
         "mb_per_s": round(delivered / elapsed / 1e6, 1),
         "per_reader_mb_per_s": round(delivered / elapsed / 1e6 / args.readers, 2),
         "ended": ended,
+        "receiving": receiving,
         "rss_peak_kib": peak[0] if pid else None,
+        # Near 1.0 the client, not the server, set the pace: the figure is a floor.
+        "client_cpu_share": round(client_cpu / elapsed, 2) if elapsed else None,
     })
     if pid and result["rss_before_kib"] is not None:
         result["rss_growth_per_reader_kib"] = round((peak[0] - result["rss_before_kib"]) / args.readers, 1)
