@@ -184,39 +184,91 @@ async def test_fanout_over_http_to_many_clients(serve):
         writer.close()
 
 
-async def test_stalled_readers_transmitters_hold_the_published_object_itself(serve):
-    """Readers that do not read keep the *one* chunk queued in their transmitters: its
-    reference count rises by one per reader (a copy would not), and falls back when
-    they leave."""
-    from server.framework.channels import channel_response
-
-    channel = Channel("held", max_lag_bytes=64 << 20)
-    srv = await serve(app=lambda request: channel_response(request, channel))
+async def _stalled_readers(srv, path: str, count: int) -> list[socket.socket]:
     socks = []
-    for _ in range(10):
+    for _ in range(count):
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.setblocking(False)
         await asyncio.get_running_loop().sock_connect(sock, (srv.host, srv.port))
-        sock.send(b"GET /held HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.send(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode())
         socks.append(sock)
-    deadline = asyncio.get_running_loop().time() + 10
-    while channel.readers < 10:
-        assert asyncio.get_running_loop().time() < deadline
+    return socks
+
+
+async def _until(predicate, deadline: float, what) -> None:
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, what()
         await asyncio.sleep(0.01)
+
+
+async def test_stalled_readers_transmitters_hold_the_published_object_itself(serve):
+    """Without a spool, readers that do not read keep the *one* chunk queued in their
+    transmitters: its reference count rises by one per reader (a copy would not), and
+    falls back when they leave."""
+    from server.framework.channels import channel_response
+
+    channel = Channel("held", max_lag_bytes=64 << 20, spool=False)
+    srv = await serve(app=lambda request: channel_response(request, channel))
+    socks = await _stalled_readers(srv, "/held", 10)
+    deadline = asyncio.get_running_loop().time() + 10
+    await _until(lambda: channel.readers == 10, deadline, lambda: channel.readers)
     chunk = bytes(16 << 20)         # more than any socket buffer takes from a non-reader
     base = sys.getrefcount(chunk)
     await channel.publish(chunk)
-    while sys.getrefcount(chunk) < base + 1 + 10:
-        assert asyncio.get_running_loop().time() < deadline, sys.getrefcount(chunk) - base
-        await asyncio.sleep(0.01)
+    await _until(lambda: sys.getrefcount(chunk) >= base + 1 + 10, deadline,
+                 lambda: sys.getrefcount(chunk) - base)
     channel.close()
     for sock in socks:
         sock.close()
-    while sys.getrefcount(chunk) != base:
-        assert asyncio.get_running_loop().time() < deadline + 10, sys.getrefcount(chunk) - base
-        await asyncio.sleep(0.02)
+    await _until(lambda: sys.getrefcount(chunk) == base, deadline + 10,
+                 lambda: sys.getrefcount(chunk) - base)
     assert channel.readers == 0 and channel.bytes_held == 0
+
+
+async def test_stalled_readers_hold_regions_of_the_one_spool_file_not_copies(serve):
+    """With the spool (core/spool.py) the chunk is framed and written once; readers
+    that do not read each keep a region of that one memory file queued (its reference
+    count rises by one per reader), nobody holds a copy, and the file's descriptor is
+    closed once the readers are gone and the stream is over."""
+    import os
+
+    from server.framework.channels import channel_response
+
+    channel = Channel("spooled", max_lag_bytes=64 << 20)
+    srv = await serve(app=lambda request: channel_response(request, channel))
+    socks = await _stalled_readers(srv, "/spooled", 10)
+    deadline = asyncio.get_running_loop().time() + 10
+    await _until(lambda: channel.readers == 10, deadline, lambda: channel.readers)
+    chunk = bytes(16 << 20)
+    base = sys.getrefcount(chunk)
+    await channel.publish(chunk)
+    spool = [channel._spools[next(iter(channel._spools))].files[0]]
+    assert channel.spool_bytes == spool[0].size == len(b"1000000\r\n") + len(chunk) + 2
+    queued = [c.transmitter for c in srv.server.ctx.connections]
+
+    def regions() -> int:     # FileRegions of that one file queued for the kernel
+        return sum(getattr(s, "owner", None) is spool[0] for t in queued for s in t._slices)
+
+    await _until(lambda: regions() == 10, deadline, regions)
+    assert sys.getrefcount(chunk) == base + 1     # the log's; no reader holds the chunk
+    fd = spool[0].fd
+    os.fstat(fd)
+    spool.clear()
+    channel.close()
+    for sock in socks:
+        sock.close()
+    await _until(lambda: channel.readers == 0, deadline + 10, lambda: channel.readers)
+
+    def closed() -> bool:
+        try:
+            os.fstat(fd)
+        except OSError:
+            return True
+        return False
+
+    await _until(closed, deadline + 10, lambda: "the spool file is still open")
+    assert channel.bytes_held == 0 and channel.spool_bytes == 0
 
 
 @pytest.mark.parametrize("policy", ["drop", "skip", "block"])

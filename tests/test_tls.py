@@ -59,3 +59,45 @@ def test_curl_over_tls(server_process, tmp_path, cert_pair):
                          capture_output=True, timeout=20)
     assert out.returncode == 0, out.stderr
     assert out.stdout == b"hello over tls\n"
+
+
+async def test_a_channel_reader_over_tls_is_pushed_through_the_copy_path(serve, cert_pair):
+    """A TLS reader of a channel takes the connection over like a plain one; its
+    spooled batches are read back from the spool file and copied (rule 5), and keep-
+    alive resumes after the stream."""
+    from server.core.fanout import Channel
+    from server.framework.channels import channel_response
+    from server.http.pushstream import PushedStream
+    from server.http.responses import json_response
+
+    cert, key = cert_pair
+    channel = Channel("secure", heartbeat=None)
+
+    def app(request):
+        if request.path == "/next":
+            return json_response({"after": "stream"})
+        return channel_response(request, channel)
+
+    srv = await serve(app=app, tls_cert=cert, tls_key=key)
+    client = ssl.create_default_context(cafile=str(cert))
+    reader, writer = await asyncio.open_connection(srv.host, srv.port, ssl=client,
+                                                   server_hostname="localhost", limit=1 << 20)
+    writer.write(b"GET /sub HTTP/1.1\r\nHost: x\r\n\r\n")
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert [type(c.session) for c in srv.server.ctx.connections] == [PushedStream]
+    data = [os.urandom(100_000) for _ in range(5)]
+    for chunk in data:
+        await channel.publish(chunk)
+    channel.close()
+    got = b""
+    while True:
+        size = int((await asyncio.wait_for(reader.readuntil(b"\r\n"), 10))[:-2], 16)
+        if not size:
+            assert await reader.readexactly(2) == b"\r\n"
+            break
+        got += await asyncio.wait_for(reader.readexactly(size), 10)
+        assert await reader.readexactly(2) == b"\r\n"
+    assert got == b"".join(data)
+    writer.write(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await asyncio.wait_for(reader.readuntil(b'{"after":"stream"}'), 10)).startswith(b"HTTP/1.1 200")
+    writer.close()

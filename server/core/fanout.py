@@ -41,10 +41,13 @@ finish what the log still holds for them, then stop; when the last has gone the 
 is released.
 
 Readers waiting at the live edge are woken at most once per `coalesce` seconds (1 ms)
-or per 256 KiB (a quarter of the lag limit if smaller): the first chunk after a pause
-wakes them at once, chunks that follow closely gather and go out together, one
-gather call per reader for the lot — so a fast stream costs a send per reader per
-batch, not per chunk, for at most a millisecond of delay.  A silent channel wakes its
+after the last round of wake-ups ended, or per 1 MiB (a quarter of the lag limit if
+smaller): the first chunk after a pause wakes them at once, chunks that follow
+closely gather and go out together, one send per reader for the lot — so a fast
+stream costs a send per reader per batch, not per chunk, for at most a millisecond
+of delay.  The pause is counted from the *end* of the last round: a round over a
+thousand readers takes longer than a millisecond, and counted from its start every
+chunk would find the readers due again, one send per reader per chunk.  A silent channel wakes its
 waiting readers every `heartbeat` seconds with an empty batch, so that an event stream
 can send a keep-alive comment — one timer per channel, not one per reader.
 
@@ -62,14 +65,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from . import spool as _spool
+from .message import FileRegion
 from .metrics import METRICS, Metrics
 
 __all__ = ["Channel", "Subscription", "SlowReader", "POLICIES", "Chunk", "Framer"]
 
 log = logging.getLogger("pageloan.fanout")
+_monotonic = time.monotonic
 
 POLICIES = ("drop", "skip", "block")
 RESCAN_EVERY = 64     # chunks between scans that only tighten the bound on readers
@@ -134,24 +141,16 @@ class Subscription:
         """Chunks available to take now."""
         return 0 if self._left or self.error is not None else self.channel.next_seq - self.cursor
 
-    def take(self, max_chunks: int = 64, max_bytes: int = 1 << 20,
-             framer: Framer | None = None) -> tuple[int, tuple[Chunk, ...]]:
-        """(seq of the first, slices) for up to `max_chunks` ready chunks (at least one if
-        any is ready, whatever its size); the slices are the chunks themselves, or their
-        framed form when `framer` is given.  Raises SlowReader once dropped."""
-        if self.error is not None:
-            raise self.error
+    def _cut(self, max_chunks: int, max_bytes: int) -> tuple[int, int]:
+        """The log indexes [base, end) of the next batch: up to `max_chunks` ready
+        chunks, cut at `max_bytes` (keeping at least one chunk, whatever its size)."""
         ch = self.channel
-        first = self.cursor
-        count = ch.next_seq - first
-        if count <= 0 or self._left:
-            return first, ()
+        count = ch.next_seq - self.cursor
         if count > max_chunks:
             count = max_chunks
-        base = first - ch._first_seq
+        base = self.cursor - ch._first_seq
         starts = ch._starts
         end = base + count
-        # Cut the batch at max_bytes (keeping at least one chunk, whatever its size).
         limit = starts[base] + max_bytes
         if (starts[end] if end < len(starts) else ch._total) > limit:
             lo, hi = base + 1, end          # the largest i in [lo, hi] within the limit
@@ -162,6 +161,20 @@ class Subscription:
                 else:
                     lo = mid
             end = lo
+        return base, end
+
+    def take(self, max_chunks: int = 64, max_bytes: int = 1 << 20,
+             framer: Framer | None = None) -> tuple[int, tuple[Chunk, ...]]:
+        """(seq of the first, slices) for up to `max_chunks` ready chunks (at least one if
+        any is ready, whatever its size); the slices are the chunks themselves, or their
+        framed form when `framer` is given.  Raises SlowReader once dropped."""
+        if self.error is not None:
+            raise self.error
+        ch = self.channel
+        first = self.cursor
+        if ch.next_seq <= first or self._left:
+            return first, ()
+        base, end = self._cut(max_chunks, max_bytes)
         if framer is None:
             slices: tuple[Chunk, ...] = tuple(ch._chunks[base:end])
         else:
@@ -180,6 +193,35 @@ class Subscription:
         if ch._behind is not None:
             ch._advanced(self)
         return first, slices
+
+    def take_spooled(self, framer: Framer, max_chunks: int = 64,
+                     max_bytes: int = 1 << 20) -> tuple[int, FileRegion | None] | None:
+        """`take` as one FileRegion of the channel's spool for `framer` (spool.py): the
+        chunks framed once, for every reader that frames them so, sent by sendfile.
+        The region stops where a spool file does, so it may hold fewer chunks than
+        `take` would.  (seq of the first, None) when nothing is ready; None when the
+        channel cannot spool (then `take` with the framer gives the same bytes)."""
+        if self.error is not None:
+            raise self.error
+        ch = self.channel
+        spooled = ch._spooled(framer)
+        if spooled is None:
+            return None
+        first = self.cursor
+        if ch.next_seq <= first or self._left:
+            return first, None
+        base, end = self._cut(max_chunks, max_bytes)
+        files = spooled.files
+        file = files[base]
+        stop = base + 1
+        while stop < end and files[stop] is file:
+            stop += 1
+        at = spooled.at
+        region = file.region(at[base], at[stop - 1] + spooled.lengths[stop - 1] - at[base])
+        self.cursor = first + (stop - base)
+        if ch._behind is not None:
+            ch._advanced(self)
+        return first, region
 
     async def wait(self) -> bool:
         """Until a chunk is ready, the stream ends, this reader is dropped, or the
@@ -252,6 +294,40 @@ class Subscription:
             await self.wait()
 
 
+class _Spooled:
+    """One framer's spool: where each chunk of the log lies in the spool files."""
+
+    __slots__ = ("framer", "files", "at", "lengths", "current")
+
+    def __init__(self, framer: Framer) -> None:
+        self.framer = framer
+        self.files: list[_spool.SpoolFile] = []   # per chunk of the log, like _starts
+        self.at: list[int] = []
+        self.lengths: list[int] = []
+        self.current: _spool.SpoolFile | None = None
+
+    def add(self, seq: int, chunk: Chunk) -> None:
+        pieces = self.framer(seq, chunk)
+        size = sum(map(len, pieces))
+        file = self.current
+        if file is None or (file.size and file.size + size > _spool.SEGMENT):
+            file = self.current = _spool.SpoolFile()
+        self.at.append(file.append(pieces))
+        self.files.append(file)
+        self.lengths.append(size)
+
+    def trim(self, drop: int) -> None:
+        del self.files[:drop]
+        del self.at[:drop]
+        del self.lengths[:drop]
+
+    def clear(self) -> None:
+        self.files.clear()
+        self.at.clear()
+        self.lengths.clear()
+        self.current = None
+
+
 def _call(notify: Callable[[bool], None], beat: bool) -> None:
     try:
         notify(beat)
@@ -265,7 +341,8 @@ class Channel:
     def __init__(self, name: str = "", *, policy: str = "drop", max_lag_chunks: int = 1024,
                  max_lag_bytes: int = 8 << 20, replay_chunks: int = 256,
                  replay_bytes: int = 1 << 20, heartbeat: float | None = 15.0,
-                 coalesce: float = 0.001, metrics: Metrics | None = None) -> None:
+                 coalesce: float = 0.001, spool: bool = True,
+                 metrics: Metrics | None = None) -> None:
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {', '.join(POLICIES)}, not {policy!r}")
         if max_lag_chunks < 1 or max_lag_bytes < 1 or replay_chunks < 0 or replay_bytes < 0:
@@ -281,7 +358,7 @@ class Channel:
         self._woken_at = float("-inf")
         # ... or sooner, once this much has gathered: well inside the lag limit, so
         # that coalescing never makes a reader that keeps up look slow.
-        self._wake_bytes = min(256 << 10, max(1, max_lag_bytes // 4))
+        self._wake_bytes = min(1 << 20, max(1, max_lag_bytes // 4))
         self._wake_chunks = max(1, min(64, max_lag_chunks // 4))
         self._total_at_wake = 0
         self._seq_at_wake = 1
@@ -296,6 +373,9 @@ class Channel:
         self._chunks: list[Chunk] = []
         self._starts: list[int] = []
         self._frames: dict[Framer, list[Any]] = {}
+        self._spools: dict[Framer, _Spooled] = {}
+        # False: readers that would send from a spool (spool.py) are lent the chunks.
+        self._spool_failed = not (spool and _spool.available())
         self._first_seq = 1
         self._total = 0                # bytes ever published
         self._floor = 1                # readers below this seq are past the lag limit
@@ -394,6 +474,8 @@ class Channel:
         self._starts.append(self._total)
         for frames in self._frames.values():
             frames.append(None)
+        if self._spools:
+            self._spool_chunk(seq, chunk)
         self._total += size
         self.next_seq = seq + 1
         self._published_since_beat = True
@@ -430,13 +512,14 @@ class Channel:
             except RuntimeError:
                 self._wake_readers()
                 return len(self._subscribers)
-            due = self._woken_at + self.coalesce
-            if loop.time() >= due:
+            # A real clock: the loop's time stands still during the round of wake-ups.
+            wait = self._woken_at + self.coalesce - _monotonic()
+            if wait <= 0:
                 self._wake_readers()
             else:
                 # Woken a moment ago: let the next chunks gather, so each reader
                 # takes them in one batch (one send) instead of one send per chunk.
-                self._wake_handle = loop.call_at(due, self._wake_readers)
+                self._wake_handle = loop.call_later(wait, self._wake_readers)
         return len(self._subscribers)
 
     def _wake_readers(self) -> None:
@@ -447,10 +530,7 @@ class Channel:
         if waiting:
             self._total_at_wake = self._total
             self._seq_at_wake = self.next_seq
-            try:
-                self._woken_at = asyncio.get_running_loop().time()
-            except RuntimeError:
-                pass
+            self._woken_at = _monotonic()
 
     def _enforce(self, floor: int) -> None:
         """Apply the policy to readers below `floor`; recompute the lower bound."""
@@ -558,13 +638,53 @@ class Channel:
             del self._starts[:drop]
             for frames in self._frames.values():
                 del frames[:drop]
+            for spooled in self._spools.values():
+                spooled.trim(drop)
             self._first_seq = keep
 
     def _release(self) -> None:
         self._chunks.clear()
         self._starts.clear()
         self._frames.clear()
+        for spooled in self._spools.values():
+            spooled.clear()
+        self._spools.clear()
         self._first_seq = self.next_seq
+
+    # -- spools (spool.py) ---------------------------------------------------------------
+    def _spooled(self, framer: Framer) -> _Spooled | None:
+        """The spool for `framer`, begun (with the chunks the log holds) on first use."""
+        spooled = self._spools.get(framer)
+        if spooled is None and not self._spool_failed:
+            spooled = _Spooled(framer)
+            try:
+                for i, chunk in enumerate(self._chunks):
+                    spooled.add(self._first_seq + i, chunk)
+            except OSError as exc:
+                self._spool_lost(exc)
+                return None
+            self._spools[framer] = spooled
+        return spooled
+
+    def _spool_chunk(self, seq: int, chunk: Chunk) -> None:
+        try:
+            for spooled in self._spools.values():
+                spooled.add(seq, chunk)
+        except OSError as exc:
+            self._spool_lost(exc)
+
+    def _spool_lost(self, exc: OSError) -> None:
+        # Out of memory or descriptors: stop spooling; readers lend the chunks instead.
+        log.warning("channel %r: spooling stopped (%s); readers are sent the chunks themselves",
+                    self.name, exc)
+        self._spool_failed = True
+        self._spools.clear()
+
+    @property
+    def spool_bytes(self) -> int:
+        """Bytes in the spool files the log still refers to."""
+        files = {id(f): f for spooled in self._spools.values() for f in spooled.files}
+        return sum(f.size for f in files.values())
 
     # -- heartbeat -----------------------------------------------------------------------
     def _arm_heartbeat(self) -> None:

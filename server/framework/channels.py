@@ -39,8 +39,9 @@ from collections.abc import AsyncIterable, Callable
 from typing import Any
 
 from ..core.fanout import POLICIES, Channel, Chunk, SlowReader, Subscription
+from ..core.message import Slice
 from ..http.errors import HTTPError
-from ..http.pushstream import PushResponse
+from ..http.pushstream import PushResponse, http_chunk
 from ..http.request import Request
 from ..http.responses import StreamResponse
 
@@ -56,7 +57,7 @@ _CHANNELS: weakref.WeakValueDictionary[str, Channel] = weakref.WeakValueDictiona
 
 def channel(name: str, **options: Any) -> Channel:
     """The open channel called `name`, made with `options` (Channel's keywords:
-    policy, max_lag_chunks, max_lag_bytes, replay_chunks, replay_bytes, heartbeat)
+    policy, max_lag_chunks, max_lag_bytes, replay_chunks, replay_bytes, heartbeat, spool)
     if there is none.  The options of an existing channel are not changed."""
     if not CHANNEL_NAME.fullmatch(name):
         raise HTTPError(400, "a channel name is 1-128 letters, digits, '.', '_', '~' or '-'")
@@ -113,20 +114,33 @@ class _Feed:
         self.sub = sub
         self.remaining = limit if limit is not None else sys.maxsize
 
-    def take(self) -> tuple[Chunk, ...] | None:
-        """The next batch (the published chunk objects), () for none yet, None at the end."""
+    def take(self, chunked: bool = False) -> tuple[Slice, ...] | None:
+        """The next batch, () for none yet, None at the end.  `chunked`: framed as HTTP
+        chunks — one region of the channel's spool, each chunk framed once for every
+        reader (core/spool.py), or where it cannot spool the published chunk objects
+        between a size line and a CRLF; else the chunk objects themselves."""
         sub = self.sub
         if self.remaining > 0:
             try:
-                _seq, slices = sub.take(min(BATCH_CHUNKS, self.remaining), BATCH_BYTES)
+                spooled = sub.take_spooled(http_chunk_frame, min(BATCH_CHUNKS, self.remaining),
+                                           BATCH_BYTES) if chunked else None
+                if spooled is not None:
+                    first, region = spooled
+                    if region is not None:
+                        self.remaining -= sub.cursor - first
+                        return (region,)
+                    slices: tuple[Slice, ...] = ()
+                else:
+                    _seq, slices = sub.take(min(BATCH_CHUNKS, self.remaining), BATCH_BYTES)
             except SlowReader:
-                slices = None                  # dropped: the response ends cleanly
-            else:
-                if slices:
-                    self.remaining -= len(slices)  # one slice per chunk
-                    return slices
-                if not sub.ended:
-                    return ()
+                slices = ()
+                sub.close()                    # dropped: the response ends cleanly
+                return None
+            if slices:
+                self.remaining -= len(slices)  # one slice per chunk
+                return http_chunk(slices) if chunked else slices
+            if not sub.ended:
+                return ()
         sub.close()
         return None
 
@@ -139,7 +153,7 @@ class _Feed:
     def __aiter__(self) -> _Feed:
         return self
 
-    async def __anext__(self) -> tuple[Chunk, ...]:
+    async def __anext__(self) -> tuple[Slice, ...]:
         while True:
             slices = self.take()
             if slices is None:
@@ -166,6 +180,11 @@ def channel_response(request: Request, ch: Channel, *,
     headers = [("Cache-Control", "no-store"), ("X-Accel-Buffering", "no"),
                ("X-Channel-Seq", str(sub.cursor))]
     return PushResponse(_Feed(sub, limit), content_type=content_type, headers=headers)
+
+
+def http_chunk_frame(seq: int, chunk: Chunk) -> tuple[Chunk, ...]:
+    """One published chunk as one HTTP chunk: what the spool holds for raw readers."""
+    return (b"%x\r\n" % len(chunk), chunk, b"\r\n")
 
 
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
@@ -204,8 +223,13 @@ class _EventFeed:
         self.first = first       # sent before any event (the `retry:` field)
         self.beat = False        # the heartbeat passed in silence: send a keep-alive
 
-    def take(self) -> tuple[Chunk, ...] | None:
-        """The next slices to send, () for none yet, None at the end."""
+    def take(self, chunked: bool = False) -> tuple[Slice, ...] | None:
+        """The next slices to send (framed as one HTTP chunk if `chunked`), () for none
+        yet, None at the end."""
+        slices = self._next()
+        return http_chunk(slices) if chunked and slices else slices
+
+    def _next(self) -> tuple[Chunk, ...] | None:
         sub = self.sub
         if self.done:
             return None
@@ -251,7 +275,7 @@ class _EventFeed:
     def __aiter__(self) -> _EventFeed:
         return self
 
-    async def __anext__(self) -> tuple[Chunk, ...]:
+    async def __anext__(self) -> tuple[Slice, ...]:
         while True:
             slices = self.take()
             if slices is None:

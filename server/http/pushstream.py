@@ -22,9 +22,10 @@ noticed by the next send (which fails), a stalled one by the sweeper's send time
 
 The pump is one loop, run when the stream starts, when the source calls back and
 when the transmitter has handed everything to the kernel: while the transmitter is
-idle, take a batch, frame it as one HTTP chunk (size line, the slices themselves,
-CRLF: nothing joined), queue it and flush — one enqueue and one gather call per
-reader per batch.  Taking only when the transmitter is idle keeps a reader's cursor
+idle, take a batch — already framed as HTTP chunks by the source: a channel's
+readers get one region of its spool, framed once for all of them (core/spool.py),
+or the chunk objects between a size line and a CRLF (nothing joined) — and hand it
+to the transmitter: one call into the kernel per reader per batch.  Taking only when the transmitter is idle keeps a reader's cursor
 where its kernel is, so a reader that cannot keep up falls behind in the source
 (whose policy deals with it) instead of queueing here.
 
@@ -42,18 +43,28 @@ from typing import Any, Protocol
 from ..core.message import Message, Slice
 from .responses import StreamResponse
 
-__all__ = ["PushResponse", "PushSource", "PushedStream"]
+__all__ = ["PushResponse", "PushSource", "PushedStream", "http_chunk"]
 
 _LAST_CHUNK = b"0\r\n\r\n"
 HELD_MAX = 64 << 10          # client bytes kept for the session after the stream
 _CRLF = b"\r\n"
 
 
+def http_chunk(slices: tuple[Slice, ...]) -> tuple[Slice, ...]:
+    """`slices` framed as one HTTP chunk: size line, the slices themselves, CRLF."""
+    size = 0
+    for piece in slices:
+        size += len(piece)
+    return (b"%x\r\n" % size, *slices, _CRLF)
+
+
 class PushSource(Protocol):
     """A streamed body that can be pushed as well as iterated."""
 
-    def take(self) -> tuple[Slice, ...] | None:
-        """The next batch of body slices; () if none is ready now; None once ended."""
+    def take(self, chunked: bool) -> tuple[Slice, ...] | None:
+        """The next slices to send — with `chunked`, already framed as HTTP chunks (a
+        source may have framed them once for all its readers, `http_chunk` does it
+        for one), else the body bytes — () if none is ready now, None once ended."""
 
     def arm(self, callback: Callable[[bool], None]) -> bool:
         """Call `callback` once more may be taken (False, nothing armed: take now)."""
@@ -128,7 +139,7 @@ class PushedStream:
                 if not transmitter.idle:
                     transmitter.wants_idle = True      # on_transmit_idle pumps again
                     return
-                batch = source.take()
+                batch = source.take(chunked)
                 if batch is None:
                     self._finish()
                     return
@@ -136,15 +147,7 @@ class PushedStream:
                     if source.arm(self._ready):
                         return
                     continue
-                if chunked:
-                    size = 0
-                    for piece in batch:
-                        size += len(piece)
-                    payload = (b"%x\r\n" % size, *batch, _CRLF)
-                else:
-                    payload = batch
-                transmitter.enqueue(Message(0, (), payload))
-                transmitter.flush()
+                transmitter.transmit(Message(0, (), batch))
         finally:
             self._pumping = False
 
