@@ -383,3 +383,33 @@ async def test_an_armed_reader_hears_the_heartbeat_and_a_failing_callback_is_con
     assert beats == [True] and sub.beat_passed() is True and sub.beat_passed() is False
     assert "reader callback failed" in caplog.text
     channel.close()
+
+
+async def test_a_long_round_of_wake_ups_is_done_in_slices_so_the_producer_keeps_feeding():
+    """Many armed readers are woken WAKE_SLICE at a time, one slice per turn of the
+    loop: between slices the producer publishes on, and readers woken later take the
+    newer chunks in the same batch.  Each reader is called once per arming."""
+    from server.core.fanout import WAKE_SLICE
+
+    channel = Channel("wide", heartbeat=None)
+    readers = 3 * WAKE_SLICE + 5
+    taken: dict[int, list[bytes]] = {}
+    subs = [channel.subscribe() for _ in range(readers)]
+
+    def reader(i: int):
+        def woken(beat: bool) -> None:
+            taken.setdefault(i, []).extend(subs[i].take()[1])
+        return woken
+
+    for i, sub in enumerate(subs):
+        assert sub.arm(reader(i))
+    await channel.publish(b"first")
+    assert len(taken) == WAKE_SLICE                   # the first slice, at once
+    await asyncio.sleep(0)
+    await channel.publish(b"second")                  # published during the round
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert len(taken) == readers
+    assert taken[0] == [b"first"] and taken[readers - 1] == [b"first", b"second"]
+    assert all(len(set(map(id, got))) == len(got) for got in taken.values())   # none twice
+    channel.close()

@@ -80,6 +80,7 @@ _monotonic = time.monotonic
 
 POLICIES = ("drop", "skip", "block")
 RESCAN_EVERY = 64     # chunks between scans that only tighten the bound on readers
+WAKE_SLICE = 64       # readers woken per turn of the loop (see _wake_some)
 BLOCK_SLACK = 16      # policy "block": how far inside the limit a held producer waits for
 Chunk = bytes | memoryview
 # Turns (seq, chunk) into the wire slices one kind of subscriber sends for it (an SSE
@@ -363,6 +364,8 @@ class Channel:
         self._total_at_wake = 0
         self._seq_at_wake = 1
         self._wake_handle: asyncio.TimerHandle | None = None
+        self._waking = False           # a round of wake-ups is under way (in slices)
+        self._deferred = False         # ... and chunks were published meanwhile
         self.metrics = metrics or METRICS
         self.next_seq = 1              # seq of the next chunk published
         self.closed = False
@@ -498,7 +501,9 @@ class Channel:
                                   and seq - self._scanned >= RESCAN_EVERY):
             self._enforce(floor)
         self._trim()
-        if self._waiting:
+        if self._waking:
+            self._deferred = True       # the round under way ends by looking again
+        elif self._waiting:
             if self._total - self._total_at_wake >= self._wake_bytes \
                     or seq - self._seq_at_wake >= self._wake_chunks:
                 if self._wake_handle is not None:
@@ -525,12 +530,46 @@ class Channel:
     def _wake_readers(self) -> None:
         self._wake_handle = None
         waiting, self._waiting = self._waiting, []
-        for sub in waiting:
-            sub._wake()
         if waiting:
             self._total_at_wake = self._total
             self._seq_at_wake = self.next_seq
-            self._woken_at = _monotonic()
+            self._wake_some(waiting, 0)
+
+    def _wake_some(self, waiting: list[Subscription], start: int) -> None:
+        """Wake WAKE_SLICE readers, and the rest on the loop's next turns.
+
+        A round over a thousand pushed readers (a send each) is long; done in one go,
+        nothing else runs meanwhile — not even the producer's connection, whose
+        socket then fills and stops it, so every reader takes a small batch next time.
+        In slices the producer keeps feeding the log between them, and the readers
+        woken later take what arrived meanwhile in the same send."""
+        end = start + WAKE_SLICE
+        for i in range(start, min(end, len(waiting))):
+            waiting[i]._wake()
+        if end < len(waiting):
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if loop is not None and not self.closed:
+                self._waking = True
+                loop.call_soon(self._wake_some, waiting, end)
+                return
+            for i in range(end, len(waiting)):
+                waiting[i]._wake()
+        self._waking = False
+        self._woken_at = _monotonic()
+        if self._deferred:
+            # Chunks came during the round: readers that were done early and armed
+            # again take them after the usual pause.
+            self._deferred = False
+            if self._waiting and not self.closed and self._wake_handle is None:
+                try:
+                    loop = asyncio.get_running_loop()
+                except RuntimeError:
+                    self._wake_readers()
+                    return
+                self._wake_handle = loop.call_later(self.coalesce, self._wake_readers)
 
     def _enforce(self, floor: int) -> None:
         """Apply the policy to readers below `floor`; recompute the lower bound."""
