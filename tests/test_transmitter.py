@@ -110,6 +110,41 @@ async def test_transmit_short_write_leaves_the_rest_on_loan_until_the_kernel_tak
     b.close()
 
 
+async def test_transmit_sends_a_lone_file_region_by_one_sendfile_and_loans_only_the_rest(tmp_path):
+    """A message that is one region and no header (a fan-out batch from a spool) goes
+    by sendfile inside the call: nothing on loan when the kernel takes it all, the rest
+    charged a step at a time when it does not, and sent once the reader reads."""
+    data = make_file(tmp_path / "spool.bin", 8 << 20)
+    fd = os.open(tmp_path / "spool.bin", os.O_RDONLY)
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+    a.setblocking(False)
+    b.setblocking(False)
+    metrics = Metrics(LoanLedger(64 << 20))
+    tx = SocketTransmitter(a, asyncio.get_running_loop(), metrics=metrics, sendfile_step=1 << 20)
+    tx.transmit(Message(0, (), (FileRegion(fd, 0, 1000),)))
+    assert tx.idle and tx.outstanding == 0 and tx.accepted == 1000 and metrics.ledger.peak == 0
+    assert b.recv(2000) == data[:1000] and metrics.bytes_sendfile == 1000
+    tx.transmit(Message(0, (), (FileRegion(fd, 1000, len(data) - 1000),)))
+    assert not tx.idle and 0 < tx.outstanding <= 1 << 20          # the rest, one step charged
+    received = bytearray(data[:1000])
+    loop = asyncio.get_running_loop()
+
+    async def drain() -> None:
+        while len(received) < len(data):
+            received.extend(await loop.sock_recv(b, 1 << 20))
+
+    await asyncio.wait_for(drain(), 30)
+    assert bytes(received) == data
+    await until(lambda: tx.idle and tx.outstanding == 0)
+    assert metrics.ledger.outstanding == 0 and metrics.bytes_sendfile == len(data)
+    tx.transmit(Message(0, (), (FileRegion(fd, len(data), 10),)))   # past the end: short file
+    assert tx.closed and metrics.send_errors == 1
+    os.close(fd)
+    a.close()
+    b.close()
+
+
 async def test_truncated_mmap_window_fails_one_send_without_sigbus(tmp_path):
     """A mapped file truncated under a queued window: EFAULT for that send, no SIGBUS."""
     path = tmp_path / "shrinks.bin"

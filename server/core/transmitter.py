@@ -162,6 +162,11 @@ class SocketTransmitter:
             self.enqueue(message)
             self.flush()
             return
+        payload = message.payload
+        if len(payload) == 1 and not message._stack and type(payload[0]) is FileRegion \
+                and not message.head_only:
+            self._transmit_region(message, payload[0])
+            return
         iov: list = message._stack[::-1]            # top of the stack goes first
         if not message.head_only:
             gather_max = self._gather_max
@@ -197,6 +202,46 @@ class SocketTransmitter:
         self._retire(sent, len(slices))
         self._accept(sent, sent)
         self._wait_writable()
+
+    def _transmit_region(self, message: Message, region: FileRegion) -> None:
+        """`transmit`'s shortcut for a message that is one file region and no header
+        (a fan-out reader's batch from its channel's spool): one sendfile, and nothing
+        queued or charged when the kernel takes it all."""
+        count = region.count
+        step = self._step
+        if not count or (count <= self._gather_max and getattr(region.owner, "window", None) is not None):
+            self.enqueue(message)          # nothing to send, or an mmap window to gather
+            self.flush()
+            return
+        try:
+            sent = os.sendfile(self._fd, region.fd, region.offset, count if count < step else step)
+        except (BlockingIOError, InterruptedError):
+            sent = -1
+        except OSError as exc:
+            self._fail(exc)
+            return
+        if sent <= 0:
+            # The socket is full, or the file is shorter than promised: the general
+            # path waits for room, or fails the connection (TruncatedFileError).
+            self.enqueue(message)
+            self.flush()
+            return
+        self._metrics.bytes_sendfile += sent
+        self._queued += sent
+        self.accepted += sent
+        if sent == count:
+            if self.wants_idle and self._on_idle is not None:
+                self._on_idle()
+            return
+        # The rest is on loan from now on, charged a step at a time like any region.
+        left = count - sent
+        self._slices.append(FileRegion(region.fd, region.offset + sent, left, region.owner))
+        self._regions += 1
+        self._lend(left, left if left < step else step)
+        if sent < step:
+            self._wait_writable()          # a short sendfile: the socket is full
+        else:
+            self.flush()                   # a whole step went: go on with the next
 
     def _lend(self, size: int, charge: int) -> None:
         """`size` more bytes queued; `charge` of them on loan until the kernel takes them."""
