@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import json
 import os
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +139,57 @@ async def test_http_scope_fields(serve: Any) -> None:
     # Lifespan state is copied into each scope: one request's additions stay its own.
     assert scope["state"] == {"db": "connected"}
     assert second.json()["state"] == {"db": "connected"}
+
+
+async def test_scope_headers_are_the_same_from_either_parse(serve: Any) -> None:
+    """A bodiless head is split by the adapter itself, one with a body comes through the
+    parser's callbacks: both give the same pairs -- names lowered, values as sent but
+    for the whitespace around them -- and the same path and query."""
+    seen: list[tuple] = []
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        await read_body(receive)
+        seen.append((scope["path"], scope["raw_path"], scope["query_string"], scope["headers"]))
+        await respond(send, b"ok")
+
+    server = await start(serve, app)
+    fields = b"X-Mixed-Case:  Value With  Spaces \t\r\nAccept: */*\r\nX-Empty:\r\nX-Colon: a:b\r\n"
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(b"GET /plain/path?a=1&b=%20 HTTP/1.1\r\nHost: x\r\n" + fields + b"\r\n")
+        await reader.readuntil(b"ok")
+        writer.write(b"POST /plain/path?a=1&b=%20 HTTP/1.1\r\nHost: x\r\n" + fields
+                     + b"Content-Length: 2\r\n\r\nhi")
+        await reader.readuntil(b"ok")
+    finally:
+        writer.close()
+    expected = [(b"host", b"x"), (b"x-mixed-case", b"Value With  Spaces"), (b"accept", b"*/*"),
+                (b"x-empty", b""), (b"x-colon", b"a:b")]
+    (path, raw_path, query, bare), (_, _, _, full) = seen
+    assert (path, raw_path, query) == ("/plain/path", b"/plain/path", b"a=1&b=%20")
+    assert [tuple(pair) for pair in bare] == expected
+    assert [tuple(pair) for pair in full] == expected + [(b"content-length", b"2")]
+
+
+async def test_an_answered_exchange_is_freed_without_the_collector(serve: Any) -> None:
+    """Nothing of a finished exchange is left in a reference cycle: with the cyclic
+    collector off, the exchange (and with it its request and scope) is still freed."""
+    exchanges: list[weakref.ref] = []
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        exchanges.append(weakref.ref(send.__self__))
+        await respond(send, b"ok")
+
+    server = await start(serve, app)
+    gc.collect()
+    gc.disable()
+    try:
+        reply = await raw(server.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+                          b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert reply.count(b"HTTP/1.1 200 ") == 2
+        await wait_for(lambda: all(ref() is None for ref in exchanges))
+    finally:
+        gc.enable()
 
 
 async def test_http_1_0_scope_and_close_delimited_stream(serve: Any) -> None:
@@ -554,6 +607,39 @@ async def _header_injection(scope: dict, receive: Any, send: Any) -> None:
     await respond(send, b"x", headers=[(b"x-evil", b"a\r\nSet-Cookie: owned=1")])
 
 
+async def _header_injection_in_a_known_name(scope: dict, receive: Any, send: Any) -> None:
+    await respond(send, b"x", headers=[(b"content-type", b"text/plain\r\nSet-Cookie: owned=1")])
+
+
+async def _lone_line_feed_in_a_value(scope: dict, receive: Any, send: Any) -> None:
+    await respond(send, b"x", headers=[(b"location", b"/a\nSet-Cookie: owned=1")])
+
+
+async def _nul_in_a_value(scope: dict, receive: Any, send: Any) -> None:
+    await respond(send, b"x", headers=[(b"x-note", b"a\0b")])
+
+
+async def _colon_in_a_name(scope: dict, receive: Any, send: Any) -> None:
+    await respond(send, b"x", headers=[(b"set-cookie: owned=1\r\nx", b"1")])
+
+
+async def _space_in_a_name(scope: dict, receive: Any, send: Any) -> None:
+    await respond(send, b"x", headers=[(b"x note", b"1")])
+
+
+async def _empty_name(scope: dict, receive: Any, send: Any) -> None:
+    await respond(send, b"x", headers=[(b"", b"1")])
+
+
+async def _signed_content_length(scope: dict, receive: Any, send: Any) -> None:
+    # int() would take "+1"; on the wire it would be a Content-Length clients refuse.
+    await respond(send, b"x", headers=[(b"content-length", b"+1")])
+
+
+async def _conflicting_content_lengths(scope: dict, receive: Any, send: Any) -> None:
+    await respond(send, b"x", headers=[(b"content-length", b"1"), (b"Content-Length", b"2")])
+
+
 async def _str_headers(scope: dict, receive: Any, send: Any) -> None:
     await respond(send, b"x", headers=[("content-type", "text/plain")])
 
@@ -574,6 +660,8 @@ async def _unknown_message(scope: dict, receive: Any, send: Any) -> None:
 @pytest.mark.parametrize("app", [
     _body_before_start, _start_twice, _returns_silently, _returns_after_start, _raises_before_start,
     _raises_after_start, _header_injection, _str_headers, _bad_status, _length_mismatch, _unknown_message,
+    _header_injection_in_a_known_name, _lone_line_feed_in_a_value, _nul_in_a_value, _colon_in_a_name,
+    _space_in_a_name, _empty_name, _signed_content_length, _conflicting_content_lengths,
 ], ids=lambda f: f.__name__.strip("_"))
 async def test_broken_app_before_the_head_gets_one_500(serve: Any, app: Any) -> None:
     server = await start(serve, app)

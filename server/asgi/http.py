@@ -68,6 +68,16 @@ _DROPPED_HEADERS = frozenset({b"connection", b"transfer-encoding", b"date"})
 # A response header that could split the response or smuggle another one is refused.
 _BAD_NAME = re.compile(rb"[\r\n\0 \t:]")
 _BAD_VALUE = re.compile(rb"[\r\n\0]")
+# Response header names applications send all the time, known to be well formed and
+# of no concern to the adapter: only other names are lowered and checked.
+_PLAIN_NAMES = frozenset({
+    b"content-type", b"etag", b"last-modified", b"cache-control", b"set-cookie", b"location",
+    b"vary", b"accept-ranges", b"content-encoding", b"content-disposition", b"content-range",
+    b"content-language", b"expires", b"server", b"x-content-type-options", b"x-frame-options",
+    b"access-control-allow-origin", b"access-control-allow-credentials", b"strict-transport-security",
+    b"referrer-policy", b"content-security-policy", b"allow", b"retry-after", b"www-authenticate",
+    b"link", b"age", b"pragma", b"x-request-id",
+})
 _LAST_CHUNK = b"0\r\n\r\n"
 
 # Response phases: nothing yet, start held, head on the wire, answer complete.
@@ -99,7 +109,7 @@ class HttpExchange(RelayedAnswer):
     __slots__ = ("app", "scope", "request", "settings", "outlet", "_phase", "_status",
                  "_headers", "_length", "_left", "_chunked", "_no_body", "_close",
                  "_body_read", "_body_done", "_gone", "_over", "_lost", "_ended", "_refusal",
-                 "_trailers")
+                 "_trailers", "__weakref__")
 
     def __init__(self, app: Callable[..., Any], scope: dict[str, Any], request: Request,
                  settings: ExchangeSettings) -> None:
@@ -110,7 +120,7 @@ class HttpExchange(RelayedAnswer):
         self.outlet: Outlet | None = None
         self._phase = _IDLE
         self._status = 200
-        self._headers: list[bytes] = []
+        self._headers = b""                  # the application's fields, validated
         self._length: int | None = None      # declared Content-Length
         self._left = 0                       # body bytes still owed under it
         self._chunked = False
@@ -130,9 +140,9 @@ class HttpExchange(RelayedAnswer):
         self.outlet = outlet
         outlet.on_gone = self._client_gone
         settings = self.settings
-        task = asyncio.get_running_loop().create_task(self._run(), context=settings.context.copy())
-        settings.tasks.add(task)
-        task.add_done_callback(settings.tasks.discard)
+        # The task lets itself go when it ends (_run): no done-callback to schedule.
+        settings.tasks.add(asyncio.get_running_loop().create_task(
+            self._run(), context=settings.context.copy()))
 
     def _client_gone(self, lost: bool) -> None:
         if lost:
@@ -153,11 +163,18 @@ class HttpExchange(RelayedAnswer):
             self._failed(exc)
             if not isinstance(exc, Exception):
                 raise
-            return
-        if self._phase != _COMPLETE and not self._lost:
-            log.error("ASGI application returned without completing the response to %s %r",
-                      self.request.method, self.request.target)
-            self._fail_answer(None)
+        else:
+            if self._phase != _COMPLETE and not self._lost:
+                log.error("ASGI application returned without completing the response to %s %r",
+                          self.request.method, self.request.target)
+                self._fail_answer(None)
+        finally:
+            # The outlet's hook is the one reference back to this exchange: without it
+            # the exchange, its request and scope are freed by reference counting at
+            # once instead of waiting, as a cycle, for the collector.
+            if self.outlet is not None:
+                self.outlet.on_gone = None
+            self.settings.tasks.discard(asyncio.current_task())
 
     def _failed(self, exc: BaseException) -> None:
         request = self.request
@@ -233,6 +250,17 @@ class HttpExchange(RelayedAnswer):
     # -- send ------------------------------------------------------------------------
     async def send(self, message: dict[str, Any]) -> None:
         kind = message["type"]
+        if kind == "http.response.body" and self._phase == _STARTED and not self._lost:
+            # The common case first: the body after the start.  A final one makes the
+            # whole answer (one Message) without another coroutine frame.
+            body = message.get("body", b"")
+            if type(body) is not bytes:
+                body = _copied(body)
+            if not message.get("more_body", False):
+                self._respond_whole(self.outlet, body, len(body), False)  # type: ignore[arg-type]
+                return
+            await self._piece(body, len(body), True)
+            return
         if self._phase == _COMPLETE:
             if self._lost:
                 raise ClientDisconnected("client disconnected")
@@ -251,9 +279,7 @@ class HttpExchange(RelayedAnswer):
         if kind == "http.response.body":
             body = message.get("body", b"")
             if type(body) is not bytes:
-                if not isinstance(body, (bytearray, memoryview)):
-                    raise TypeError(f"http.response.body 'body' must be bytes, not {type(body).__name__}")
-                body = bytes(body)     # the application may reuse its buffer: copy once
+                body = _copied(body)
             more = bool(message.get("more_body", False))
             await self._piece(body, len(body), more)
         elif kind == "http.response.pathsend":
@@ -277,30 +303,37 @@ class HttpExchange(RelayedAnswer):
         status = message["status"]
         if type(status) is not int or not 200 <= status <= 999:
             raise RuntimeError(f"http.response.start status must be an int 200-999, not {status!r}")
-        block: list[bytes] = []
+        parts: list[bytes] = []
         length: int | None = None
         for pair in message.get("headers", ()):
             name, value = pair
             if type(name) is not bytes or type(value) is not bytes:
                 name, value = _as_bytes(name), _as_bytes(value)
-            if not name or _BAD_NAME.search(name) is not None or _BAD_VALUE.search(value) is not None:
-                raise RuntimeError(f"invalid response header {name!r}: {value!r}")
-            lower = name.lower()
-            if lower in _DROPPED_HEADERS:
-                if lower == b"connection" and b"close" in value.lower():
-                    self._close = True
-                continue
-            if lower == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    raise RuntimeError(f"invalid Content-Length {value!r}") from None
-                if declared < 0 or length is not None and length != declared:
-                    raise RuntimeError(f"invalid Content-Length {value!r}")
-                if length is not None:
+            if name not in _PLAIN_NAMES:
+                # A name the adapter looks at, or one it has to check.
+                lower = name.lower()
+                if lower == b"content-length":
+                    # Digits only: the value goes on the wire as it is, so what int()
+                    # would also take ("+5", " 5", "1_0") must not frame the body.
+                    if not value.isdigit() or length is not None and length != int(value):
+                        raise RuntimeError(f"invalid Content-Length {value!r}")
+                    if length is not None:
+                        continue
+                    length = int(value)
+                elif lower in _DROPPED_HEADERS:
+                    if _BAD_VALUE.search(value) is not None:
+                        raise RuntimeError(f"invalid response header {name!r}: {value!r}")
+                    if lower == b"connection" and b"close" in value.lower():
+                        self._close = True
                     continue
-                length = declared
-            block.append(name + b": " + value + b"\r\n")
+                elif lower not in _PLAIN_NAMES and (not name or _BAD_NAME.search(name) is not None):
+                    raise RuntimeError(f"invalid response header {name!r}: {value!r}")
+            parts += (name, b": ", value, b"\r\n")
+        block = b"".join(parts)
+        # The values are checked all at once: the block holds exactly one CR LF per
+        # field, so no value carries a CR, LF (a smuggled line) or NUL.
+        if len(block) - len(block.translate(None, b"\r\n\0")) != len(parts) >> 1:
+            raise RuntimeError(f"invalid response header value in {message.get('headers')!r}")
         self._status = status
         self._headers = block
         self._length = length
@@ -337,44 +370,45 @@ class HttpExchange(RelayedAnswer):
         self._finish(outlet)
 
     def _respond_whole(self, outlet: Outlet, payload: bytes | FileRegion, size: int, file: bool) -> None:
-        block = self._headers
         length = self._length
         if self._no_body:
             payload_slices: tuple = ()
             if length is None and size and self.request.method == "HEAD" \
                     and self._status not in _NO_BODY_STATUSES:
                 # What the GET would carry (the application rendered it, or it is a file).
-                block.append(b"content-length: %d\r\n" % size)
+                head = self._headers + b"content-length: %d\r\n\r\n" % size
+            else:
+                head = self._headers + b"\r\n"
         else:
             if length is None:
-                block.append(b"content-length: %d\r\n" % size)
-            elif length != size:
-                if file and isinstance(payload, FileRegion) and length < size:
-                    # The file grew since the application measured it: send what it declared.
-                    payload = FileRegion(payload.fd, payload.offset, length, payload.owner)
-                else:
-                    raise RuntimeError(f"response body is {size} bytes, its Content-Length says {length}")
+                head = self._headers + b"content-length: %d\r\n\r\n" % size
+            else:
+                head = self._headers + b"\r\n"
+                if length != size:
+                    if file and isinstance(payload, FileRegion) and length < size:
+                        # The file grew since the application measured it: send what it declared.
+                        payload = FileRegion(payload.fd, payload.offset, length, payload.owner)
+                    else:
+                        raise RuntimeError(f"response body is {size} bytes, its Content-Length says {length}")
             payload_slices = (payload,) if size else ()
-        block.append(b"\r\n")
-        msg = Message(self._status, (b"".join(block),), payload_slices, close=self._close)
+        msg = Message(self._status, (head,), payload_slices, close=self._close)
         self._phase = _COMPLETE
         self._ended = True
         self._wake_receivers()
         outlet.respond(msg)
 
     def _send_head(self, outlet: Outlet) -> None:
-        block = self._headers
+        head = self._headers
         if not self._no_body:
             if self._length is not None:
                 self._left = self._length
             elif self.request.version != "1.0":
                 self._chunked = True
-                block.append(b"transfer-encoding: chunked\r\n")
+                head += b"transfer-encoding: chunked\r\n"
             else:
                 self._close = True     # HTTP/1.0 without a length: the close ends the body
-        block.append(b"\r\n")
         self._phase = _STREAMING
-        outlet.start(Message(self._status, (b"".join(block),), close=self._close))
+        outlet.start(Message(self._status, (head + b"\r\n",), close=self._close))
 
     def _finish(self, outlet: Outlet) -> None:
         if self._length is not None and self._left and not self._no_body:
@@ -391,6 +425,13 @@ class HttpExchange(RelayedAnswer):
         self._ended = True
         self._wake_receivers()
         outlet.end()
+
+
+def _copied(body: Any) -> bytes:
+    """A body that is not bytes: the application may reuse its buffer, so copy it once."""
+    if not isinstance(body, (bytearray, memoryview)):
+        raise TypeError(f"http.response.body 'body' must be bytes, not {type(body).__name__}")
+    return bytes(body)
 
 
 def _as_bytes(value: Any) -> bytes:

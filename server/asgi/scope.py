@@ -58,32 +58,60 @@ class ScopeMaker:
 
     def http(self, request: Request) -> dict[str, Any]:
         """The scope for `request`; BadRequest if its path cannot be decoded."""
-        path = request.path                  # raises BadRequest on broken UTF-8
-        raw_path = request.raw_path
+        target = request.target
+        query = target.find(b"?")
+        raw_path = target if query < 0 else target[:query]
+        if raw_path[:1] == b"/" and raw_path.find(b"%") < 0 and target.find(b"#") < 0 \
+                and raw_path.isascii():
+            # The common origin-form target with nothing to decode: path and query
+            # are slices of it (what Request.path and .query_string would find).
+            path = raw_path.decode("ascii")
+            query_string = b"" if query < 0 else target[query + 1:]
+        else:
+            path = request.path              # raises BadRequest on broken UTF-8
+            raw_path = request.raw_path
+            query_string = request.query_string.encode("latin-1")
+        head = request.head
+        if head is not None:
+            headers = _fields(head)
+        else:
+            # (llhttp hands values over with any trailing whitespace: trim it, as _fields does.)
+            headers = [(name.lower(), value.rstrip(b" \t")) for name, value in request.raw_headers]
         client = request.client
         scheme = self.scheme
-        raw_headers = request.raw_headers
-        headers = [(name.lower(), value) for name, value in raw_headers]
         if self.trusted is not None and _forwarding(headers):
             # Only a request that carries forwarding headers pays for the trust check.
-            found = forwarded_peer(client, raw_headers, self.trusted, scheme)
+            found = forwarded_peer(client, request.raw_headers, self.trusted, scheme)
             client, scheme = found.client, found.scheme
-        if self.root_path:
-            path = self.root_path + path
+        root_path = self.root_path
+        if root_path:
+            path = root_path + path
             raw_path = self._raw_root + raw_path
         return {
             "type": "http",
-            "asgi": dict(ASGI_VERSION),
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
             "http_version": request.version,
             "method": request.method,
             "scheme": scheme,
             "path": path,
             "raw_path": raw_path,
-            "query_string": request.query_string.encode("latin-1"),
-            "root_path": self.root_path,
+            "query_string": query_string,
+            "root_path": root_path,
             "headers": headers,
             "client": client,
             "server": self.server,
-            "state": dict(self.state),
+            "state": self.state.copy(),
             "extensions": {"http.response.pathsend": {}, "http.response.zerocopysend": {}},
         }
+
+
+def _fields(head: bytes) -> list[tuple[bytes, bytes]]:
+    """The scope's header pairs straight from a raw head block: names lowered, values
+    without the optional whitespace around them (request.split_head, in one pass)."""
+    fields = []
+    for line in head.lstrip(b"\r\n").split(b"\r\n")[1:]:
+        if not line:
+            break
+        name, _, value = line.partition(b":")
+        fields.append((name.lower(), value.strip(b" \t")))
+    return fields
