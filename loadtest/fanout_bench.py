@@ -13,7 +13,8 @@ it, for `--duration` seconds; every server delivers every byte to every reader
 Servers, one worker each, started fresh per (scenario, server):
 * pageloan   `pageloan serve ROOT --handlers <repo>/handlers`: the bundled
              handlers/channels.py, a channel with policy "block" (lossless); each
-             chunk lent to every reader as the same object
+             chunk framed once into the channel's spool (a memory file) and sent to
+             every reader by sendfile, readers pushed their batches without a task
 * aiohttp    peers/fanout_aiohttp.py: each chunk `await resp.write()`-n to every
              StreamResponse, on uvloop
 * uvicorn    peers/fanout_starlette.py: Starlette StreamingResponse per reader fed from
@@ -21,7 +22,7 @@ Servers, one worker each, started fresh per (scenario, server):
 
 Figures per run: aggregate MB/s delivered to all readers (target: pageloan ≥ 2×
 aiohttp), the server's CPU seconds per GB delivered (from /proc, whole process
-tree), and its RSS growth per reader (peak while producing minus before the readers
+tree), the share of a CPU the client used (near 1.00 it set the pace), and its RSS growth per reader (peak while producing minus before the readers
 connected, divided by the readers) and per *added* reader (the slope of the peak
 between the 100- and the 1,000-reader runs; target: ≤ 1/10 of aiohttp's).  Results go to
 ~/.cache/pageloan-loadtest/results/fanout-<time>.json (or --out), and a table with
