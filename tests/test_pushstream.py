@@ -137,6 +137,33 @@ async def test_pushed_event_stream_sends_retry_then_events_and_a_keep_alive(serv
     assert await asyncio.wait_for(reader.readuntil(b": keep-alive\n\n"), 10)
     await channel.publish(b"hello")
     assert await asyncio.wait_for(reader.readuntil(b"id: 1\ndata: hello\n\n"), 10)
+    await channel.publish(b"two\nlines")
+    await channel.publish(b"three")
     channel.close()
-    await _chunks_until_end(reader)
+    rest = await _chunks_until_end(reader)
+    events = _dechunk(rest.removeprefix(b"\r\n"))   # the CRLF ending the chunk read
+    assert events == b"id: 2\ndata: two\ndata: lines\n\nid: 3\ndata: three\n\n"
+    # The events were framed once, into the spool, and sent from it.
+    from server.framework.channels import sse_http_frame
+    assert srv.server.ctx.metrics.bytes_sendfile >= len(events)
+    assert sse_http_frame not in channel._spools      # released with the log at the end
+    writer.close()
+
+
+async def test_a_pushed_event_reader_is_told_what_it_missed_before_the_spooled_events(serve):
+    """A resume from a seq the window no longer has: the comment saying so goes out
+    as its own chunk just before the region of spooled events, in one answer."""
+    channel = Channel("told", heartbeat=None, replay_chunks=2)
+    for i in range(5):
+        await channel.publish(b"e%d" % i)             # no readers: the window keeps 4 and 5
+    srv = await serve(app=lambda request: channel_events(request, channel))
+    reader, writer = await asyncio.open_connection(srv.host, srv.port)
+    writer.write(b"GET /ev HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 0\r\n\r\n")
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    await until(lambda: channel.readers == 0 or bool(_pushed(srv)), timeout=10)
+    channel.close()
+    events = _dechunk(await _chunks_until_end(reader))
+    assert events == (b": missed 3 chunks: no longer in the replay window\n\n"
+                      b"id: 4\ndata: e3\n\nid: 5\ndata: e4\n\n")
+    assert srv.server.ctx.metrics.bytes_sendfile > 0
     writer.close()

@@ -202,6 +202,12 @@ def sse_frame(seq: int, chunk: Chunk) -> tuple[Chunk, ...]:
     return (head + b"\ndata: ".join(lines) + _EVENT_END,)
 
 
+def sse_http_frame(seq: int, chunk: Chunk) -> tuple[Chunk, ...]:
+    """One chunk's event as one HTTP chunk: what the spool holds for event readers."""
+    event = sse_frame(seq, chunk)
+    return (b"%x\r\n" % sum(map(len, event)), *event, b"\r\n")
+
+
 def _comment(text: str) -> bytes:
     return b": " + text.encode("utf-8") + b"\n\n"
 
@@ -224,12 +230,10 @@ class _EventFeed:
         self.beat = False        # the heartbeat passed in silence: send a keep-alive
 
     def take(self, chunked: bool = False) -> tuple[Slice, ...] | None:
-        """The next slices to send (framed as one HTTP chunk if `chunked`), () for none
-        yet, None at the end."""
-        slices = self._next()
-        return http_chunk(slices) if chunked and slices else slices
-
-    def _next(self) -> tuple[Chunk, ...] | None:
+        """The next slices to send, () for none yet, None at the end.  `chunked`: framed
+        as HTTP chunks — comments as one, then the events as one region of the
+        channel's spool (each event framed once for every reader), or where it cannot
+        spool the events' slices in one chunk with the comments."""
         sub = self.sub
         if self.done:
             return None
@@ -244,26 +248,40 @@ class _EventFeed:
             if sub.skipped:
                 notes.append(_comment(f"skipped {sub.skipped} chunks: this reader fell behind"))
                 sub.skipped = 0
+            count = min(BATCH_CHUNKS, self.remaining)
             try:
-                first, slices = sub.take(min(BATCH_CHUNKS, self.remaining), BATCH_BYTES, sse_frame)
+                spooled = sub.take_spooled(sse_http_frame, count, BATCH_BYTES) if chunked else None
+                if spooled is not None:
+                    first, region = spooled
+                    if region is not None:
+                        self.beat = False
+                        self.remaining -= sub.cursor - first
+                        return (*http_chunk(tuple(notes)), region) if notes else (region,)
+                    slices: tuple[Slice, ...] = ()
+                else:
+                    first, slices = sub.take(count, BATCH_BYTES, sse_frame)
             except SlowReader as exc:
                 self.done = True
                 sub.close()
-                return (*notes, _comment(f"dropped: {exc}"))
+                return self._framed((*notes, _comment(f"dropped: {exc}")), chunked)
             if slices:
                 self.beat = False
                 self.remaining -= sub.cursor - first
-                return (*notes, *slices) if notes else slices
+                return self._framed((*notes, *slices) if notes else slices, chunked)
             if notes:
-                return tuple(notes)
+                return self._framed(tuple(notes), chunked)
             if self.beat or sub.beat_passed():
                 self.beat = False
-                return (_KEEP_ALIVE,)
+                return self._framed((_KEEP_ALIVE,), chunked)
             if not sub.ended:
                 return ()
         self.done = True
         sub.close()
         return None
+
+    @staticmethod
+    def _framed(slices: tuple[Slice, ...], chunked: bool) -> tuple[Slice, ...]:
+        return http_chunk(slices) if chunked else slices
 
     def arm(self, callback: Callable[[bool], None]) -> bool:
         return self.sub.arm(callback)
