@@ -132,7 +132,7 @@ def _mix(rng: random.Random, etag: str) -> tuple[bytes, set[int], int | None]:
     if pick < 0.75:
         return b"GET /count/5 HTTP/1.1\r\n" + host + b"\r\n", {200}, None
     if pick < 0.85:
-        body = os.urandom(rng.randrange(1, 300 << 10))
+        body = os.urandom(rng.randrange(256, 300 << 10))    # (long enough to reset inside)
         name = f"u{rng.randrange(8)}.bin".encode()
         request = (b"POST /upload/" + name + b" HTTP/1.1\r\n" + host
                    + b"Content-Length: %d\r\n\r\n" % len(body) + body)
