@@ -157,7 +157,8 @@ class Application:
 
     # -- answering -------------------------------------------------------------------------
     def __call__(self, request: Request) -> Any:
-        if self.metrics and request.raw_path == b"/metrics":
+        # The target's first bytes first: a slot read, where raw_path is a property.
+        if self.metrics and request.target[:8] == b"/metrics" and request.raw_path == b"/metrics":
             return text_response(METRICS.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
         return self._entry(request)
 

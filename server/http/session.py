@@ -236,8 +236,6 @@ class HttpSession:
                 self.driver.pause_reading()
             return
         at_rest = self._current is None and not self._in_head
-        parser = self._full
-        started = self.requests_started
         if at_rest:
             if data.endswith(_END) and self._parse_bare(data):
                 self._dispatch()
@@ -253,8 +251,9 @@ class HttpSession:
                 self._dispatch()
                 self.transmitter.flush()
                 return
+        started = self.requests_started
         try:
-            parser.feed_data(data)
+            self._full.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             # Answer the request in hand, then close -- unless the application answers
             # with an Upgrade (upgrade.py): then the bytes past the head are the new
@@ -418,21 +417,30 @@ class HttpSession:
             # After a request that closes the connection llhttp ignores what follows
             # (lenient_data_after_close): only then can the read hold more than its head.
             head = heads[0]
-            self._bare_request(head, data if head[3] else data[:data.find(_END) + 4], fresh)
+            request = self._bare_request(head, data if head[3] else data[:data.find(_END) + 4], fresh)
+            if request is not None:
+                if fresh and not self.transmitter.outstanding:
+                    self._answer(request)       # the common case: nothing to wait for
+                else:
+                    self._pipeline.append(request)
             return True
         at = 0
         for head in heads:
             while data.startswith(b"\r\n", at):     # empty lines between requests
                 at += 2
             end = data.find(_END, at) + 4
-            if not self._bare_request(head, data[at:end], fresh):
+            request = self._bare_request(head, data[at:end], fresh)
+            if request is None:
+                break
+            self._pipeline.append(request)
+            if not request.keep_alive:
                 break
             fresh = False
             at = end
         return True
 
-    def _bare_request(self, head: tuple[bytes, str, str, bool], block: bytes, fresh: bool) -> bool:
-        """Queue the request whose whole head is `block`; False when no more may follow."""
+    def _bare_request(self, head: tuple[bytes, str, str, bool], block: bytes, fresh: bool) -> Request | None:
+        """The request whose whole head is `block`; None if it was refused (queued as such)."""
         url, method, version, keep_alive = head
         self.requests_started += 1
         lowered = block.lower()
@@ -440,26 +448,24 @@ class HttpSession:
         if hosts != 1 or version != "1.1":        # the common case passes one test
             if version != "1.1" and version != "1.0":
                 self._reject(505, f"HTTP/{version} is not supported")
-                return False
+                return None
             if hosts > 1 or (not hosts and version == "1.1"):
                 self._reject(400, "HTTP/1.1 needs exactly one Host header")
-                return False
+                return None
         if len(block) > self._max_head:
             self._reject(414 if len(url) > self._max_head else 431, "request header block too large")
-            return False
+            return None
         expect = lowered.find(b"\r\nexpect:")
         if expect >= 0 and lowered[expect + 9:lowered.find(b"\r\n", expect + 9)].strip(b" \t") != b"100-continue":
             self._reject(417, "unsupported expectation")
-            return False
+            return None
         request = Request(method, url, version, None, keep_alive, self.client, None, block, lowered,
                           self._app, fresh)
         if self._timed:
             request.started = _monotonic()
-        self._pipeline.append(request)
         if not keep_alive:
             self.phase = LAST
-            return False
-        return True
+        return request
 
     def on_bare_headers_complete(self) -> None:
         parser = self._bare
@@ -611,26 +617,28 @@ class HttpSession:
             item = pipeline.popleft()
             if isinstance(item, _Rejection):
                 self._send(None, error_response(item.status, item.reason, close=True), item.version)
-                continue
-            self._active = item
-            try:
-                result = self._app(item)
-            except Exception as exc:  # noqa: BLE001 - the app's own error handling failed
-                result = self._internal_error(item, exc)
-            if isinstance(result, Message):
-                self._send(item, result, item.version)
-            elif type(result) is CoroutineType or inspect.isawaitable(result):
-                # The answer's own coroutine becomes the task (no wrapper frame); the
-                # session picks its result up in a done-callback.
-                task = self.loop.create_task(
-                    result if type(result) is CoroutineType else _awaited(result))
-                task.add_done_callback(partial(self._answered_later, item))
-                self._task = task
+            elif not self._answer(item):
                 return
-            else:
-                self._respond_other(item, result)
-                if self._active is not None:
-                    return
+
+    def _answer(self, request: Request) -> bool:
+        """Ask the application; True if the answer was sent (the next may follow)."""
+        self._active = request
+        try:
+            result = self._app(request)
+        except Exception as exc:  # noqa: BLE001 - the app's own error handling failed
+            result = self._internal_error(request, exc)
+        if isinstance(result, Message):
+            self._send(request, result, request.version)
+            return True
+        if type(result) is CoroutineType or inspect.isawaitable(result):
+            # The answer's own coroutine becomes the task (no wrapper frame); the
+            # session picks its result up in a done-callback.
+            task = self.loop.create_task(result if type(result) is CoroutineType else _awaited(result))
+            task.add_done_callback(partial(self._answered_later, request))
+            self._task = task
+            return False
+        self._respond_other(request, result)
+        return self._active is None
 
     def _answered_later(self, request: Request, task: asyncio.Task) -> None:
         if task.cancelled():          # the connection went away under the handler
