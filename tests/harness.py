@@ -252,18 +252,33 @@ def start_process(args: list[str], prefix: list[str] | None = None, env: dict[st
                   stderr: int | IO[Any] | None = None) -> ServerProcess:
     """Start `[prefix...] python -m server serve ARGS --host 127.0.0.1 --port P` and wait
     until it listens."""
-    port = free_port()
-    cmd = (prefix or []) + [sys.executable, "-m", "server", "serve", *args, "--host", HOST, "--port", str(port)]
     full_env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
-    proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=stdout, start_new_session=True,
-                            stderr=stderr if stderr is not None else subprocess.DEVNULL)
-    running = ServerProcess(proc, port)
-    try:
-        wait_for_port(port, proc=proc)
-    except BaseException:
-        running.stop(signal.SIGKILL)
-        raise
-    return running
+    for attempt in range(3):
+        # A port free a moment ago may be taken by another client's ephemeral port
+        # before the server binds it (a busy machine): then pick another and retry.
+        port = free_port()
+        cmd = (prefix or []) + [sys.executable, "-m", "server", "serve", *args, "--host", HOST, "--port", str(port)]
+        errors = tempfile.TemporaryFile() if stderr is None else None
+        proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=stdout, start_new_session=True,
+                                stderr=stderr if errors is None else errors)
+        running = ServerProcess(proc, port)
+        try:
+            wait_for_port(port, proc=proc)
+            return running
+        except RuntimeError:
+            running.stop(signal.SIGKILL)
+            if errors is None or attempt == 2:
+                raise
+            errors.seek(0)
+            if b"already in use" not in errors.read():
+                raise
+        except BaseException:
+            running.stop(signal.SIGKILL)
+            raise
+        finally:
+            if errors is not None:
+                errors.close()
+    raise AssertionError("unreachable")
 
 
 # -- handler sites -------------------------------------------------------------------------------
