@@ -35,6 +35,7 @@ from .config import (
     config_from_args,
     use_sites,
 )
+from .core.allocator import tune_allocator
 from .core.metrics import METRICS, SharedMetrics
 from .framework.application import DEFAULT_HANDLER_THREADS
 from .ftp import add_ftp_arguments, start_ftp
@@ -410,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if listener is not None:
         log.info("pageloan: listening on the socket passed by the service manager")
+    tune_allocator()                         # (inherited by forked workers)
     if config.server.workers > 1:
         return run_workers(config, listener)
     return run_worker(config, listener=listener)

@@ -253,7 +253,7 @@ def start_process(args: list[str], prefix: list[str] | None = None, env: dict[st
     """Start `[prefix...] python -m server serve ARGS --host 127.0.0.1 --port P` and wait
     until it listens."""
     full_env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
-    for attempt in range(3):
+    for _attempt in range(3):
         # A port free a moment ago may be taken by another client's ephemeral port
         # before the server binds it (a busy machine): then pick another and retry.
         port = free_port()
@@ -267,18 +267,19 @@ def start_process(args: list[str], prefix: list[str] | None = None, env: dict[st
             return running
         except RuntimeError:
             running.stop(signal.SIGKILL)
-            if errors is None or attempt == 2:
+            if errors is None:
                 raise
             errors.seek(0)
-            if b"already in use" not in errors.read():
-                raise
+            said = errors.read()
+            if b"already in use" not in said:
+                raise RuntimeError(f"server exited early: {said[-2000:].decode(errors='replace')}") from None
         except BaseException:
             running.stop(signal.SIGKILL)
             raise
         finally:
             if errors is not None:
                 errors.close()
-    raise AssertionError("unreachable")
+    raise RuntimeError("no free port could be bound in three tries")
 
 
 # -- handler sites -------------------------------------------------------------------------------
