@@ -262,3 +262,56 @@ async def test_metrics_endpoint_reports_counters(serve, tmp_path):
 
 def test_truncated_file_error_is_an_oserror():
     assert issubclass(TruncatedFileError, OSError)
+
+
+async def test_a_shared_writable_poll_calls_back_a_full_socket_once_it_has_room():
+    """The fan-out readers' one epoll set (core/writable.py): a full socket's callback
+    runs once the peer reads, as the loop's own add_writer would, and not after
+    remove_writer; a transmitter that shares it still delivers every byte."""
+    from server.core import writable
+
+    loop = asyncio.get_running_loop()
+    poll = writable.for_loop(loop)
+    assert writable.for_loop(loop) is poll
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    try:
+        while True:
+            a.send(b"x" * 65536)
+    except BlockingIOError:
+        pass
+    calls: list[int] = []
+    poll.add_writer(a.fileno(), lambda: calls.append(1))
+    for _ in range(5):
+        await asyncio.sleep(0.01)
+    assert not calls                                  # full: not called
+    while True:
+        try:
+            b.recv(1 << 20)
+        except BlockingIOError:
+            break
+    await until(lambda: calls)
+    assert poll.remove_writer(a.fileno()) and not poll.remove_writer(a.fileno())
+    seen = len(calls)
+    for _ in range(5):
+        await asyncio.sleep(0.01)
+    assert len(calls) == seen
+    # A transmitter waiting through the shared poll.
+    tx = SocketTransmitter(a, loop, metrics=Metrics(LoanLedger(64 << 20)))
+    tx.share_writable_poll()
+    body = os.urandom(8 << 20)
+    tx.transmit(Message(200, [b"H\r\n\r\n"], (body,)))
+    assert not tx.idle and "waiting=1" in repr(poll)
+    received = bytearray()
+
+    async def drain() -> None:
+        while len(received) < len(body) + 5:
+            received.extend(await loop.sock_recv(b, 1 << 20))
+
+    await asyncio.wait_for(drain(), 30)
+    assert bytes(received) == b"H\r\n\r\n" + body
+    await until(lambda: tx.idle)
+    assert "waiting=0" in repr(poll)
+    a.close()
+    b.close()

@@ -49,6 +49,7 @@ from collections.abc import Callable
 
 import aiofiles.os
 
+from . import writable
 from .loans import LoanLedger
 from .message import FileRegion, Message
 from .metrics import METRICS, Metrics
@@ -105,7 +106,7 @@ class SocketTransmitter:
     ) -> None:
         self._sock = sock
         self._fd = sock.fileno()
-        self._loop = loop
+        self._loop: asyncio.AbstractEventLoop | writable.WritablePoll = loop
         self._metrics = metrics or METRICS
         self._ledger = ledger or self._metrics.ledger
         self._slices: list = []                         # owed to the kernel, front first
@@ -296,6 +297,13 @@ class SocketTransmitter:
     def set_idle_listener(self, on_idle: Callable[[], None] | None) -> None:
         """Who hears `on_idle` from now on (the protocol that took the connection over)."""
         self._on_idle = on_idle
+
+    def share_writable_poll(self) -> None:
+        """Wait for writability in the loop's shared poll (writable.py), not with a poll
+        handle of this socket's own: for the many readers of a fan-out."""
+        if not self._writer_registered and not isinstance(self._loop, writable.WritablePoll) \
+                and writable.available():
+            self._loop = writable.for_loop(self._loop)
 
     def when_sent(self, done: Done) -> None:
         """Call `done` once the kernel has taken everything queued so far (now if idle)."""

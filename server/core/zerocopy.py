@@ -423,6 +423,9 @@ class ZeroCopyTransmitter(SocketTransmitter):
         # _send_gathered, which decides whether it is sent with MSG_ZEROCOPY.
         self._flush_queue()
 
+    def share_writable_poll(self) -> None:
+        """Not here: this transmitter's loop is the wrapper that watches the error queue."""
+
     def transmit(self, message: Message) -> None:
         # The base class's shortcut sends without a loan; here a large gather lends
         # pages until the kernel's notice, so every message takes the queue.

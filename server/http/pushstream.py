@@ -123,8 +123,12 @@ class PushedStream:
     # -- sending -------------------------------------------------------------------------
     def start(self) -> None:
         """Take the transmitter over (the head is queued on it) and begin."""
-        self.transmitter.set_idle_listener(self.on_transmit_idle)
-        self.transmitter.flush()
+        transmitter = self.transmitter
+        transmitter.set_idle_listener(self.on_transmit_idle)
+        share = getattr(transmitter, "share_writable_poll", None)
+        if share is not None:
+            share()     # a thousand readers waiting for room: one poll, not a thousand
+        transmitter.flush()
         self._pump()
 
     def _pump(self, _beat: bool = False) -> None:
