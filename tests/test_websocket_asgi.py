@@ -284,3 +284,50 @@ async def test_client_leaving_during_the_handshake_is_a_disconnect_for_the_app(s
     # accept() itself may still "succeed": reading is paused during the handshake, so
     # the reset is noticed when the 101 is sent; either way the app learns it at once.
     assert seen.get("accept") in (None, "WebSocketDisconnect")
+
+
+RAW_APP = '''
+import json
+
+SEEN = {}
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "http":
+        body = json.dumps(SEEN).encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+        return
+    assert (await receive())["type"] == "websocket.connect"
+    await send({"type": "websocket.accept"})
+    for _ in range(2):
+        message = await receive()
+        if message.get("bytes") is not None:
+            await send({"type": "websocket.send", "bytes": message["bytes"]})
+        else:
+            await send({"type": "websocket.send", "text": message["text"]})
+    first, again = await receive(), await receive()
+    try:
+        await send({"type": "websocket.send", "text": "too late"})
+    except OSError as exc:
+        SEEN["send"] = type(exc).__name__
+    SEEN["after"] = [first, again]
+'''
+
+
+async def test_raw_app_messages_then_disconnect_on_every_receive(server_process, tmp_path):
+    """An accepted socket's messages go straight between the app and the connection;
+    once the client has closed, every receive reports the disconnect and send raises
+    an OSError."""
+    proc = _serve_app(server_process, tmp_path, "wsraw", RAW_APP)
+    async with connect(f"ws://127.0.0.1:{proc.port}/raw") as ws:
+        await ws.send(b"\x00\x01binary")
+        assert await ws.recv() == b"\x00\x01binary"
+        await ws.send("text é")
+        assert await ws.recv() == "text é"
+        await ws.close(4003, "enough")
+    seen = await until(lambda: "after" in (s := _seen(proc.port)) and s, "the app to see the close")
+    disconnect = {"type": "websocket.disconnect", "code": 4003, "reason": "enough"}
+    assert seen["after"] == [disconnect, disconnect]
+    assert seen["send"] == "ClientDisconnected"

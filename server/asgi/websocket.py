@@ -54,6 +54,7 @@ class OpenedWebSocket(Protocol):
     """The WebSocket an opener returns (server.websocket.WebSocket)."""
 
     subprotocols: list[str]
+    connection: Any                  # the WebSocketConnection once open
     close_code: int | None
     close_reason: str
     state: str
@@ -99,7 +100,7 @@ def websocket_scope(scopes: ScopeMaker, request: Request) -> dict[str, Any]:
 class AsgiWebSocket:
     """One ASGI `websocket` connection, from the handshake to the close."""
 
-    __slots__ = ("app", "scope", "request", "opener", "settings", "ws", "_connect_sent",
+    __slots__ = ("app", "scope", "request", "opener", "settings", "ws", "_conn", "_connect_sent",
                  "_closed_sent", "_denial_status", "_denial_headers", "_denial_body", "_denial_size")
 
     def __init__(self, app: Callable[..., Any], scope: dict[str, Any], request: Request,
@@ -110,6 +111,8 @@ class AsgiWebSocket:
         self.opener = opener
         self.settings = settings
         self.ws: Any = None
+        # The open connection, once accepted: messages then go to and from it directly.
+        self._conn: Any = None
         self._connect_sent = False
         self._closed_sent = False
         self._denial_status: int | None = None
@@ -160,6 +163,16 @@ class AsgiWebSocket:
 
     # -- receive ---------------------------------------------------------------------------
     async def receive(self) -> dict[str, Any]:
+        conn = self._conn
+        if conn is not None:
+            item = await conn.receive()
+            if type(item) is bytes:
+                return {"type": "websocket.receive", "bytes": item}
+            if type(item) is str:
+                return {"type": "websocket.receive", "text": item}
+            # The input has ended: the WebSocket's own receive records the close (it
+            # reports the end again on every call) and raises, as below.
+            self._conn = None
         if not self._connect_sent:
             self._connect_sent = True
             return {"type": "websocket.connect"}
@@ -182,6 +195,19 @@ class AsgiWebSocket:
     # -- send ------------------------------------------------------------------------------
     async def send(self, message: dict[str, Any]) -> None:
         kind = message["type"]
+        conn = self._conn
+        if kind == "websocket.send" and conn is not None and conn.open:
+            # The open socket's common case, straight to its connection.
+            data = message.get("bytes")
+            if data is None:
+                data = message.get("text")
+                if data is None:
+                    raise RuntimeError("ASGI websocket.send needs 'bytes' or 'text'")
+            try:
+                await conn.send(data)
+            except ConnectionError as exc:
+                raise ClientDisconnected(str(exc)) from None
+            return
         ws = self.ws
         if ws.state == "connecting" and self._denial_status is None:
             if kind == "websocket.accept":
@@ -191,6 +217,7 @@ class AsgiWebSocket:
                     await ws.accept(message.get("subprotocol"), headers)
                 except ConnectionError as exc:
                     raise ClientDisconnected(str(exc)) from None
+                self._conn = ws.connection
             elif kind == "websocket.close":
                 await ws.close(message.get("code") or 1000, message.get("reason") or "")
             elif kind == "websocket.http.response.start":

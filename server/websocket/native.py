@@ -124,6 +124,12 @@ class WebSocket:
     def client(self) -> tuple[str, int] | None:
         return self.request.client
 
+    @property
+    def connection(self) -> WebSocketConnection | None:
+        """The connection once the socket is open (None before): for an adapter that
+        moves its messages itself instead of through `receive`/`send` (the ASGI one)."""
+        return self._conn
+
     # -- the handshake -----------------------------------------------------------------------
     async def accept(self, subprotocol: str | None = None, headers: Iterable[Header] = ()) -> None:
         """Answer 101 (with `subprotocol`, one the client offered) and start talking."""
