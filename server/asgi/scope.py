@@ -79,8 +79,10 @@ class ScopeMaker:
             headers = [(name.lower(), value.rstrip(b" \t")) for name, value in request.raw_headers]
         client = request.client
         scheme = self.scheme
-        if self.trusted is not None and _forwarding(headers):
-            # Only a request that carries forwarding headers pays for the trust check.
+        if self.trusted is not None and (head is None or request.lowered_head.find(b"forwarded") >= 0) \
+                and _forwarding(headers):
+            # Only a request that carries forwarding headers pays for the trust check
+            # (one search of the lowered head rules them out for the others).
             found = forwarded_peer(client, request.raw_headers, self.trusted, scheme)
             client, scheme = found.client, found.scheme
         root_path = self.root_path

@@ -630,7 +630,10 @@ class HttpSession:
         if isinstance(result, Message):
             self._send(request, result, request.version)
             return True
-        if type(result) is CoroutineType or inspect.isawaitable(result):
+        # (A RelayedAnswer -- the ASGI exchange -- is never awaited: the isinstance
+        # spares it isawaitable's ABC check, which costs more.)
+        if type(result) is CoroutineType or (
+                not isinstance(result, RelayedAnswer) and inspect.isawaitable(result)):
             # The answer's own coroutine becomes the task (no wrapper frame); the
             # session picks its result up in a done-callback.
             task = self.loop.create_task(result if type(result) is CoroutineType else _awaited(result))
