@@ -9,7 +9,8 @@ Request's lazily derived pieces:
   `root_path` in front, as uvicorn does and Starlette >= 0.33 expects (it strips the
   prefix when routing);
 * `query_string` stays percent-encoded bytes; `headers` are the raw pairs with the
-  names lower-cased, values untouched;
+  names lower-cased, values as sent but for the optional whitespace around them
+  (RFC 9112 §5), whichever parser read the head;
 * `client` and `scheme` come from the socket, or — only when the peer is a trusted
   proxy — from its forwarding headers (server.http.forwarded);
 * `state` is a shallow copy of the lifespan state, so a request may add keys
