@@ -8,6 +8,9 @@ of `sendfile` calls, and never as the descriptor of a `read`, `pread64` or `read
 worker threads).  A small StaticFiles file goes out as an mmap window in the
 head's gather call: it is not read either.  Without the pathsend extension none of
 this would hold, so the test fails if the adapter stops advertising it.
+
+A JSON answer, traced the same way, costs no getpid() per request (the adapter names
+the loop instead of asking asyncio for the running one).
 """
 
 from __future__ import annotations
@@ -92,3 +95,50 @@ def test_file_response_and_static_files_use_sendfile_without_reads(tmp_path: Pat
     for path in served[:2]:
         sends = [line for line in lines if re.search(r"\bsendfile\(\d+<[^>]*>, \d+<" + re.escape(path) + ">", line)]
         assert sends, f"{path} never left by sendfile"
+
+
+def test_a_json_answer_costs_no_getpid(tmp_path: Path) -> None:
+    """Each request of an ASGI app is one recv and one sendmsg: the adapter names the
+    connection's loop, because asyncio.get_running_loop() and current_task() without
+    it make a getpid() system call each (CPython's fork check) -- two per request."""
+    trace = tmp_path / "strace.txt"
+    log = tmp_path / "server.log"
+    port = _free_port()
+    cmd = [STRACE, "-f", "-qq", "-e", "trace=getpid,sendmsg", "-o", str(trace), sys.executable, "-m",
+           "server", "serve", "--asgi", "asgi_apps:starlette_app", "--app-dir", str(TESTS),
+           "--host", "127.0.0.1", "--port", str(port)]
+    env = dict(os.environ, PYTHONPATH=str(REPO), ASGI_TEST_FILES=str(tmp_path))
+    with open(log, "wb") as log_file:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log_file,
+                                start_new_session=True)
+    requests = 50
+    try:
+        deadline = time.monotonic() + 90
+        pid = None
+        while pid is None:
+            text = log.read_text(errors="replace")
+            if proc.poll() is not None:
+                if "ptrace" in text or "Operation not permitted" in text:
+                    pytest.skip(f"strace cannot trace here: {text[-300:]}")
+                raise AssertionError(f"server exited early: {text[-2000:]}")
+            found = re.search(r"serving .* \(pid (\d+)\)", text)
+            if found:
+                pid = int(found.group(1))
+            elif time.monotonic() > deadline:
+                raise AssertionError("server did not start")
+            else:
+                time.sleep(0.05)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            for _ in range(requests):
+                assert client.get("/hello").status_code == 200
+        os.kill(pid, signal.SIGINT)
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    calls = [line.split()[1].split("(")[0] for line in trace.read_text(errors="replace").splitlines()
+             if "(" in line]
+    assert calls.count("sendmsg") >= requests
+    # Start-up and shutdown may ask a few times; per request it must not.
+    assert calls.count("getpid") < requests // 2, calls.count("getpid")

@@ -141,8 +141,7 @@ class HttpExchange(RelayedAnswer):
         outlet.on_gone = self._client_gone
         settings = self.settings
         # The task lets itself go when it ends (_run): no done-callback to schedule.
-        settings.tasks.add(asyncio.get_running_loop().create_task(
-            self._run(), context=settings.context.copy()))
+        settings.tasks.add(outlet.loop.create_task(self._run(), context=settings.context.copy()))
 
     def _client_gone(self, lost: bool) -> None:
         if lost:
@@ -172,9 +171,11 @@ class HttpExchange(RelayedAnswer):
             # The outlet's hook is the one reference back to this exchange: without it
             # the exchange, its request and scope are freed by reference counting at
             # once instead of waiting, as a cycle, for the collector.
-            if self.outlet is not None:
-                self.outlet.on_gone = None
-            self.settings.tasks.discard(asyncio.current_task())
+            outlet = self.outlet
+            if outlet is not None:
+                outlet.on_gone = None
+                # (With the loop named, current_task() makes no getpid() system call.)
+                self.settings.tasks.discard(asyncio.current_task(outlet.loop))
 
     def _failed(self, exc: BaseException) -> None:
         request = self.request

@@ -1055,14 +1055,17 @@ class Outlet:
     transmitter holds more than the connection's loan budget, `over_budget` is true
     and `room()` waits for it to drain.  `on_gone(lost)` is called once when the
     client has finished sending (False: EOF, it may still read) or the connection is
-    gone (True); `closed` says the latter.
+    gone (True); `closed` says the latter.  `loop` is the connection's event loop.
     """
 
-    __slots__ = ("_session", "request", "closed", "on_gone", "_ended")
+    __slots__ = ("_session", "request", "loop", "closed", "on_gone", "_ended")
 
     def __init__(self, session: HttpSession, request: Request) -> None:
         self._session = session
         self.request = request
+        # The connection's loop, for the answer's tasks: asyncio.get_running_loop()
+        # costs a getpid() system call each time (CPython's check for a fork).
+        self.loop = session.loop
         self.closed = False
         self.on_gone: Any = None
         self._ended = False
