@@ -29,6 +29,9 @@ class Scenario:
     # Whether the requests repeat byte for byte, so that a cache of identical
     # requests (a replay memo) could answer them without parsing: the report says so.
     repeats: bool = True
+    # ASGI only: pageloan is given the docroot as ROOT beside --asgi, so its static
+    # site answers the files it has before the application sees the request.
+    asgi_root: bool = False
 
     @property
     def replayable(self) -> str:
@@ -74,6 +77,10 @@ SCENARIOS: tuple[Scenario, ...] = (
              expect="json"),
     Scenario("asgi-static-1k", "ASGI: GET /1k.bin from Starlette StaticFiles, as an <img> asks",
              protocol="asgi", path="/1k.bin", script="asgi_browser.lua", script_args=("image",)),
+    Scenario("asgi-static-1k-root", "ASGI: GET /1k.bin as asgi-static-1k, with ROOT beside --asgi "
+             "(pageloan's static site answers first; uvicorn and granian: StaticFiles)",
+             protocol="asgi", path="/1k.bin", script="asgi_browser.lua", script_args=("image",),
+             asgi_root=True),
     Scenario("asgi-file-1m", "ASGI: GET /1m.bin, a Starlette FileResponse of 1 MiB",
              protocol="asgi", path="/1m.bin", connections=16, script="asgi_browser.lua",
              script_args=("document",)),

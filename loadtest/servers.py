@@ -98,8 +98,10 @@ def _pageloan(ctx: Context, scenario: Scenario) -> Launch:
         port = free_port()
         env = pageloan_env()
         env["ASGI_BENCH_ROOT"] = str(ctx.docroot)
-        # No ROOT: the application answers everything, its files by pathsend.
-        argv = [sys.executable, "-m", "server", "serve", "--asgi", f"{ASGI_APP}:app",
+        # No ROOT: the application answers everything, its files by pathsend; with
+        # asgi_root the docroot is served first, as `pageloan serve ROOT --asgi` does.
+        root = [str(ctx.docroot)] if scenario.asgi_root else []
+        argv = [sys.executable, "-m", "server", "serve", *root, "--asgi", f"{ASGI_APP}:app",
                 "--app-dir", str(PEERS_DIR), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
         return Launch(argv, env, port)
     http_port = free_port()
