@@ -22,6 +22,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -42,19 +44,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_file_response_and_static_files_use_sendfile_without_reads(tmp_path: Path) -> None:
-    files = tmp_path / "files"
-    (files / "static").mkdir(parents=True)
-    big = os.urandom(4 << 20)
-    (files / "big.bin").write_bytes(big)
-    (files / "static" / "big.bin").write_bytes(big)
-    (files / "static" / "small.txt").write_bytes(b"s" * 1024)
-    trace = tmp_path / "strace.txt"
-    log = tmp_path / "server.log"
-    port = _free_port()
-    cmd = [STRACE, "-f", "-y", "-qq", "-e", "trace=read,pread64,readv,preadv,sendfile,sendmsg,writev",
-           "-o", str(trace), sys.executable, "-m", "server", "serve", "--asgi", "asgi_apps:starlette_app",
-           "--app-dir", str(TESTS), "--host", "127.0.0.1", "--port", str(port)]
+@contextmanager
+def traced_server(strace_args: list[str], trace: Path, port: int, files: Path) -> Iterator[None]:
+    """`pageloan serve --asgi asgi_apps:starlette_app` under strace, until it serves;
+    stopped with SIGINT (so strace writes everything) when the block ends."""
+    log = trace.with_suffix(".log")
+    cmd = [STRACE, *strace_args, "-o", str(trace), sys.executable, "-m", "server", "serve", "--asgi",
+           "asgi_apps:starlette_app", "--app-dir", str(TESTS), "--host", "127.0.0.1", "--port", str(port)]
     env = dict(os.environ, PYTHONPATH=str(REPO), ASGI_TEST_FILES=str(files))
     with open(log, "wb") as log_file:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log_file,
@@ -75,17 +71,31 @@ def test_file_response_and_static_files_use_sendfile_without_reads(tmp_path: Pat
                 raise AssertionError("server did not start")
             else:
                 time.sleep(0.05)
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            for _ in range(3):
-                assert client.get("/files/big.bin").content == big
-                assert client.get("/static/big.bin").content == big
-                assert client.get("/static/small.txt").content == b"s" * 1024
+        yield
         os.kill(pid, signal.SIGINT)
         proc.wait(60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_file_response_and_static_files_use_sendfile_without_reads(tmp_path: Path) -> None:
+    files = tmp_path / "files"
+    (files / "static").mkdir(parents=True)
+    big = os.urandom(4 << 20)
+    (files / "big.bin").write_bytes(big)
+    (files / "static" / "big.bin").write_bytes(big)
+    (files / "static" / "small.txt").write_bytes(b"s" * 1024)
+    trace = tmp_path / "strace.txt"
+    port = _free_port()
+    with traced_server(["-f", "-y", "-qq", "-e", "trace=read,pread64,readv,preadv,sendfile,sendmsg,writev"],
+                       trace, port, files):
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            for _ in range(3):
+                assert client.get("/files/big.bin").content == big
+                assert client.get("/static/big.bin").content == big
+                assert client.get("/static/small.txt").content == b"s" * 1024
     lines = trace.read_text(errors="replace").splitlines()
     served = [str(files / "big.bin"), str(files / "static" / "big.bin"), str(files / "static" / "small.txt")]
     for path in served:
@@ -102,41 +112,12 @@ def test_a_json_answer_costs_no_getpid(tmp_path: Path) -> None:
     connection's loop, because asyncio.get_running_loop() and current_task() without
     it make a getpid() system call each (CPython's fork check) -- two per request."""
     trace = tmp_path / "strace.txt"
-    log = tmp_path / "server.log"
     port = _free_port()
-    cmd = [STRACE, "-f", "-qq", "-e", "trace=getpid,sendmsg", "-o", str(trace), sys.executable, "-m",
-           "server", "serve", "--asgi", "asgi_apps:starlette_app", "--app-dir", str(TESTS),
-           "--host", "127.0.0.1", "--port", str(port)]
-    env = dict(os.environ, PYTHONPATH=str(REPO), ASGI_TEST_FILES=str(tmp_path))
-    with open(log, "wb") as log_file:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log_file,
-                                start_new_session=True)
     requests = 50
-    try:
-        deadline = time.monotonic() + 90
-        pid = None
-        while pid is None:
-            text = log.read_text(errors="replace")
-            if proc.poll() is not None:
-                if "ptrace" in text or "Operation not permitted" in text:
-                    pytest.skip(f"strace cannot trace here: {text[-300:]}")
-                raise AssertionError(f"server exited early: {text[-2000:]}")
-            found = re.search(r"serving .* \(pid (\d+)\)", text)
-            if found:
-                pid = int(found.group(1))
-            elif time.monotonic() > deadline:
-                raise AssertionError("server did not start")
-            else:
-                time.sleep(0.05)
+    with traced_server(["-f", "-qq", "-e", "trace=getpid,sendmsg"], trace, port, tmp_path):
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             for _ in range(requests):
                 assert client.get("/hello").status_code == 200
-        os.kill(pid, signal.SIGINT)
-        proc.wait(60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
     calls = [line.split()[1].split("(")[0] for line in trace.read_text(errors="replace").splitlines()
              if "(" in line]
     assert calls.count("sendmsg") >= requests
