@@ -13,11 +13,16 @@ import sys
 import pytest
 from harness import REPO, needs_tools
 
+# The module is loaded by path, before anything else: importing the package would
+# first compile and import all of pageloan, and a heap left with a large free top
+# serves 300 KB from there whatever the threshold (malloc maps only when it must).
 CHILD = """
-import sys
+import importlib.util, sys
 if sys.argv[1] == "tuned":
-    from server.core.allocator import tune_allocator
-    assert tune_allocator()
+    spec = importlib.util.spec_from_file_location("allocator", sys.argv[2])
+    allocator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(allocator)
+    assert allocator.tune_allocator()
 for _ in range(40):
     buffer = bytearray(300_000)
     del buffer
@@ -26,7 +31,8 @@ for _ in range(40):
 
 def _unmaps_of_300k(mode: str, tmp_path, env: dict[str, str] | None = None) -> int:
     trace = tmp_path / f"{mode}.trace"
-    subprocess.run(["strace", "-f", "-e", "trace=munmap", "-o", str(trace), sys.executable, "-c", CHILD, mode],
+    module = str(REPO / "server" / "core" / "allocator.py")
+    subprocess.run(["strace", "-f", "-e", "trace=munmap", "-o", str(trace), sys.executable, "-c", CHILD, mode, module],
                    cwd=REPO, check=True, timeout=60, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", **(env or {})})
     # bytearray(300_000) asks malloc for 300,001 bytes: a mapping of 0x4a000 (303,104) with its header.
     return sum(1 for line in trace.read_text().splitlines() if "munmap(" in line and ", 303104)" in line)
