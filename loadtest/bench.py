@@ -1,5 +1,6 @@
 """What the one-off benchmarks (fanout_bench, ws_bench) share: their command line, the
-CPU pinning, and running every (scenario, server) pair into one saved results file.
+CPU pinning, running their load client, and running every (scenario, server) pair
+into one saved results file.
 
 Each benchmark keeps what is its own: its scenarios, how one pair is measured, and
 how its table reads.  Pinning follows the main harness: the server on the first CPU,
@@ -9,13 +10,16 @@ the client and this process on the second.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from loadtest import REPO_ROOT
 from loadtest.locations import CACHE_DIR, RESULTS_DIR
 from loadtest.process import raise_descriptor_limit
 from loadtest.results import base_meta, save
@@ -76,6 +80,18 @@ def run_all(kind: str, scenarios: Sequence[Any], servers: Sequence[str], out: Pa
     print(table(records))
     print(f"results: {path}")
     return 1 if any(r.get("error") for r in records) else 0
+
+
+def run_client(argv: list[str], timeout: float) -> dict:
+    """Run a load client (`python -m loadtest.<client> ...`, pinned by `argv`'s prefix);
+    its last line of output is its JSON report, else an error record says why."""
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                          cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+    lines = done.stdout.strip().splitlines()
+    try:
+        return json.loads(lines[-1])
+    except (IndexError, ValueError):
+        return {"error": f"client exited {done.returncode}: {done.stderr.strip()[-400:]}"}
 
 
 def workroot() -> Path:

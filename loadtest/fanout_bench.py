@@ -31,9 +31,7 @@ ratios to aiohttp is printed.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -77,13 +75,7 @@ def _client(scenario: FanoutScenario, port: int, pid: int, duration: float, pin:
     argv = [*pin, sys.executable, "-m", "loadtest.fanout_client", "--port", str(port),
             "--readers", str(scenario.readers), "--duration", str(duration),
             "--sub-path", SUB_PATH, "--pub-path", PUB_PATH, "--server-pid", str(pid)]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 240,
-                          cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
-    lines = done.stdout.strip().splitlines()
-    try:
-        return json.loads(lines[-1])
-    except (IndexError, ValueError):
-        return {"error": f"client exited {done.returncode}: {done.stderr.strip()[-400:]}"}
+    return bench.run_client(argv, duration + 240)
 
 
 def measure(server: str, scenario: FanoutScenario, duration: float, peers: Path,

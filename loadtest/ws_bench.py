@@ -29,15 +29,13 @@ table with ratios to uvicorn is printed.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from loadtest import PACKAGE_DIR, REPO_ROOT, bench, procstat
+from loadtest import PACKAGE_DIR, bench, procstat
 from loadtest.process import ServerProcess, finish_record, free_port
 from loadtest.servers import pageloan_env
 from loadtest.venv import peer_python
@@ -110,13 +108,7 @@ def _client(scenario: WsScenario, port: int, pid: int, duration: float, pin: lis
     argv = [*pin, sys.executable, "-m", "loadtest.ws_client", scenario.mode, "--port", str(port),
             "--connections", str(scenario.connections), "--size", str(scenario.size),
             "--duration", str(duration), "--server-pid", str(pid)]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 180,
-                          cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
-    lines = done.stdout.strip().splitlines()
-    try:
-        return json.loads(lines[-1])
-    except (IndexError, ValueError):
-        return {"error": f"client exited {done.returncode}: {done.stderr.strip()[-400:]}"}
+    return bench.run_client(argv, duration + 180)
 
 
 def measure(server: str, scenario: WsScenario, duration: float, peers: Path,
