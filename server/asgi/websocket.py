@@ -198,13 +198,8 @@ class AsgiWebSocket:
         conn = self._conn
         if kind == "websocket.send" and conn is not None and conn.open:
             # The open socket's common case, straight to its connection.
-            data = message.get("bytes")
-            if data is None:
-                data = message.get("text")
-                if data is None:
-                    raise RuntimeError("ASGI websocket.send needs 'bytes' or 'text'")
             try:
-                await conn.send(data)
+                await conn.send(_payload(message))
             except ConnectionError as exc:
                 raise ClientDisconnected(str(exc)) from None
             return
@@ -244,16 +239,21 @@ class AsgiWebSocket:
         if ws.state != "open":
             raise ClientDisconnected(f"WebSocket closed ({ws.close_code or 1006})")
         if kind == "websocket.send":
-            data = message.get("bytes")
-            if data is None:
-                data = message.get("text")
-                if data is None:
-                    raise RuntimeError("ASGI websocket.send needs 'bytes' or 'text'")
             try:
-                await ws.send(data)
+                await ws.send(_payload(message))
             except ConnectionError as exc:
                 raise ClientDisconnected(str(exc)) from None
         elif kind == "websocket.close":
             await ws.close(message.get("code") or 1000, message.get("reason") or "")
         else:
             raise RuntimeError(f"ASGI websocket: unexpected message {kind!r}")
+
+
+def _payload(message: dict[str, Any]) -> bytes | str:
+    """A websocket.send message's data: its `bytes`, else its `text`."""
+    data: bytes | str | None = message.get("bytes")
+    if data is None:
+        data = message.get("text")
+        if data is None:
+            raise RuntimeError("ASGI websocket.send needs 'bytes' or 'text'")
+    return data
