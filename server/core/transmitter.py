@@ -181,7 +181,21 @@ class SocketTransmitter:
                     iov.append(view)
                 elif len(s):
                     iov.append(s)
+        self.transmit_slices(iov)
+
+    def transmit_slices(self, iov: list) -> None:
+        """Send an answer already laid out as memory slices (bytes, memoryviews).
+
+        The static lane's answers come this way (no Message is built for them), and
+        `transmit`'s shortcut ends here.  To an idle socket the slices go straight into
+        one sendmsg; only what the kernel does not take is lent, queued and charged.
+        """
         total = sum(map(len, iov))
+        if self._slices or self._waiting_writable or self.closed or self._flushing:
+            self._slices.extend(iov)
+            self._lend(total, total)
+            self.flush()
+            return
         try:
             sent = self._sock.sendmsg(iov)
         except (BlockingIOError, InterruptedError):
@@ -607,6 +621,9 @@ class CopyTransmitter:
     def transmit(self, message: Message) -> None:
         self.enqueue(message)
         self.flush()
+
+    def transmit_slices(self, iov: list) -> None:
+        self.transmit(Message(0, (), tuple(iov)))
 
     def when_sent(self, done: Done) -> None:
         """Call `done` once everything queued so far has been written (now if idle)."""

@@ -432,6 +432,9 @@ class ZeroCopyTransmitter(SocketTransmitter):
         self.enqueue(message)
         self.flush()
 
+    def transmit_slices(self, iov: list) -> None:
+        self.transmit(Message(0, (), tuple(iov)))
+
     def _send_gathered(self) -> int:
         slices = self._slices
         count = len(slices)

@@ -137,6 +137,13 @@ class Application:
         if self.hooks.wraps_requests:
             self._chain = self._build_chain(self.hooks.middleware)
             self._entry = self._dispatch_with_hooks
+        static = self.static
+        if static is not None:
+            # The static lane answers a path before any of this runs, so it may only
+            # keep paths whose answer no hook, middleware or router-callable could
+            # change from request to request; new routes start it empty.
+            static.lane.forget_all()
+            static.lane.enabled = not self.hooks.wraps_requests and self._router_callable is None
 
     # -- lifecycle -------------------------------------------------------------------------
     async def startup(self) -> None:
@@ -156,6 +163,12 @@ class Application:
         self._threads.shutdown(wait=False, cancel_futures=True)
 
     # -- answering -------------------------------------------------------------------------
+    @property
+    def quick_answers(self) -> Mapping[bytes, Any] | None:
+        """Raw path → static lane entry, which the HTTP session asks before it builds
+        a Request (static/lane.py); the same dict for the application's life."""
+        return self.static.lane.entries if self.static is not None else None
+
     def __call__(self, request: Request) -> Any:
         # The target's first bytes first: a slot read, where raw_path is a property.
         if self.metrics and request.target[:8] == b"/metrics" and request.raw_path == b"/metrics":

@@ -60,7 +60,7 @@ import re
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from types import CoroutineType
 from typing import Any, Protocol
@@ -119,6 +119,13 @@ class Driver(Protocol):
 
     # What the driver feeds; an upgrade hands the connection to another protocol.
     session: Any
+
+
+class QuickAnswer(Protocol):
+    """An application's ready answer for one path (static/lane.py's LaneEntry)."""
+
+    def answer(self, head_only: bool, lowered: bytes, fresh: bool) -> tuple[Any, ...] | None:
+        """The slices after the status line of a keep-alive 200, or None: ask the app."""
 
 
 class _Reject(Exception):
@@ -223,6 +230,11 @@ class HttpSession:
         self._upgrade: Request | None = None
         self._upgrade_data: list[bytes] = []
         self._outlet: Outlet | None = None  # the active request's, if it relays itself
+        # The application's quick answers (its static lane, static/lane.py): raw path →
+        # an entry asked for the answer before any Request is built.  Not when every
+        # request must reach the access log.
+        self._quick: Mapping[bytes, QuickAnswer] | None = \
+            getattr(ctx.app, "quick_answers", None) if ctx.access_log is None else None
 
     @property
     def closed(self) -> bool:
@@ -417,12 +429,30 @@ class HttpSession:
             # After a request that closes the connection llhttp ignores what follows
             # (lenient_data_after_close): only then can the read hold more than its head.
             head = heads[0]
-            request = self._bare_request(head, data if head[3] else data[:data.find(_END) + 4], fresh)
-            if request is not None:
-                if fresh and not self.transmitter.outstanding:
-                    self._answer(request)       # the common case: nothing to wait for
-                else:
-                    self._pipeline.append(request)
+            block = data if head[3] else data[:data.find(_END) + 4]
+            if fresh and not self.transmitter.outstanding:
+                # The common case: nothing to wait for.  A static file's plain answer
+                # needs no Request at all (static/lane.py).
+                url, method, version, keep_alive = head
+                lowered = block.lower()
+                self.requests_started += 1
+                if self._bare_refused(url, version, block, lowered):
+                    return True
+                quick = self._quick
+                if quick is not None and keep_alive and version == "1.1":
+                    query = url.find(b"?")
+                    entry = quick.get(url if query < 0 else url[:query])
+                    if entry is not None and (method == "GET" or method == "HEAD"):
+                        parts = entry.answer(method == "HEAD", lowered, True)
+                        if parts is not None:
+                            self._metrics.responses_total += 1
+                            self.transmitter.transmit_slices([DATE.head(200), *parts])
+                            return True
+                self._answer(self._bare_made(head, block, lowered, True))
+            else:
+                queued = self._bare_request(head, block, fresh)
+                if queued is not None:
+                    self._pipeline.append(queued)
             return True
         at = 0
         for head in heads:
@@ -441,24 +471,34 @@ class HttpSession:
 
     def _bare_request(self, head: tuple[bytes, str, str, bool], block: bytes, fresh: bool) -> Request | None:
         """The request whose whole head is `block`; None if it was refused (queued as such)."""
-        url, method, version, keep_alive = head
         self.requests_started += 1
         lowered = block.lower()
+        if self._bare_refused(head[0], head[2], block, lowered):
+            return None
+        return self._bare_made(head, block, lowered, fresh)
+
+    def _bare_refused(self, url: bytes, version: str, block: bytes, lowered: bytes) -> bool:
+        """Refuse (queue the error answer for) a bare head that breaks a rule; True if so."""
         hosts = lowered.count(b"\r\nhost:")
         if hosts != 1 or version != "1.1":        # the common case passes one test
             if version != "1.1" and version != "1.0":
                 self._reject(505, f"HTTP/{version} is not supported")
-                return None
+                return True
             if hosts > 1 or (not hosts and version == "1.1"):
                 self._reject(400, "HTTP/1.1 needs exactly one Host header")
-                return None
+                return True
         if len(block) > self._max_head:
             self._reject(414 if len(url) > self._max_head else 431, "request header block too large")
-            return None
+            return True
         expect = lowered.find(b"\r\nexpect:")
         if expect >= 0 and lowered[expect + 9:lowered.find(b"\r\n", expect + 9)].strip(b" \t") != b"100-continue":
             self._reject(417, "unsupported expectation")
-            return None
+            return True
+        return False
+
+    def _bare_made(self, head: tuple[bytes, str, str, bool], block: bytes, lowered: bytes,
+                   fresh: bool) -> Request:
+        url, method, version, keep_alive = head
         request = Request(method, url, version, None, keep_alive, self.client, None, block, lowered,
                           self._app, fresh)
         if self._timed:

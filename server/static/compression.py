@@ -119,7 +119,7 @@ class Variant:
     """
 
     __slots__ = ("fd", "handle", "size", "mtime_ns", "mtime", "ino", "dev", "path", "extra",
-                 "vetted", "used", "live", "coding", "key")
+                 "vetted", "used", "live", "coding", "key", "__weakref__")
 
     def __init__(self, handle: OpenDescriptor, source: tuple[int, int, int, int], path: str,
                  mtime: float, coding: str) -> None:

@@ -52,6 +52,7 @@ from .cache_policy import CacheControlRules
 from .compression import Compressor, Variant
 from .conditional import NOT_MODIFIED, PRECONDITION_FAILED, evaluate, if_range_holds
 from .error_pages import default_error_page
+from .lane import StaticLane
 from .mediatypes import media_type
 from .precompressed import CODINGS, RECHECK_SECONDS, choose_coding, find_siblings, target_rule
 from .rules import options_answer
@@ -191,6 +192,10 @@ class StaticSite:
         self._file_routes: dict[tuple[str, str], _Route] = {}     # serve_file's
         self._route_limit = max(1024, 4 * self.cache.max_entries)
         self._presentations: dict[tuple, _Presentation] = {}
+        # Plain 200s answered before a Request is made (lane.py); off until the
+        # application that owns this site says nothing else can answer its paths.
+        self.lane = StaticLane(self.cache, limit=self._route_limit,
+                               watches_siblings=bool(precompressed or compression is not None))
 
     def __call__(self, request: Request) -> Message | None:
         return self.respond(request)
@@ -210,17 +215,19 @@ class StaticSite:
             except OSError:
                 f = None
             if f is not None and f.vetted:
-                return self._serve(request, route, f)
+                return self._serve(request, route, f, raw)
             # Gone, or replaced by a file not yet checked: resolve the URL again.
             del self._routes[raw]
         return self._resolve(request)
 
-    def _serve(self, request: Request, route: _Route, f: OpenFile) -> Message:
+    def _serve(self, request: Request, route: _Route, f: OpenFile,
+               lane_key: bytes | None = None) -> Message:
         """The answer for a resolved route: a few searches of the lowered head decide it.
 
         Only Accept-Encoding (when siblings or variants exist), the conditionals and
         Range can change it; Cookie, User-Agent, the query string and the rest
-        cannot, so they are never looked at.
+        cannot, so they are never looked at.  A plain answer for a URL path
+        (`lane_key`) of a file with no siblings is kept in the lane (lane.py).
         """
         lowered = request.lowered_head
         chosen = None
@@ -236,6 +243,11 @@ class StaticSite:
             served, p = chosen
         built = served.extra.get(p) or _prebuilt(served, p)
         if lowered.find(_SELECTORS[0]) < 0 and lowered.find(_SELECTORS[1]) < 0:
+            if lane_key is not None and self.lane.enabled:
+                if not route.siblings:
+                    self.lane.keep(lane_key, route, f, p)
+                elif type(served) is Variant:
+                    self.lane.keep_variant(lane_key, route, f, lowered, served, p)
             return Message(200, (built.entity,), built.whole)
         return self._conditional(request, served, built)
 
@@ -390,7 +402,7 @@ class StaticSite:
         if len(self._routes) >= self._route_limit:
             self._routes.clear()
         self._routes[raw] = route
-        return self._serve(request, route, f)
+        return self._serve(request, route, f, raw)
 
     def _route_for(self, file_path: str, url_path: str) -> _Route:
         route = _Route(file_path, url_path)

@@ -1,0 +1,195 @@
+"""The static lane: a cached file's plain 200 answered before any Request is made.
+
+Theory of operation.  Most of what a browser sends to a static site is a GET or HEAD
+of a file the site has served before, with no conditional and no Range.  Cookies,
+User-Agent, the query string and the other fields select nothing, so its answer is
+a function of the path — and, for a file with a compressed variant, of the
+Accept-Encoding value, of which a site sees a handful (every browser of one kind
+sends the same one).  That answer is the file's (or variant's) prebuilt entity block
+and its mmap window.  Building a Request, routing it,
+looking the route up again and wrapping the answer in a Message costs several times
+what parsing the head costs; the lane skips all of it.
+
+The site fills the lane (`keep`, `keep_variant`) when its own fast path has just
+given that answer to a request that the application routed to it — the lane is therefore exactly
+the set of paths the application sends to the static site, and only the application
+may turn it on (`enabled`): it does not when request hooks, middleware or a callable
+router could answer a path differently from request to request, and it empties the
+lane when routes are reinstalled.  The HTTP session asks the lane (`answer`) for a
+lone request on an idle connection after checking the head as it checks any other
+(one Host, no Expect, size); on a miss it goes on as before, building the Request.
+
+A hit still confirms the file as the site's own fast path does: the open-file cache
+must return the very OpenFile the entry was made for (one `stat()` per loop turn;
+a file replaced, truncated or made unreadable is seen by the next request, and the
+entry is dropped so the site resolves the path again), and a variant must still be
+live (the compression budget may have evicted it).  Files and variants are held
+weakly, so the lane never keeps a descriptor or a memory file alive that its owner
+let go of.  Only in-memory variants are kept; a precompressed sibling on disk is a
+second file to check, and takes the site's path.  Nothing is copied: the
+answer is the entity block and the window object the transmitter already lends to
+the kernel for the general path, and the session puts the status, Server and Date
+slice in front of them.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from typing import Any
+
+from ..core.filecache import OpenFile, OpenFileCache
+from .precompressed import RECHECK_SECONDS
+
+__all__ = ["LaneEntry", "StaticLane"]
+
+# The fields whose presence may change a static answer: the conditionals (If-*) and
+# Range; Accept-Encoding only for an entry with variants.
+_IF = b"\r\nif-"
+_RANGE = b"\r\nrange:"
+_ACCEPT = b"\r\naccept-encoding:"
+_CHOICES_MAX = 16           # distinct Accept-Encoding values kept per path
+
+
+def accept_encoding_of(lowered: bytes) -> bytes | None:
+    """The lowered Accept-Encoding value exactly as sent, as the lane keys it; None if
+    absent or given more than once (then the site combines the fields itself)."""
+    start = lowered.find(_ACCEPT)
+    if start < 0:
+        return None
+    start += len(_ACCEPT)
+    end = lowered.find(b"\r\n", start)
+    if lowered.find(_ACCEPT, end) >= 0:
+        return None
+    return lowered[start:end]
+
+
+class LaneEntry:
+    """What the 200 for one URL path is made of, while its file stays the same.
+
+    Its prebuilt blocks are found again by presentation in the `extra` of the file
+    (plain entries) or of the variant an Accept-Encoding value chose (`choices`).
+    """
+
+    __slots__ = ("lane", "key", "path", "route", "file", "presentation", "choices")
+
+    def __init__(self, lane: StaticLane, key: bytes, route: Any, file: OpenFile,
+                 presentation: Any) -> None:
+        self.lane = lane
+        self.key = key
+        self.path: str = route.path
+        self.route = route      # the site's _Route: checked_at says when siblings were sought
+        self.file = weakref.ref(file)
+        self.presentation = presentation    # the site's _Presentation: keys file.extra
+        # Accept-Encoding value → (variant, presentation); None for a plain entry.
+        self.choices: dict[bytes, tuple[weakref.ref, Any]] | None = None
+
+    def answer(self, head_only: bool, lowered: bytes, fresh: bool) -> tuple[Any, ...] | None:
+        """The slices after the status line of the 200 for this request, or None.
+
+        `lowered` is the whole head in lower case, `fresh` whether the request was in
+        its socket when this loop turn's poll returned (filecache.py).  None means:
+        answer it the general way.
+        """
+        # find(), not `in`: bytes.__contains__ first tries the needle as an integer
+        # and raises and clears a TypeError each time (CPython 3.11).
+        if lowered.find(_IF) >= 0 or lowered.find(_RANGE) >= 0:
+            return None
+        lane = self.lane
+        if lane.watches_siblings and time.monotonic() - self.route.checked_at > RECHECK_SECONDS:
+            return None               # the site looks for new siblings, then keeps it again
+        try:
+            current = lane.cache.open(self.path, fresh=fresh)
+        except OSError:
+            current = None
+        if current is None or current is not self.file():
+            # Replaced, truncated, gone or unreadable: the site decides again.
+            lane.entries.pop(self.key, None)
+            return None
+        choices = self.choices
+        if choices is None:
+            built = current.extra.get(self.presentation)
+        else:
+            accept = accept_encoding_of(lowered)
+            if accept is None:
+                return None
+            choice = choices.get(accept)
+            if choice is None:
+                return None
+            variant = choice[0]()
+            if variant is None or not variant.live:
+                del choices[accept]   # evicted: the site builds or finds it again
+                return None
+            variant.used = True
+            built = variant.extra.get(choice[1])
+        if built is None:
+            return None
+        whole = built.whole
+        if head_only or not whole:
+            lane.hits += 1
+            return (built.entity,)
+        view = whole[0].view
+        if view is None:
+            return None               # no window yet (or too large to gather): general path
+        lane.hits += 1
+        return (built.entity, view)
+
+
+class StaticLane:
+    """Raw URL path → LaneEntry, for the paths the application routes to the site.
+
+    The HTTP session looks a request's path (the target up to any "?") up in
+    `entries` itself — a miss costs one dictionary lookup — and asks the entry for
+    the answer.
+    """
+
+    def __init__(self, cache: OpenFileCache, *, limit: int, watches_siblings: bool) -> None:
+        self.cache = cache
+        # Cleared in place, never rebound: the HTTP sessions hold on to this dict.
+        self.entries: dict[bytes, LaneEntry] = {}
+        self._limit = limit
+        # With precompressed siblings or compression on, a sibling may appear later:
+        # an entry is trusted only as long as the site's own sibling check is recent.
+        self.watches_siblings = watches_siblings
+        self.enabled = False
+        self.hits = 0
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def _entry(self, raw_path: bytes, route: Any, f: OpenFile, presentation: Any,
+               variants: bool) -> LaneEntry:
+        entries = self.entries
+        kept = entries.get(raw_path)
+        if kept is not None and kept.file() is f and (kept.choices is not None) == variants \
+                and (variants or kept.presentation is presentation):
+            return kept
+        if kept is None and len(entries) >= self._limit:
+            del entries[next(iter(entries))]          # the oldest entry makes room
+        entry = entries[raw_path] = LaneEntry(self, raw_path, route, f, presentation)
+        if variants:
+            entry.choices = {}
+        return entry
+
+    def keep(self, raw_path: bytes, route: Any, f: OpenFile, presentation: Any) -> None:
+        """The site just answered `raw_path` with this file's plain 200 in `presentation`
+        (a file with no siblings: nothing in the request selects another answer)."""
+        if self.enabled:
+            self._entry(raw_path, route, f, presentation, False)
+
+    def keep_variant(self, raw_path: bytes, route: Any, f: OpenFile, lowered: bytes,
+                     variant: Any, presentation: Any) -> None:
+        """The site just answered `raw_path` with `variant` of file `f`, chosen by the
+        request's Accept-Encoding (found again in `lowered`)."""
+        if not self.enabled:
+            return
+        accept = accept_encoding_of(lowered)
+        if accept is None:
+            return
+        choices = self._entry(raw_path, route, f, presentation, True).choices
+        assert choices is not None
+        if accept in choices or len(choices) < _CHOICES_MAX:
+            choices[accept] = (weakref.ref(variant), presentation)
+
+    def forget_all(self) -> None:
+        self.entries.clear()

@@ -1,0 +1,224 @@
+"""The static lane: repeat requests for a file get the general path's answer, byte for byte.
+
+The lane (server/static/lane.py) answers a lone GET/HEAD of a file the site has served
+before without building a Request.  These tests pin, over real sockets, that it gives
+exactly what the general path gives (every field but Date, and the body), that it
+steps aside for every request whose answer could differ (conditionals, Range,
+siblings for Accept-Encoding, HTTP/1.0, Connection: close, a bad head), and that it
+is off wherever something besides the file could answer: request hooks, an access
+log, and routes installed later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import logging
+import random
+import time
+from pathlib import Path
+
+import brotli
+import pytest
+from harness import RawClient, serve_site, start_in_loop
+
+from server.framework.application import Application
+from server.framework.routing import Route, Router
+from server.static.compression import Compressor
+from server.static.site import StaticSite
+
+SMALL = bytes(range(256)) * 40
+BROWSER = [
+    ("User-Agent", "Mozilla/5.0 (X11; Linux x86_64) Chrome/131.0.0.0 Safari/537.36"),
+    ("Accept", "*/*"),
+    ("Accept-Encoding", "gzip, deflate, br, zstd"),
+    ("Accept-Language", "en-GB,en;q=0.9"),
+]
+
+
+def browser(n: int, *extra: tuple[str, str]) -> list[tuple[str, str]]:
+    return [*BROWSER, ("Cookie", f"session={n}"), *extra]
+
+
+def without_date(r) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in r.header_list if k.lower() != "date"]
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "small.bin").write_bytes(SMALL)
+    (site / "empty.bin").write_bytes(b"")
+    (site / "style.css").write_text("p { color: red }\n" * 40)
+    (site / "style.css.gz").write_bytes(b"\x1f\x8b pretend gzip")
+    return site
+
+
+def test_repeat_requests_get_the_general_answer_from_the_lane(root):
+    with serve_site(root) as running, RawClient(running.port) as c:
+        lane = running.site.lane
+        first = c.request("GET", "/small.bin?v=1", browser(1))       # the general path
+        assert first.status == 200 and first.body == SMALL
+        assert lane.hits == 0 and len(lane) == 1
+        for n in range(2, 12):
+            r = c.request("GET", f"/small.bin?v={n}&utm=x", browser(n, ("X-Request-Id", str(n))))
+            assert r.status == 200 and r.body == SMALL
+            assert without_date(r) == without_date(first)
+        assert lane.hits == 10
+        head = c.request("HEAD", "/small.bin?v=99", browser(99))
+        assert head.status == 200 and head.body == b""
+        assert without_date(head) == without_date(first)
+        assert lane.hits == 11
+        # An empty file has no payload slice: its head alone, from the lane too.
+        assert c.request("GET", "/empty.bin", browser(1)).header("content-length") == "0"
+        r = c.request("GET", "/empty.bin?x", browser(2))
+        assert (r.status, r.body, r.header("content-length")) == (200, b"", "0")
+        assert lane.hits == 12
+
+
+def test_what_could_change_the_answer_takes_the_general_path(root):
+    with serve_site(root) as running, RawClient(running.port) as c:
+        lane = running.site.lane
+        etag = c.request("GET", "/small.bin", browser(1)).header("etag")
+        assert c.request("GET", "/small.bin", browser(2, ("If-None-Match", etag))).status == 304
+        r = c.request("GET", "/small.bin", browser(3, ("Range", "bytes=0-9")))
+        assert (r.status, r.body) == (206, SMALL[:10])
+        r = c.request("GET", "/small.bin", browser(4, ("If-Range", etag), ("Range", "bytes=10-19")))
+        assert (r.status, r.body) == (206, SMALL[10:20])
+        assert lane.hits == 0
+        # A file with a precompressed sibling is never kept: Accept-Encoding chooses.
+        for n in range(3):
+            gz = c.request("GET", "/style.css", browser(n))
+            assert gz.header("content-encoding") == "gzip" and gz.body == b"\x1f\x8b pretend gzip"
+            plain = c.request("GET", "/style.css", [("Accept-Encoding", "identity")])
+            assert plain.header("content-encoding") is None and plain.body.startswith(b"p { color")
+        assert lane.hits == 0 and len(lane) == 1
+
+
+def test_heads_the_general_path_refuses_are_refused(root):
+    with serve_site(root) as running:
+        with RawClient(running.port) as c:
+            assert c.request("GET", "/small.bin", browser(1)).status == 200
+        cases = [
+            (b"GET /small.bin HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", b"HTTP/1.1 400"),
+            (b"GET /small.bin HTTP/1.1\r\nCookie: x\r\n\r\n", b"HTTP/1.1 400"),
+            (b"GET /small.bin HTTP/1.1\r\nHost: a\r\nExpect: teapot\r\n\r\n", b"HTTP/1.1 417"),
+        ]
+        for data, answer in cases:
+            with RawClient(running.port) as c:
+                c.send_raw(data)
+                assert c.read_until_close().startswith(answer), data
+        # HTTP/1.0 and Connection: close get their own Connection handling.
+        with RawClient(running.port) as c:
+            c.send_raw(b"GET /small.bin HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            r = c.read_response()
+            assert r.header("connection") == "keep-alive" and r.body == SMALL
+        with RawClient(running.port) as c:
+            c.send_raw(b"GET /small.bin HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            raw = c.read_until_close()
+            assert b"\r\nConnection: close\r\n" in raw and raw.endswith(SMALL)
+        assert running.site.lane.hits == 0
+
+
+async def test_request_hooks_see_every_static_request(handler_site, root):
+    hook = (
+        "from server.framework.hooks import before_request\n"
+        "SEEN = []\n"
+        "@before_request\n"
+        "def seen(request):\n"
+        "    SEEN.append(request.target)\n"
+    )
+    site = await handler_site({"seen.py": hook}, root=root)
+    seen = site.app.hooks.before_request[0].__globals__["SEEN"]
+    for n in range(6):
+        reply = await site.get(f"/small.bin?v={n}")
+        assert reply.status == 200
+    assert len(seen) == 6
+    assert site.app.static.lane.hits == 0 and len(site.app.static.lane) == 0
+
+
+async def test_routes_installed_later_are_not_hidden_by_the_lane(root):
+    static = StaticSite(root)
+    app = Application(static)
+    running = await start_in_loop(app=app, root=root)
+    try:
+        def get(n: int):
+            with RawClient(running.port) as c:
+                return c.request("GET", f"/small.bin?v={n}", browser(n))
+        for n in range(3):
+            assert (await asyncio.to_thread(get, n)).body == SMALL
+        assert static.lane.hits == 2
+        app.install(Router([Route("/small.bin", lambda request: "from a handler")]))
+        reply = await asyncio.to_thread(get, 9)
+        assert (reply.status, reply.body) == (200, b"from a handler")
+        assert static.lane.hits == 2
+    finally:
+        await running.server.close()
+
+
+async def test_an_access_log_sees_every_static_request(serve, root, caplog):
+    running = await serve(root=root, access_log="-")
+
+    def fetch() -> list[int]:
+        with RawClient(running.port) as c:
+            return [c.request("GET", f"/small.bin?v={n}", browser(n)).status for n in range(5)]
+
+    with caplog.at_level(logging.INFO, logger="pageloan.access"):
+        assert await asyncio.to_thread(fetch) == [200] * 5
+    lines = [r.getMessage() for r in caplog.records if r.name == "pageloan.access"]
+    assert len(lines) == 5 and all('"GET /small.bin?v=' in line for line in lines)
+
+
+def _text() -> bytes:
+    rng = random.Random(7)
+    words = [b"lane", b"variant", b"browser", b"kernel", b"window", b"answer", b"path"]
+    return b" ".join(rng.choice(words) for _ in range(20000))
+
+
+def test_a_variant_is_answered_per_accept_encoding_value(tmp_path):
+    """Compressed variants come from the lane too, keyed by the Accept-Encoding value a
+    browser sends; another value, or none, still gets its own answer."""
+    text = _text()
+    (tmp_path / "book.txt").write_bytes(text)
+    compressor = Compressor()
+    try:
+        with serve_site(tmp_path, compression=compressor) as running, RawClient(running.port) as c:
+            lane = running.site.lane
+            chrome = {"Accept-Encoding": "gzip, deflate, br, zstd"}
+            deadline = time.monotonic() + 10
+            while c.request("GET", "/book.txt", chrome).header("content-encoding") != "br":
+                assert time.monotonic() < deadline, "the br variant was never built"
+                time.sleep(0.02)
+            first = c.request("GET", "/book.txt?v=0", {**chrome, "Cookie": "n=0"})
+            hits = lane.hits
+            for n in range(1, 20):
+                r = c.request("GET", f"/book.txt?v={n}", {**chrome, "Cookie": f"n={n}"})
+                assert without_date(r) == without_date(first) and r.body == first.body
+            assert lane.hits == hits + 19
+            assert brotli.decompress(first.body) == text
+            assert first.header("vary") == "Accept-Encoding"
+            # Other values are other answers: the site decides them (and may keep them).
+            r = c.request("GET", "/book.txt", {"Accept-Encoding": "gzip"})
+            deadline = time.monotonic() + 10
+            while r.header("content-encoding") != "gzip":
+                assert time.monotonic() < deadline, "the gzip variant was never built"
+                time.sleep(0.02)
+                r = c.request("GET", "/book.txt", {"Accept-Encoding": "gzip"})
+            assert gzip.decompress(r.body) == text
+            plain = c.request("GET", "/book.txt", {"Accept-Encoding": "identity"})
+            assert plain.header("content-encoding") is None and plain.body == text
+            plain = c.request("GET", "/book.txt", {})
+            assert plain.header("content-encoding") is None and plain.body == text
+            # Two Accept-Encoding fields are combined by the site, never keyed by one.
+            hits = lane.hits
+            two = c.request("GET", "/book.txt", [("Accept-Encoding", "identity"),
+                                                 ("Accept-Encoding", "gzip, deflate, br, zstd")])
+            assert two.header("content-encoding") == "br" and lane.hits == hits
+            # A changed file drops the entry and its variants: the next answer is plain.
+            (tmp_path / "book.txt").write_bytes(text[:5000])
+            r = c.request("GET", "/book.txt?v=99", {**chrome, "Cookie": "n=99"})
+            body = brotli.decompress(r.body) if r.header("content-encoding") == "br" else r.body
+            assert body == text[:5000]
+    finally:
+        compressor.close()
