@@ -22,9 +22,12 @@ import brotli
 import pytest
 from harness import RawClient, serve_site, start_in_loop
 
+from server.core.passwords import hash_password
 from server.framework.application import Application
-from server.framework.routing import Route, Router
+from server.framework.routing import Mount, Route, Router
 from server.static.compression import Compressor
+from server.static.options import StaticOptions, static_site
+from server.static.rules import RuleSpec, make_auth
 from server.static.site import StaticSite
 
 SMALL = bytes(range(256)) * 40
@@ -222,3 +225,57 @@ def test_a_variant_is_answered_per_accept_encoding_value(tmp_path):
             assert body == text[:5000]
     finally:
         compressor.close()
+
+
+def _basic(user: str, password: str) -> tuple[str, str]:
+    import base64
+    return ("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+
+
+def test_a_path_under_a_rule_is_never_answered_from_the_lane(root, tmp_path):
+    """Auth is asked of every request for a guarded path: a login, or an OPTIONS probe
+    (which looks the file up without the rules), must not open it to the next client."""
+    (root / "private").mkdir()
+    (root / "private" / "secret.txt").write_bytes(b"the secret")
+    users = tmp_path / "users.htpasswd"
+    users.write_text("carol:" + hash_password("singer") + "\n")
+    site = static_site(root, StaticOptions(rules=RuleSpec(auth=(make_auth("/private/*", users, "Staff"),)),
+                                           compress=False))
+    from harness import ThreadedServer
+    running = ThreadedServer(Application(site)).start()
+    try:
+        with RawClient(running.port) as c:
+            for n in range(3):
+                r = c.request("GET", f"/private/secret.txt?v={n}", browser(n, _basic("carol", "singer")))
+                assert (r.status, r.body) == (200, b"the secret")
+            assert c.request("OPTIONS", "/private/secret.txt", browser(9)).status in (204, 401)
+            for n in range(3):
+                r = c.request("GET", f"/private/secret.txt?v={n}", browser(n))
+                assert r.status == 401 and b"the secret" not in r.body
+            # A path no rule concerns still takes the lane.
+            for n in range(4):
+                assert c.request("GET", f"/small.bin?v={n}", browser(n)).body == SMALL
+        assert site.lane.hits == 3 and list(site.lane.entries) == [b"/small.bin"]
+    finally:
+        running.stop()
+
+
+async def test_a_mount_of_the_site_does_not_fill_its_lane(root):
+    """A mount re-aims requests at the site with its prefix removed: what it serves
+    under /files/x says nothing of what the application answers for /x."""
+    static = StaticSite(root)
+    router = Router([Route("/small.bin", lambda request: "from a handler"),
+                     *Mount("/files", static).routes()])
+    app = Application(static, router=router)
+    running = await start_in_loop(app=app, root=root)
+    try:
+        def get(target: str, n: int):
+            with RawClient(running.port) as c:
+                return c.request("GET", target, browser(n))
+        for n in range(3):
+            assert (await asyncio.to_thread(get, f"/files/small.bin?v={n}", n)).body == SMALL
+        reply = await asyncio.to_thread(get, "/small.bin", 9)
+        assert reply.body == b"from a handler"
+        assert len(static.lane) == 0
+    finally:
+        await running.server.close()

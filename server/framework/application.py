@@ -51,7 +51,7 @@ from ..static.error_pages import default_error_page
 from ..static.site import StaticSite
 from .hooks import Hooks, call_lifecycle_hook, call_maybe_async
 from .registry import Registry
-from .results import NotAResponse, to_response
+from .results import NotAResponse, json_message, to_response
 from .routing import Router
 
 __all__ = ["Application", "State", "router_from_registries"]
@@ -188,7 +188,7 @@ class Application:
                         request.route_params = params   # for hooks and middleware
                     if not route.is_async:
                         return self._in_thread(request, route.handler, params)
-                    result = route.handler(request, **params)
+                    result = route.handler(request, **params) if params else route.handler(request)
                     if route.never_suspends:
                         # No await in the body: one step runs it to the end.  It runs in
                         # a copy of the context, as a task would, so context variables a
@@ -196,7 +196,10 @@ class Application:
                         try:
                             copy_context().run(result.send, None)
                         except StopIteration as done:
-                            return self._convert_sync(request, done.value)
+                            value = done.value
+                            if type(value) is dict:      # the common JSON answer
+                                return json_message(value)
+                            return self._convert_sync(request, value)
                         raise RuntimeError(f"{route.name} suspended with no await in its body")
                     return self._finish(request, result)
                 if found.allowed:
@@ -210,7 +213,7 @@ class Application:
                     return answer
             static = self.static
             if static is not None:
-                answer = static.respond(request)
+                answer = static.respond(request, keep=True)
                 if answer is not None:
                     return answer
                 if request.method not in ("GET", "HEAD"):

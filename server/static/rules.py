@@ -602,10 +602,12 @@ class SiteRules:
             return _NOTHING               # no rule concerns this path: the site's own lookup
         return plan
 
-    def respond(self, request: Request) -> Any:
+    def respond(self, request: Request, *, keep: bool = False) -> Any:
         plan = self.plan(request)
         if plan is _NOTHING:
-            return self._respond(request)
+            # No rule concerns this path, now or later: the site may keep its answer
+            # in the lane.  A path any rule touches is never kept (auth, CORS, ...).
+            return self._respond(request, keep=keep)
         if plan.redirect is not None:
             return redirect_response(_with_query(plan.location, request.query_string), plan.redirect.status)
         cors = plan.cors

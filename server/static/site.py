@@ -38,6 +38,7 @@ import re
 import stat as stat_mod
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from ..core.filecache import OpenFile, OpenFileCache
@@ -188,6 +189,8 @@ class StaticSite:
         # rules may answer a miss themselves (404 with CORS headers, SPA fallback for any
         # client).  In front of an ASGI app a miss must fall through to the app.
         self.last_resort = False
+        # The SiteRules installed in front of `respond` (rules.py), if any.
+        self.rules: Any = None
         self._routes: dict[bytes, _Route] = {}
         self._file_routes: dict[tuple[str, str], _Route] = {}     # serve_file's
         self._route_limit = max(1024, 4 * self.cache.max_entries)
@@ -201,8 +204,13 @@ class StaticSite:
         return self.respond(request)
 
     # -- the fast path -------------------------------------------------------------------
-    def respond(self, request: Request) -> Message | None:
-        """A response for the request, or None if the path names nothing here."""
+    def respond(self, request: Request, *, keep: bool = False) -> Message | None:
+        """A response for the request, or None if the path names nothing here.
+
+        `keep`: the application routed this request here by its path alone, so a
+        plain answer may be kept in the lane for that path (lane.py).  Anybody else
+        asking (a mount, a rule's rewrite, an OPTIONS probe) leaves the lane alone.
+        """
         method = request.method
         if method != "GET" and method != "HEAD":
             # OPTIONS * and OPTIONS /path: 204 with Allow (rules.py); others are not ours.
@@ -215,10 +223,10 @@ class StaticSite:
             except OSError:
                 f = None
             if f is not None and f.vetted:
-                return self._serve(request, route, f, raw)
+                return self._serve(request, route, f, raw if keep else None)
             # Gone, or replaced by a file not yet checked: resolve the URL again.
             del self._routes[raw]
-        return self._resolve(request)
+        return self._resolve(request, keep)
 
     def _serve(self, request: Request, route: _Route, f: OpenFile,
                lane_key: bytes | None = None) -> Message:
@@ -343,7 +351,7 @@ class StaticSite:
         route.checked_at = now
 
     # -- the slow path ---------------------------------------------------------------------
-    def _resolve(self, request: Request) -> Message | None:
+    def _resolve(self, request: Request, keep: bool = False) -> Message | None:
         raw = request.raw_path
         if _ENCODED_SEPARATOR.search(raw):
             return error_response(400, "bad path")
@@ -402,7 +410,7 @@ class StaticSite:
         if len(self._routes) >= self._route_limit:
             self._routes.clear()
         self._routes[raw] = route
-        return self._serve(request, route, f, raw)
+        return self._serve(request, route, f, raw if keep else None)
 
     def _route_for(self, file_path: str, url_path: str) -> _Route:
         route = _Route(file_path, url_path)
