@@ -122,10 +122,21 @@ class Driver(Protocol):
 
 
 class QuickAnswer(Protocol):
-    """An application's ready answer for one path (static/lane.py's LaneEntry)."""
+    """An application's ready answer for one path (static/lane.py's LaneEntry).
+
+    Asked only for a keep-alive HTTP/1.1 GET or HEAD whose head has exactly one Host
+    and no Expect, If-* or Range field (the session has looked).
+    """
 
     def answer(self, head_only: bool, lowered: bytes, fresh: bool) -> tuple[Any, ...] | None:
         """The slices after the status line of a keep-alive 200, or None: ask the app."""
+
+
+# The fields the bare path looks for in one pass: a head that gives exactly [Host]
+# breaks no rule the session checks (one Host, no Expect) and has nothing that could
+# change a static answer (If-*, Range); anything else is checked field by field.
+_FIELDS = re.compile(rb"\r\n(?:host:|expect:|if-|range:)")
+_HOST_ONLY = [b"\r\nhost:"]
 
 
 class _Reject(Exception):
@@ -250,7 +261,8 @@ class HttpSession:
         at_rest = self._current is None and not self._in_head
         if at_rest:
             if data.endswith(_END) and self._parse_bare(data):
-                self._dispatch()
+                if self._pipeline:
+                    self._dispatch()
                 self.transmitter.flush()
                 return
             self._chunk_line_next = False
@@ -436,19 +448,28 @@ class HttpSession:
                 url, method, version, keep_alive = head
                 lowered = block.lower()
                 self.requests_started += 1
-                if self._bare_refused(url, version, block, lowered):
+                # One pass over the head finds what the general rules check (one Host,
+                # no Expect) and what could change a static answer (If-*, Range).
+                plain = _FIELDS.findall(lowered) == _HOST_ONLY
+                if (not plain or version != "1.1" or len(block) > self._max_head) \
+                        and self._bare_refused(url, version, block, lowered):
                     return True
+                query = url.find(b"?")
+                path = url if query < 0 else url[:query]
                 quick = self._quick
-                if quick is not None and keep_alive and version == "1.1":
-                    query = url.find(b"?")
-                    entry = quick.get(url if query < 0 else url[:query])
-                    if entry is not None and (method == "GET" or method == "HEAD"):
+                if quick is not None and plain and keep_alive and version == "1.1" \
+                        and (method == "GET" or method == "HEAD"):
+                    entry = quick.get(path)
+                    if entry is not None:
                         parts = entry.answer(method == "HEAD", lowered, True)
                         if parts is not None:
                             self._metrics.responses_total += 1
                             self.transmitter.transmit_slices([DATE.head(200), *parts])
                             return True
-                self._answer(self._bare_made(head, block, lowered, True))
+                request = self._bare_made(head, block, lowered, True)
+                if url[:1] == b"/" and url.find(b"#") < 0:
+                    request._raw_path = path        # what raw_path would find (request.py)
+                self._answer(request)
             else:
                 queued = self._bare_request(head, block, fresh)
                 if queued is not None:
@@ -459,11 +480,11 @@ class HttpSession:
             while data.startswith(b"\r\n", at):     # empty lines between requests
                 at += 2
             end = data.find(_END, at) + 4
-            request = self._bare_request(head, data[at:end], fresh)
-            if request is None:
+            queued = self._bare_request(head, data[at:end], fresh)
+            if queued is None:
                 break
-            self._pipeline.append(request)
-            if not request.keep_alive:
+            self._pipeline.append(queued)
+            if not queued.keep_alive:
                 break
             fresh = False
             at = end

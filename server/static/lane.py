@@ -43,10 +43,9 @@ from .precompressed import RECHECK_SECONDS
 
 __all__ = ["LaneEntry", "StaticLane"]
 
-# The fields whose presence may change a static answer: the conditionals (If-*) and
-# Range; Accept-Encoding only for an entry with variants.
-_IF = b"\r\nif-"
-_RANGE = b"\r\nrange:"
+# The conditionals (If-*) and Range may change a static answer too: the session
+# leaves requests that carry them to the site.  Accept-Encoding selects among
+# variants, and keys an entry's choices.
 _ACCEPT = b"\r\naccept-encoding:"
 _CHOICES_MAX = 16           # distinct Accept-Encoding values kept per path
 
@@ -87,14 +86,12 @@ class LaneEntry:
     def answer(self, head_only: bool, lowered: bytes, fresh: bool) -> tuple[Any, ...] | None:
         """The slices after the status line of the 200 for this request, or None.
 
+        Asked by the HTTP session only for a head with no conditional (If-*) and no
+        Range field (it looked for them in the same pass as for Host and Expect).
         `lowered` is the whole head in lower case, `fresh` whether the request was in
         its socket when this loop turn's poll returned (filecache.py).  None means:
         answer it the general way.
         """
-        # find(), not `in`: bytes.__contains__ first tries the needle as an integer
-        # and raises and clears a TypeError each time (CPython 3.11).
-        if lowered.find(_IF) >= 0 or lowered.find(_RANGE) >= 0:
-            return None
         lane = self.lane
         if lane.watches_siblings and time.monotonic() - self.route.checked_at > RECHECK_SECONDS:
             return None               # the site looks for new siblings, then keeps it again
@@ -140,7 +137,7 @@ class StaticLane:
 
     The HTTP session looks a request's path (the target up to any "?") up in
     `entries` itself — a miss costs one dictionary lookup — and asks the entry for
-    the answer.
+    the answer once it has seen that the head has no conditional or Range.
     """
 
     def __init__(self, cache: OpenFileCache, *, limit: int, watches_siblings: bool) -> None:
