@@ -22,7 +22,9 @@ Servers, one worker each, started fresh per (scenario, server):
 
 Figures per run: aggregate MB/s delivered to all readers (target: pageloan ≥ 2×
 aiohttp), the server's CPU seconds per GB delivered (from /proc, whole process
-tree), the share of a CPU the client used (near 1.00 it set the pace), and its RSS growth per reader (peak while producing minus before the readers
+tree) and the kernel's share of them (stime: the loopback TCP work for each byte,
+which no server avoids: CPU s/GB x share is a floor under any server's CPU s/GB, so
+a CPU-bound peer's s/GB over that floor bounds the ratio any server can reach), the share of a CPU the client used (near 1.00 it set the pace), and its RSS growth per reader (peak while producing minus before the readers
 connected, divided by the readers) and per *added* reader (the slope of the peak
 between the 100- and the 1,000-reader runs; target: ≤ 1/10 of aiohttp's).  Results go to
 ~/.cache/pageloan-loadtest/results/fanout-<time>.json (or --out), and a table with
@@ -88,12 +90,18 @@ def measure(server: str, scenario: FanoutScenario, duration: float, peers: Path,
     try:
         proc.start()
         proc.wait_ready(port)
-        before = procstat.cpu_ticks(procstat.process_tree(proc.pid))
+        tree = procstat.process_tree(proc.pid)
+        before, kernel_before = procstat.cpu_ticks(tree), procstat.kernel_ticks(tree)
         result = _client(scenario, port, proc.pid, duration, client_pin)
-        after = procstat.cpu_ticks(procstat.process_tree(proc.pid))
+        tree = procstat.process_tree(proc.pid)
+        after, kernel_after = procstat.cpu_ticks(tree), procstat.kernel_ticks(tree)
         record.update(result)
         cpu = procstat.cpu_seconds_between(before, after)
         record["cpu_s"] = round(cpu, 3)
+        # How much of the server's CPU the kernel spent (stime): the TCP work for each
+        # byte delivered over loopback, which no server can avoid.
+        kernel = procstat.cpu_seconds_between(kernel_before, kernel_after)
+        record["kernel_share"] = round(kernel / cpu, 3) if cpu else None
         delivered = record.get("delivered_bytes") or 0
         # CPU over the whole client run (connecting, producing, ending) per GB delivered.
         record["cpu_s_per_gb"] = round(cpu / (delivered / 1e9), 3) if delivered else None
@@ -106,7 +114,7 @@ def measure(server: str, scenario: FanoutScenario, duration: float, peers: Path,
 
 def _table(records: list[dict]) -> str:
     rows = [f"{'scenario':<12} {'server':<9} {'MB/s':>8} {'vs aiohttp':>10} {'CPU s/GB':>9} "
-            f"{'RSS/reader':>11} {'vs aiohttp':>10} {'client CPU':>10} ended"]
+            f"{'kernel':>7} {'RSS/reader':>11} {'vs aiohttp':>10} {'client CPU':>10} ended"]
     for r in records:
         if r.get("error"):
             rows.append(f"{r['scenario']:<12} {r['server']:<9} ERROR {r['error']}")
@@ -118,7 +126,8 @@ def _table(records: list[dict]) -> str:
         base_growth = base.get("rss_growth_per_reader_kib") if base else None
         memory = f"{growth / base_growth:.2f}x" if growth is not None and base_growth else ""
         rows.append(f"{r['scenario']:<12} {r['server']:<9} {r['mb_per_s']:>8.1f} {speed:>10} "
-                    f"{r['cpu_s_per_gb'] or 0:>9.2f} {growth if growth is not None else '-':>8} KiB "
+                    f"{r['cpu_s_per_gb'] or 0:>9.2f} {(r.get('kernel_share') or 0):>7.0%} "
+                    f"{growth if growth is not None else '-':>8} KiB "
                     f"{memory:>10} {r.get('client_cpu_share') or 0:>10.2f} {r['ended']}/{r['readers']}")
     # RSS per *added* reader: the slope between the two reader counts, per server, of
     # the peak while producing and of the readers connected but idle.

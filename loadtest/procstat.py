@@ -54,6 +54,16 @@ def cpu_ticks(pids: list[int]) -> dict[int, int]:
     return ticks
 
 
+def kernel_ticks(pids: list[int]) -> dict[int, int]:
+    """{pid: stime+cstime} in clock ticks: the part of cpu_ticks() spent in the kernel."""
+    ticks = {}
+    for pid in pids:
+        fields = _stat_fields(pid)
+        if fields:
+            ticks[pid] = int(fields[12]) + int(fields[14])
+    return ticks
+
+
 def cpu_seconds_between(before: dict[int, int], after: dict[int, int]) -> float:
     """CPU seconds the tree used between two cpu_ticks() readings."""
     used = sum(t - before.get(pid, 0) for pid, t in after.items())
