@@ -80,6 +80,19 @@ def test_repeat_requests_get_the_general_answer_from_the_lane(root):
         assert lane.hits == 12
 
 
+def test_a_file_too_large_to_gather_goes_from_the_lane_by_sendfile(root):
+    big = bytes(range(256)) * 1024                 # 256 KiB: over gather_max
+    (root / "big.bin").write_bytes(big)
+    with serve_site(root) as running, RawClient(running.port) as c:
+        metrics = running.server.ctx.metrics
+        assert c.request("GET", "/big.bin?v=1", browser(1)).body == big
+        before = metrics.bytes_sendfile
+        for n in range(2, 5):
+            assert c.request("GET", f"/big.bin?v={n}", browser(n)).body == big
+        assert running.site.lane.hits == 3
+        assert metrics.bytes_sendfile - before >= 3 * len(big)
+
+
 def test_what_could_change_the_answer_takes_the_general_path(root):
     with serve_site(root) as running, RawClient(running.port) as c:
         lane = running.site.lane

@@ -49,6 +49,27 @@ async def test_tls_serves_files_through_the_counted_copy_path(serve, tmp_path, c
     writer.close()
 
 
+async def test_repeat_requests_over_tls_take_the_lane_through_the_copy_path(serve, tmp_path, cert_pair):
+    """The static lane's answers (static/lane.py) go through the TLS transmitter too."""
+    cert, key = cert_pair
+    page = os.urandom(5000)
+    (tmp_path / "page.bin").write_bytes(page)
+    srv = await serve(root=tmp_path, tls_cert=cert, tls_key=key)
+    metrics = srv.server.ctx.metrics
+    client = ssl.create_default_context(cafile=str(cert))
+    reader, writer = await asyncio.open_connection(srv.host, srv.port, ssl=client,
+                                                   server_hostname="localhost")
+    copied_before = metrics.bytes_copy
+    for n in range(5):
+        writer.write(b"GET /page.bin?v=%d HTTP/1.1\r\nHost: x\r\nCookie: n=%d\r\n\r\n" % (n, n))
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert b"200 OK" in head and b"Content-Length: 5000" in head
+        assert await reader.readexactly(len(page)) == page
+    assert srv.app.static.lane.hits == 4
+    assert metrics.bytes_copy - copied_before >= 5 * len(page)
+    writer.close()
+
+
 def test_curl_over_tls(server_process, tmp_path, cert_pair):
     if shutil.which("curl") is None:
         pytest.skip("curl not installed")

@@ -67,7 +67,7 @@ from typing import Any, Protocol
 
 import httptools
 
-from ..core.message import Message
+from ..core.message import FileRegion, Message
 from .context import ServerContext
 from .pushstream import PushedStream, PushResponse
 from .request import BadRequest, BodyTooLarge, Request, RequestBody
@@ -129,7 +129,8 @@ class QuickAnswer(Protocol):
     """
 
     def answer(self, head_only: bool, lowered: bytes, fresh: bool) -> tuple[Any, ...] | None:
-        """The slices after the status line of a keep-alive 200, or None: ask the app."""
+        """The slices after the status line of a keep-alive 200, or None: ask the app.
+        All memory, but for a last slice that may be a FileRegion."""
 
 
 # The fields the bare path looks for in one pass: a head that gives exactly [Host]
@@ -464,7 +465,10 @@ class HttpSession:
                         parts = entry.answer(method == "HEAD", lowered, True)
                         if parts is not None:
                             self._metrics.responses_total += 1
-                            self.transmitter.transmit_slices([DATE.head(200), *parts])
+                            if type(parts[-1]) is FileRegion:    # sendfile, or the copy path
+                                self.transmitter.transmit(Message(200, (), (DATE.head(200), *parts)))
+                            else:
+                                self.transmitter.transmit_slices([DATE.head(200), *parts])
                             return True
                 request = self._bare_made(head, block, lowered, True)
                 if url[:1] == b"/" and url.find(b"#") < 0:

@@ -84,7 +84,8 @@ class LaneEntry:
         self.choices: dict[bytes, tuple[weakref.ref, Any]] | None = None
 
     def answer(self, head_only: bool, lowered: bytes, fresh: bool) -> tuple[Any, ...] | None:
-        """The slices after the status line of the 200 for this request, or None.
+        """The slices after the status line of the 200 for this request, or None: its
+        entity block, and its body as an mmap window or a FileRegion.
 
         Asked by the HTTP session only for a head with no conditional (If-*) and no
         Range field (it looked for them in the same pass as for Host and Expect).
@@ -121,15 +122,16 @@ class LaneEntry:
             built = variant.extra.get(choice[1])
         if built is None:
             return None
+        lane.hits += 1
         whole = built.whole
         if head_only or not whole:
-            lane.hits += 1
             return (built.entity,)
-        view = whole[0].view
-        if view is None:
-            return None               # no window yet (or too large to gather): general path
-        lane.hits += 1
-        return (built.entity, view)
+        region = whole[0]
+        # The transmitter's window of a region small enough to gather, once it has made
+        # one; else the region itself (a large file's sendfile, a window not made yet,
+        # or a TLS connection's copy path).
+        view = region.view
+        return (built.entity, region if view is None else view)
 
 
 class StaticLane:
