@@ -292,3 +292,28 @@ async def test_a_mount_of_the_site_does_not_fill_its_lane(root):
         assert len(static.lane) == 0
     finally:
         await running.server.close()
+
+
+async def test_a_root_beside_an_asgi_app_takes_the_lane_and_the_app_the_rest(root):
+    from server.asgi.adapter import AsgiAdapter
+
+    seen: list[str] = []
+
+    async def app(scope, receive, send):
+        seen.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"from the app"})
+
+    static = StaticSite(root)
+    running = await start_in_loop(app=AsgiAdapter(app, static=static, lifespan="off"), root=root)
+    try:
+        def get(target: str, n: int):
+            with RawClient(running.port) as c:
+                return c.request("GET", target, browser(n))
+        for n in range(4):
+            assert (await asyncio.to_thread(get, f"/small.bin?v={n}", n)).body == SMALL
+        assert (await asyncio.to_thread(get, "/api/thing", 9)).body == b"from the app"
+        assert static.lane.hits == 3 and seen == ["/api/thing"]
+    finally:
+        await running.server.close()

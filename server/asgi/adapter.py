@@ -3,7 +3,8 @@
 Theory of operation.  The session calls `adapter(request)` and accepts a Message, a
 StreamResponse, an awaitable of either, or a RelayedAnswer.  With a static ROOT
 beside the application, the StaticSite is asked first and its answer — a Message
-of cached file regions, on pageloan's own fast path — is returned synchronously;
+of cached file regions, on pageloan's own fast path — is returned synchronously
+(and a repeat of it is answered from the site's lane before any Request is made);
 only what it does not name (a missing file, a method other than GET/HEAD) reaches
 the application.  Everything else becomes an
 HttpExchange (http.py) over a freshly built scope (scope.py).  A path that is not
@@ -58,6 +59,16 @@ class AsgiAdapter:
         # The WebSocket implementation for `websocket` scopes (server.websocket's
         # WebSocketService, set by the CLI); None: upgrade requests get the http scope.
         self.websockets: WebSocketOpener | None = None
+        if static is not None:
+            # The site answers first, by path alone: its lane (static/lane.py) may keep
+            # what it answered, and the session asks the lane before it builds a Request.
+            static.lane.forget_all()
+            static.lane.enabled = True
+
+    @property
+    def quick_answers(self) -> Any:
+        """The static site's lane entries, asked by the HTTP session (static/lane.py)."""
+        return self.static.lane.entries if self.static is not None else None
 
     def listening_on(self, host: str, port: int) -> None:
         self.scopes.server = (host, port)
@@ -76,7 +87,7 @@ class AsgiAdapter:
             return text_response(METRICS.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
         static = self.static
         if static is not None:
-            answer = static.respond(request)
+            answer = static.respond(request, keep=True)
             if answer is not None:
                 return answer
         if self.websockets is not None and is_websocket_request(request):
