@@ -3,7 +3,7 @@
 What is pinned: echo of text and binary, the handshake (subprotocols, 400/426 for bad
 requests, denial before accept), ping/pong both ways and the ping timeout, close codes
 in both directions, the limits (message and frame size → 1009, send budget), protocol
-errors (1002, 1007), early frames that arrive with the handshake, graceful drain
+errors (1002, 1007) also among whole frames read without wsproto, early frames that arrive with the handshake, graceful drain
 (1001), a client that vanishes mid-send leaving nothing behind, and broadcast lending
 one payload object to every socket.
 """
@@ -221,6 +221,56 @@ async def test_protocol_errors_close_with_their_codes(ws_site):
         assert (opcode, int.from_bytes(payload[:2], "big")) == (0x8, code)
         assert await raw.call(raw.read_frame) is None          # and TCP closes
         raw.close()
+
+
+async def test_whole_frames_of_one_read_are_delivered_in_order_around_control_frames(ws_site):
+    # Whole final data frames are read without wsproto (frames.plain_frame); a ping,
+    # a 64-bit length or a frame cut by the read among them still goes to wsproto,
+    # which must see the rest of the stream from a frame boundary.
+    site = await ws_site(ECHO)
+    raw = RawSocket(site.port, "/echo")
+    assert (await raw.call(raw.open)).startswith(b"HTTP/1.1 101")
+    medium, large = os.urandom(300), os.urandom(70000)
+    frames = (masked_frame(0x1, b"one") + masked_frame(0x2, medium) + masked_frame(0x9, b"p")
+              + masked_frame(0x2, b"") + masked_frame(0x2, large) + masked_frame(0x1, "tröis".encode()))
+    cut = masked_frame(0x2, b"cut in two")
+    await raw.call(raw.send, frames + cut[:5])
+    await raw.call(raw.send, cut[5:] + masked_frame(0x1, b"after"))
+    seen = [await raw.call(raw.read_frame) for _ in range(8)]
+    assert (0xA, b"p") in seen                         # the pong, wherever it fell
+    assert [f for f in seen if f[0] != 0xA] == [(0x1, b"one"), (0x2, medium), (0x2, b""), (0x2, large),
+                                               (0x1, "tröis".encode()), (0x2, b"cut in two"),
+                                               (0x1, b"after")]
+    raw.close()
+
+
+async def test_frames_wsproto_refuses_are_refused_among_whole_frames(ws_site):
+    site = await ws_site(ECHO)
+    minimal_breach = b"\x81\xfe\x00\x05" + b"\x00" * 4 + b"hello"   # 16-bit length for 5 bytes
+    fragment = masked_frame(0x1, b"frag", fin=False)
+    for frame, code in ((minimal_breach, 1002),
+                        (fragment + masked_frame(0x1, b"not a continuation"), 1002),
+                        (masked_frame(0x1, b"\xc3\x28"), 1007)):
+        raw = RawSocket(site.port, "/echo")
+        assert (await raw.call(raw.open)).startswith(b"HTTP/1.1 101")
+        await raw.call(raw.send, masked_frame(0x1, b"fine") + frame)
+        # (The close is sent as the read is parsed: the echo of "fine" may not make it.)
+        opcode, payload = await raw.call(raw.read_frame)
+        if (opcode, payload) == (0x1, b"fine"):
+            opcode, payload = await raw.call(raw.read_frame)
+        assert (opcode, int.from_bytes(payload[:2], "big")) == (0x8, code)
+        assert await raw.call(raw.read_frame) is None
+        raw.close()
+    # A message under way in wsproto, and the next read starts with what looks like
+    # a whole frame: it is wsproto's (a continuation was due), so still 1002.
+    raw = RawSocket(site.port, "/echo")
+    assert (await raw.call(raw.open)).startswith(b"HTTP/1.1 101")
+    await raw.call(raw.send, fragment + masked_frame(0x9, b"sync"))
+    assert await raw.call(raw.read_frame) == (0xA, b"sync")     # the fragment was parsed
+    await raw.call(raw.send, masked_frame(0x1, b"not a continuation"))
+    opcode, payload = await raw.call(raw.read_frame)
+    assert (opcode, int.from_bytes(payload[:2], "big")) == (0x8, 1002)
+    raw.close()
 
 
 async def test_frames_sent_with_the_handshake_are_not_lost(ws_site):

@@ -5,7 +5,9 @@ Theory of operation.  The HTTP session hands over its driver and transmitter
 feeds it bytes, the server's sweeper and drain call `progress`, `start_draining`.
 
 * In: bytes go to wsproto, which unmasks and parses frames, checks UTF-8 and the
-  rules of control frames, and yields events.  A data message may arrive in many
+  rules of control frames, and yields events — except the whole, final data
+  frames a read starts with, which are read here when wsproto holds nothing of a
+  frame or a fragmented message (frames.plain_frame: what browsers send).  A data message may arrive in many
   partial events; the parts are kept until the message is finished and counted on
   the way, so a message over `max_message_size` — or a frame whose header declares
   more than `max_frame_size`, refused before its payload arrives — closes the
@@ -46,7 +48,7 @@ from wsproto.utilities import LocalProtocolError
 
 from ..core.message import Message
 from ..http.upgrade import Handover
-from .frames import data_frame
+from .frames import data_frame, plain_frame, unmask
 from .options import WebSocketOptions
 
 __all__ = ["Closed", "ConnectionClosed", "WebSocketConnection", "STATS"]
@@ -111,9 +113,17 @@ class WebSocketConnection:
         self._compress = bool(extensions)
         # wsproto's frame decoder, to read a frame's declared length from its header
         # (wsproto has no frame-size limit of its own); None if its insides change.
-        self._decoder: Any = getattr(getattr(self._ws, "_proto", None), "_frame_decoder", None)
+        proto = getattr(self._ws, "_proto", None)
+        self._decoder: Any = getattr(proto, "_frame_decoder", None)
+        # wsproto's message decoder holds an opcode while a fragmented message is under way.
+        self._assembler: Any = getattr(proto, "_message_decoder", None)
+        # Whole data frames skip wsproto only with nothing negotiated (a compressed
+        # frame is wsproto's to inflate) and wsproto's insides as expected.
+        self._plain = not extensions and hasattr(getattr(self._decoder, "buffer", None), "buffer") \
+            and hasattr(self._assembler, "opcode")
         self._max_message = options.max_message_size
         self._max_frame = options.max_frame_size
+        self._plain_limit = min(options.max_frame_size, options.max_message_size)
         self._budget = options.send_budget
         self._parts: list[Any] = []
         self._part_size = 0
@@ -150,6 +160,49 @@ class WebSocketConnection:
         ws = self._ws
         if self.closed or ws.state is CLOSED:
             return
+        if self._plain and ws.state is OPEN and self.open:
+            decoder = self._decoder
+            if decoder.header is None and not decoder.buffer.buffer and self._assembler.opcode is None:
+                data = self._plain_frames(data)
+        if data:
+            self._parse(data)
+        transmitter = self.transmitter
+        transmitter.flush()
+        if transmitter.outstanding > self._budget and not self._throttled and not self.closed:
+            # What the peer makes us send (pongs to a ping flood, a close) while it
+            # reads nothing: stop reading until the kernel has taken it (loan rule 4).
+            self._throttled = True
+            self.driver.pause_reading()
+            transmitter.enqueue(Message(0, ()), self._unthrottle)
+
+    def _plain_frames(self, data: bytes) -> bytes:
+        """Deliver the whole final data frames `data` starts with; return the rest.
+
+        wsproto has nothing buffered and no message under way, so it loses nothing by
+        not seeing them, and sees the rest from a frame boundary.  A text frame that
+        is not UTF-8 is left to it too, so that it closes with 1007 as always.
+        """
+        at = 0
+        limit = self._plain_limit
+        while True:
+            frame = plain_frame(data, at, limit)
+            if frame is None:
+                break
+            opcode, start, n = frame
+            payload = unmask(data, start, n)
+            if opcode == 0x1:
+                try:
+                    text = payload.decode("utf-8")
+                except UnicodeDecodeError:
+                    break
+                self._deliver(text)
+            else:
+                self._deliver(payload)
+            at = start + n
+        return data[at:] if at else data
+
+    def _parse(self, data: bytes) -> None:
+        ws = self._ws
         try:
             ws.receive_data(data)
         except LocalProtocolError:
@@ -187,14 +240,6 @@ class WebSocketConnection:
             header = decoder.header if decoder is not None else None
             if header is not None and header.payload_len > self._max_frame:
                 self._fail(1009, f"frame over {self._max_frame} bytes")
-        transmitter = self.transmitter
-        transmitter.flush()
-        if transmitter.outstanding > self._budget and not self._throttled and not self.closed:
-            # What the peer makes us send (pongs to a ping flood, a close) while it
-            # reads nothing: stop reading until the kernel has taken it (loan rule 4).
-            self._throttled = True
-            self.driver.pause_reading()
-            transmitter.enqueue(Message(0, ()), self._unthrottle)
 
     def _unthrottle(self, exc: BaseException | None) -> None:
         self._throttled = False

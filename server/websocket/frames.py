@@ -11,9 +11,13 @@ function of the opcode and the payload length (§5.2):
 
 The header is the Message's one header slice and the payload its one immutable slice,
 so the transmitter gathers both in a single sendmsg and many sockets can hold the
-very same payload object (broadcast).  wsproto still does everything else: parsing
+very same payload object (broadcast).  wsproto does nearly everything else: parsing
 and unmasking what clients send, UTF-8 checks, control frames (ping, pong, close)
-and the closing handshake.  With permessage-deflate negotiated a frame's payload is
+and the closing handshake.  The one exception is the frame a browser sends for a
+message — whole, final, masked, text or binary, a 7- or 16-bit length — which
+connection.py reads itself when a read holds it entire (`plain_frame`, `unmask`):
+wsproto's general parser, written for fragments and extensions, costs more than the
+rest of an echo.  With permessage-deflate negotiated a frame's payload is
 compressed per connection, so those frames do come from wsproto (connection.py).
 """
 
@@ -23,7 +27,8 @@ import struct
 
 from ..core.message import Message
 
-__all__ = ["OP_TEXT", "OP_BINARY", "frame_header", "data_frame", "frame_payload"]
+__all__ = ["OP_TEXT", "OP_BINARY", "frame_header", "data_frame", "frame_payload", "plain_frame",
+           "unmask"]
 
 OP_TEXT = 0x1
 OP_BINARY = 0x2
@@ -32,6 +37,9 @@ _FIN = 0x80
 _SHORT = {(op, n): bytes((_FIN | op, n)) for op in (OP_TEXT, OP_BINARY) for n in range(126)}
 _MEDIUM = struct.Struct("!BBH")
 _LONG = struct.Struct("!BBQ")
+# XOR with one key byte, as a translate table: _XOR[k][b] == b ^ k.
+_XOR = tuple(bytes(b ^ k for b in range(256)) for k in range(256))
+_MASKED = 0x80
 
 
 def frame_header(opcode: int, length: int) -> bytes:
@@ -66,3 +74,49 @@ def data_frame(data: str | bytes | bytearray | memoryview) -> Message:
     opcode, payload = frame_payload(data)
     n = len(payload)
     return Message(0, (frame_header(opcode, n),), (payload,) if n else ())
+
+
+def plain_frame(data: bytes, at: int, limit: int) -> tuple[int, int, int] | None:
+    """(opcode, payload start, payload length) of the client frame at `data[at:]`
+    when it is a whole final text or binary frame, masked, with no RSV bit, a
+    7-bit or minimal 16-bit length and at most `limit` payload bytes; else None.
+
+    Anything else (a control frame, a fragment, a 64-bit length, a frame the read
+    cut short, a frame wsproto would refuse) is None: the caller leaves it to wsproto.
+    """
+    end = len(data)
+    if end - at < 6:
+        return None
+    first = data[at]
+    if first != 0x82 and first != 0x81:        # FIN | binary, FIN | text
+        return None
+    n = data[at + 1] ^ _MASKED
+    if n > 127:
+        return None                            # unmasked: wsproto refuses it (1002)
+    start = at + 6
+    if n >= 126:
+        if n == 127:
+            return None
+        n = (data[at + 2] << 8) | data[at + 3]
+        if n < 126:
+            return None                        # a 16-bit length where 7 bits do: 1002
+        start = at + 8
+    if n > limit or start + n > end:
+        return None
+    return first & 0x0F, start, n
+
+
+def unmask(data: bytes, start: int, count: int) -> bytes:
+    """The `count` payload bytes at `data[start:]` unmasked with the 4-byte key before them.
+
+    Each of the four byte lanes is XORed with its key byte through a translate table:
+    four C-level passes instead of a Python loop over the bytes.
+    """
+    out = bytearray(count)
+    end = start + count
+    a, b, c, d = data[start - 4:start]
+    out[0::4] = data[start:end:4].translate(_XOR[a])
+    out[1::4] = data[start + 1:end:4].translate(_XOR[b])
+    out[2::4] = data[start + 2:end:4].translate(_XOR[c])
+    out[3::4] = data[start + 3:end:4].translate(_XOR[d])
+    return bytes(out)
