@@ -97,7 +97,6 @@ def test_what_could_change_the_answer_takes_the_general_path(root):
     with serve_site(root) as running, RawClient(running.port) as c:
         lane = running.site.lane
         etag = c.request("GET", "/small.bin", browser(1)).header("etag")
-        assert c.request("GET", "/small.bin", browser(2, ("If-None-Match", etag))).status == 304
         r = c.request("GET", "/small.bin", browser(3, ("Range", "bytes=0-9")))
         assert (r.status, r.body) == (206, SMALL[:10])
         r = c.request("GET", "/small.bin", browser(4, ("If-Range", etag), ("Range", "bytes=10-19")))
@@ -110,6 +109,53 @@ def test_what_could_change_the_answer_takes_the_general_path(root):
             plain = c.request("GET", "/style.css", [("Accept-Encoding", "identity")])
             assert plain.header("content-encoding") is None and plain.body.startswith(b"p { color")
         assert lane.hits == 0 and len(lane) == 1
+
+
+def test_a_browser_revalidation_is_answered_as_the_general_path_answers_it(root):
+    """If-None-Match and If-Modified-Since, as browsers send them, are decided in the
+    lane for the plain cases (our own validator exactly, or one other tag); anything
+    else (a weak tag, a list, `*`, another date, If-Match) goes to conditional.py."""
+    with serve_site(root) as running, RawClient(running.port) as c:
+        lane = running.site.lane
+        first = c.request("GET", "/small.bin", browser(1))
+        etag, modified = first.header("etag"), first.header("last-modified")
+        # conditional.py's own 304, for the weak form of the tag: the reference answer.
+        general = c.request("GET", "/small.bin", browser(2, ("If-None-Match", "W/" + etag)))
+        assert general.status == 304 and lane.hits == 0
+        cases = [
+            ([("If-None-Match", etag)], 304),
+            ([("If-None-Match", etag), ("If-Modified-Since", modified)], 304),
+            ([("If-Modified-Since", modified), ("If-None-Match", etag)], 304),
+            ([("If-Modified-Since", modified)], 304),
+            # A present If-None-Match that does not match wins over a matching date.
+            ([("If-None-Match", '"stale"'), ("If-Modified-Since", modified)], 200),
+        ]
+        for n, (fields, status) in enumerate(cases):
+            hits = lane.hits
+            r = c.request("GET", f"/small.bin?v={n}", browser(n, *fields))
+            assert r.status == status, fields
+            assert lane.hits == hits + 1, fields
+            if status == 304:
+                assert without_date(r) == without_date(general) and r.body == b""
+            else:
+                assert r.body == SMALL and without_date(r) == without_date(first)
+        head = c.request("HEAD", "/small.bin", browser(9, ("If-None-Match", etag)))
+        assert head.status == 304 and without_date(head) == without_date(general)
+        hits = lane.hits
+        for fields, status in [
+            ([("If-None-Match", f'"x", {etag}')], 304),
+            ([("If-None-Match", "*")], 304),
+            ([("If-Modified-Since", "Sun, 01 Jan 2100 00:00:00 GMT")], 304),
+            ([("If-Modified-Since", "Sun, 01 Jan 1995 00:00:00 GMT")], 200),
+            ([("If-Match", '"other"')], 412),
+            ([("If-None-Match", etag), ("If-None-Match", '"x"')], 304),
+        ]:
+            assert c.request("GET", "/small.bin", browser(3, *fields)).status == status, fields
+        assert lane.hits == hits        # all of those were conditional.py's to decide
+        # A replaced file has new validators: the old tag gets the new file.
+        (root / "small.bin").write_bytes(SMALL[::-1])
+        r = c.request("GET", "/small.bin", browser(4, ("If-None-Match", etag)))
+        assert r.status == 200 and r.body == SMALL[::-1]
 
 
 def test_heads_the_general_path_refuses_are_refused(root):

@@ -55,6 +55,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import inspect
+import itertools
 import logging
 import re
 import time
@@ -125,19 +126,27 @@ class QuickAnswer(Protocol):
     """An application's ready answer for one path (static/lane.py's LaneEntry).
 
     Asked only for a keep-alive HTTP/1.1 GET or HEAD whose head has exactly one Host
-    and no Expect, If-* or Range field (the session has looked).
+    and no Expect, Range or If-* field — but for If-None-Match and If-Modified-Since,
+    at most once each, when `block` (the head as sent) is given (the session looked).
     """
 
-    def answer(self, head_only: bool, lowered: bytes, fresh: bool) -> tuple[Any, ...] | None:
-        """The slices after the status line of a keep-alive 200, or None: ask the app.
-        All memory, but for a last slice that may be a FileRegion."""
+    def answer(self, head_only: bool, lowered: bytes, fresh: bool,
+               block: bytes | None = None) -> list[Any] | None:
+        """The whole keep-alive answer as slices (status line first; all memory but a
+        last slice that may be a FileRegion), or None: ask the application."""
 
 
-# The fields the bare path looks for in one pass: a head that gives exactly [Host]
-# breaks no rule the session checks (one Host, no Expect) and has nothing that could
-# change a static answer (If-*, Range); anything else is checked field by field.
-_FIELDS = re.compile(rb"\r\n(?:host:|expect:|if-|range:)")
-_HOST_ONLY = [b"\r\nhost:"]
+# The fields the bare path looks for in one pass.  A head with exactly one Host and
+# none of the others breaks no rule the session checks (one Host, no Expect) and has
+# nothing that could change a static answer (kind 0); a browser's revalidation adds
+# If-None-Match and/or If-Modified-Since, once each (kind 1).  Anything else (an
+# Expect, Range, another If-*, a field twice) is checked field by field.
+_FIELDS = re.compile(rb"\r\n(?:host:|expect:|if-none-match:|if-modified-since:|if-|range:)")
+_HOST, _INM, _IMS = b"\r\nhost:", b"\r\nif-none-match:", b"\r\nif-modified-since:"
+_QUICK_KINDS: dict[Any, int] = {_HOST: 0}
+for _fields in ((_HOST, _INM), (_HOST, _IMS), (_HOST, _INM, _IMS)):
+    for _order in itertools.permutations(_fields):
+        _QUICK_KINDS[_order] = 1
 
 
 class _Reject(Exception):
@@ -451,24 +460,25 @@ class HttpSession:
                 self.requests_started += 1
                 # One pass over the head finds what the general rules check (one Host,
                 # no Expect) and what could change a static answer (If-*, Range).
-                plain = _FIELDS.findall(lowered) == _HOST_ONLY
-                if (not plain or version != "1.1" or len(block) > self._max_head) \
+                found = _FIELDS.findall(lowered)
+                kind = _QUICK_KINDS.get(found[0] if len(found) == 1 else tuple(found))
+                if (kind is None or version != "1.1" or len(block) > self._max_head) \
                         and self._bare_refused(url, version, block, lowered):
                     return True
                 query = url.find(b"?")
                 path = url if query < 0 else url[:query]
                 quick = self._quick
-                if quick is not None and plain and keep_alive and version == "1.1" \
+                if quick is not None and kind is not None and keep_alive and version == "1.1" \
                         and (method == "GET" or method == "HEAD"):
                     entry = quick.get(path)
                     if entry is not None:
-                        parts = entry.answer(method == "HEAD", lowered, True)
-                        if parts is not None:
+                        answer = entry.answer(method == "HEAD", lowered, True, block if kind else None)
+                        if answer is not None:
                             self._metrics.responses_total += 1
-                            if type(parts[-1]) is FileRegion:    # sendfile, or the copy path
-                                self.transmitter.transmit(Message(200, (), (DATE.head(200), *parts)))
+                            if type(answer[-1]) is FileRegion:    # sendfile, or the copy path
+                                self.transmitter.transmit(Message(200, (), tuple(answer)))
                             else:
-                                self.transmitter.transmit_slices([DATE.head(200), *parts])
+                                self.transmitter.transmit_slices(answer)
                             return True
                 request = self._bare_made(head, block, lowered, True)
                 if url[:1] == b"/" and url.find(b"#") < 0:

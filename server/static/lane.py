@@ -39,14 +39,18 @@ import weakref
 from typing import Any
 
 from ..core.filecache import OpenFile, OpenFileCache
+from ..http.wire import DATE
 from .precompressed import RECHECK_SECONDS
 
 __all__ = ["LaneEntry", "StaticLane"]
 
-# The conditionals (If-*) and Range may change a static answer too: the session
-# leaves requests that carry them to the site.  Accept-Encoding selects among
-# variants, and keys an entry's choices.
+# Range and the conditionals may change a static answer too: the session leaves
+# requests with Range or the rarer If-* fields to the site, and passes a browser's
+# revalidation (If-None-Match, If-Modified-Since) here with the head as sent.
+# Accept-Encoding selects among variants, and keys an entry's choices.
 _ACCEPT = b"\r\naccept-encoding:"
+_IF_NONE_MATCH = b"\r\nif-none-match:"
+_IF_MODIFIED_SINCE = b"\r\nif-modified-since:"
 _CHOICES_MAX = 16           # distinct Accept-Encoding values kept per path
 
 
@@ -83,15 +87,18 @@ class LaneEntry:
         # Accept-Encoding value → (variant, presentation); None for a plain entry.
         self.choices: dict[bytes, tuple[weakref.ref, Any]] | None = None
 
-    def answer(self, head_only: bool, lowered: bytes, fresh: bool) -> tuple[Any, ...] | None:
-        """The slices after the status line of the 200 for this request, or None: its
-        entity block, and its body as an mmap window or a FileRegion.
+    def answer(self, head_only: bool, lowered: bytes, fresh: bool,
+               block: bytes | None = None) -> list[Any] | None:
+        """The whole answer for this request as slices to send, or None: the status,
+        Server and Date slice, the entity block and the body as an mmap window or (the
+        last slice) a FileRegion; or a 304's status slice and validator block.
 
-        Asked by the HTTP session only for a head with no conditional (If-*) and no
-        Range field (it looked for them in the same pass as for Host and Expect).
-        `lowered` is the whole head in lower case, `fresh` whether the request was in
-        its socket when this loop turn's poll returned (filecache.py).  None means:
-        answer it the general way.
+        Asked by the HTTP session only for a keep-alive HTTP/1.1 GET or HEAD with one
+        Host, no Expect and no Range; with `block` (the head as sent) it may also carry
+        If-None-Match and If-Modified-Since, at most once each, and no other If-*
+        (the session looked for all of them in one pass).  `lowered` is the head in
+        lower case, `fresh` whether the request was in its socket when this loop
+        turn's poll returned (filecache.py).  None means: answer it the general way.
         """
         lane = self.lane
         if lane.watches_siblings and time.monotonic() - self.route.checked_at > RECHECK_SECONDS:
@@ -122,16 +129,49 @@ class LaneEntry:
             built = variant.extra.get(choice[1])
         if built is None:
             return None
+        if block is not None:
+            fresh_copy = _client_copy_is_current(built, block, lowered)
+            if fresh_copy is None:
+                return None           # a list, a weak tag, `*`, another date: conditional.py decides
+            if fresh_copy:
+                lane.hits += 1
+                return [DATE.head(304), built.not_modified]
         lane.hits += 1
         whole = built.whole
         if head_only or not whole:
-            return (built.entity,)
+            return [DATE.head(200), built.entity]
         region = whole[0]
         # The transmitter's window of a region small enough to gather, once it has made
         # one; else the region itself (a large file's sendfile, a window not made yet,
         # or a TLS connection's copy path).
         view = region.view
-        return (built.entity, region if view is None else view)
+        return [DATE.head(200), built.entity, region if view is None else view]
+
+
+def _client_copy_is_current(built: Any, block: bytes, lowered: bytes) -> bool | None:
+    """What a browser's revalidation asks, decided the way conditional.py decides it
+    for the plain cases: True (304), False (the 200), None (ask conditional.py).
+
+    If-None-Match, when present, alone decides (RFC 9110 §13.2.2): our own ETag
+    exactly → 304; one other strong tag → 200.  Only If-Modified-Since: our own
+    Last-Modified text exactly → 304.  Values are read from the head as sent (an
+    entity-tag is case-sensitive), at the offsets found in its lowered copy.
+    """
+    start = lowered.find(_IF_NONE_MATCH)
+    if start >= 0:
+        start += len(_IF_NONE_MATCH)
+        value = block[start:lowered.find(b"\r\n", start)].strip(b" \t")
+        if value == built.etag:
+            return True
+        if value[:1] != b'"' or value.find(b",") >= 0 or value.count(b'"') != 2:
+            return None
+        return False
+    start = lowered.find(_IF_MODIFIED_SINCE)
+    if start < 0:
+        return None
+    start += len(_IF_MODIFIED_SINCE)
+    value = block[start:lowered.find(b"\r\n", start)].strip(b" \t")
+    return True if value == built.last_modified_text else None
 
 
 class StaticLane:
