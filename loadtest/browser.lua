@@ -4,7 +4,9 @@
 -- so no cache of identical request bytes can answer it: a server must parse it and
 -- decide the answer from the path and the headers that select it. Run by hand:
 --   wrk -t1 -c64 -d10s --latency -s loadtest/browser.lua http://127.0.0.1:8080/1k.bin
--- Paths to cycle through can be given after "--" (default: wrk's URL path).
+-- Paths to cycle through can be given after "--" (default: wrk's URL path), and
+-- validators as `etag=VALUE` and `date=VALUE`: then every request revalidates a cached
+-- copy as a browser does, with If-None-Match and If-Modified-Since (browser-304).
 --
 -- Formatting a request in Lua for every request would make wrk the bottleneck
 -- (about 45k req/s on one core), so init() formats POOL distinct requests once and
@@ -25,11 +27,21 @@ local function headers()
 end
 
 init = function(args)
-   local paths = {wrk.path}
-   if #args > 0 then
-      paths = args
+   local paths = {}
+   local validators = ""
+   for _, arg in ipairs(args) do
+      if arg:sub(1, 5) == "etag=" then
+         validators = validators .. "If-None-Match: " .. arg:sub(6) .. "\r\n"
+      elseif arg:sub(1, 5) == "date=" then
+         validators = validators .. "If-Modified-Since: " .. arg:sub(6) .. "\r\n"
+      else
+         paths[#paths + 1] = arg
+      end
    end
-   local head = headers()
+   if #paths == 0 then
+      paths = {wrk.path}
+   end
+   local head = headers() .. validators
    for i = 1, POOL do
       local path = paths[i % #paths + 1]
       requests[i] = "GET " .. path .. "?v=" .. i .. " HTTP/1.1\r\nHost: 127.0.0.1\r\n" .. head

@@ -51,6 +51,8 @@ def probe_http(port: int, scenario: Scenario, docroot: Path) -> dict:
         return _verdict(True, status, body, "")
     if scenario.expect == "br":
         return _probe_br(port, scenario, docroot)
+    if scenario.expect == "revalidate":
+        return _probe_revalidation(port, scenario)
     headers = {"Range": scenario.script_args[0]} if scenario.expect == "ranges" else {}
     status, ctype, body = _get(port, scenario.path, headers)
     if scenario.expect == "ranges":
@@ -66,6 +68,34 @@ def probe_http(port: int, scenario: Scenario, docroot: Path) -> dict:
     want = (docroot / scenario.path.lstrip("/")).stat().st_size
     ok = status == 200 and _size(body) == want
     return _verdict(ok, status, body, "" if ok else f"expected 200 with {want} bytes")
+
+
+def validators(port: int, path: str) -> tuple[str, str]:
+    """The ETag and Last-Modified a server sends for `path` ("" where it sends none):
+    what a browser that has the file cached sends back when it revalidates."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        resp.read()
+        return resp.getheader("ETag", ""), resp.getheader("Last-Modified", "")
+    finally:
+        conn.close()
+
+
+def _probe_revalidation(port: int, scenario: Scenario) -> dict:
+    """The validators the load will send must get a 304 with no body."""
+    fields = dict(arg.split("=", 1) for arg in scenario.script_args if "=" in arg)
+    etag, modified = fields.get("etag", ""), fields.get("date", "")
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", scenario.path, headers={"If-None-Match": etag, "If-Modified-Since": modified})
+        resp = conn.getresponse()
+        status, body = resp.status, resp.read()
+    finally:
+        conn.close()
+    ok = status == 304 and not body
+    return _verdict(ok, status, body, "" if ok else f"expected 304 for its own validators, got {status}")
 
 
 def _probe_br(port: int, scenario: Scenario, docroot: Path) -> dict:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from loadtest import ftp_client, procstat, syscalls, wrk
-from loadtest.probe import probe_http
+from loadtest.probe import probe_http, validators
 from loadtest.process import ServerProcess
 from loadtest.scenarios import Scenario
 from loadtest.servers import FTP_USER, Context, ServerSpec
@@ -99,6 +99,10 @@ def _measured(record: dict, server: ServerProcess, settings: Settings, run) -> N
 
 def _http_load(record, server, port, scenario, settings, rundir, log) -> None:
     url = f"http://127.0.0.1:{port}{scenario.path}"
+    if scenario.expect == "revalidate":
+        # What this server itself sent as validators is what a browser sends back.
+        etag, modified = validators(port, scenario.path)
+        scenario = replace(scenario, script_args=(f"etag={etag}", f"date={modified}"))
     record["probe"] = probe_http(port, scenario, settings.docroot)
     if not record["probe"]["ok"]:
         log(f"  probe: {record['probe']['note']}")

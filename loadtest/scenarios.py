@@ -45,6 +45,9 @@ BROWSER_SITE = ("/index.html", "/style.css", "/app.js", "/logo.png", "/about.htm
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario("browser-1k", "GET /1k.bin as a browser sends it: its header set, a counter in "
              "query and Cookie", path="/1k.bin", script="browser.lua", repeats=False),
+    Scenario("browser-304", "GET /1k.bin as a browser revalidates its cached copy: browser-1k "
+             "plus If-None-Match and If-Modified-Since with the server's own validators (304)",
+             path="/1k.bin", script="browser.lua", repeats=False, expect="revalidate"),
     Scenario("browser-64k", "GET /64k.bin as a browser sends it (as browser-1k)",
              path="/64k.bin", script="browser.lua", repeats=False),
     Scenario("browser-smallsite", "a browser fetching a five-file site (html, css, js, png), "
