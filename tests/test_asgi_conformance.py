@@ -27,6 +27,7 @@ import pytest
 
 from server.asgi.adapter import AsgiAdapter
 from server.core.metrics import METRICS
+from server.http.request import Request
 
 
 async def start(serve: Any, app: Any, *, root: Path | None = None, lifespan: str = "off",
@@ -139,6 +140,33 @@ async def test_http_scope_fields(serve: Any) -> None:
     # Lifespan state is copied into each scope: one request's additions stay its own.
     assert scope["state"] == {"db": "connected"}
     assert second.json()["state"] == {"db": "connected"}
+
+
+async def test_scope_path_and_query_are_what_the_request_finds(serve: Any) -> None:
+    """The scope's shortcut for a plain origin-form target (pieces of the target, no
+    decoding) gives exactly what Request.path/.raw_path/.query_string give, and a
+    target with something to decode or cut (%, #, absolute form) takes those."""
+    seen: list[tuple] = []
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        seen.append((scope["path"], scope["raw_path"], scope["query_string"]))
+        await respond(send, b"ok")
+
+    targets = [b"/a", b"/a?", b"/a?x=%20&y=%2F", b"/a%20b?x", b"/a#frag", b"/a?x=1#frag",
+               b"/caf%C3%A9/x", b"/a?b?c", b"http://example.com/abs?q=1", b"/?"]
+    server = await start(serve, app)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        for target in targets:
+            writer.write(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+            await reader.readuntil(b"ok")
+    finally:
+        writer.close()
+    expected = []
+    for target in targets:
+        request = Request("GET", target, "1.1", [], True, None, None)
+        expected.append((request.path, request.raw_path, request.query_string.encode("latin-1")))
+    assert seen == expected
 
 
 async def test_scope_headers_are_the_same_from_either_parse(serve: Any) -> None:
