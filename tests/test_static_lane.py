@@ -102,13 +102,17 @@ def test_what_could_change_the_answer_takes_the_general_path(root):
         r = c.request("GET", "/small.bin", browser(4, ("If-Range", etag), ("Range", "bytes=10-19")))
         assert (r.status, r.body) == (206, SMALL[10:20])
         assert lane.hits == 0
-        # A file with a precompressed sibling is never kept: Accept-Encoding chooses.
+        # A precompressed sibling on disk is a second file to check: the site serves it
+        # every time.  What takes none of its codings is the file itself, kept per value.
         for n in range(3):
             gz = c.request("GET", "/style.css", browser(n))
             assert gz.header("content-encoding") == "gzip" and gz.body == b"\x1f\x8b pretend gzip"
             plain = c.request("GET", "/style.css", [("Accept-Encoding", "identity")])
             assert plain.header("content-encoding") is None and plain.body.startswith(b"p { color")
-        assert lane.hits == 0 and len(lane) == 1
+            bare = c.request("GET", "/style.css", [])
+            assert bare.header("content-encoding") is None and bare.body == plain.body
+            assert without_date(bare) == without_date(plain)
+        assert lane.hits == 4 and len(lane) == 2
 
 
 def test_a_browser_revalidation_is_answered_as_the_general_path_answers_it(root):
@@ -156,6 +160,30 @@ def test_a_browser_revalidation_is_answered_as_the_general_path_answers_it(root)
         (root / "small.bin").write_bytes(SMALL[::-1])
         r = c.request("GET", "/small.bin", browser(4, ("If-None-Match", etag)))
         assert r.status == 200 and r.body == SMALL[::-1]
+
+
+def test_the_lane_looks_for_new_siblings_as_the_site_does(root, monkeypatch):
+    """Once a second (here: every request) the lane has the site look for precompressed
+    siblings, whatever the request asks; a sibling that appears is served at once."""
+    import server.static.lane as lane_module
+    import server.static.site as site_module
+    monkeypatch.setattr(lane_module, "RECHECK_SECONDS", 0.0)
+    monkeypatch.setattr(site_module, "RECHECK_SECONDS", 0.0)
+    (root / "page.css").write_text("a { color: blue }\n" * 30)
+    with serve_site(root) as running, RawClient(running.port) as c:
+        lane = running.site.lane
+        for n in range(3):
+            r = c.request("GET", f"/page.css?v={n}", browser(n))
+            assert r.header("content-encoding") is None
+        assert lane.hits == 2
+        (root / "page.css.gz").write_bytes(b"\x1f\x8b pretend")
+        r = c.request("GET", "/page.css?v=9", browser(9))
+        assert r.header("content-encoding") == "gzip" and r.body == b"\x1f\x8b pretend"
+        hits = lane.hits
+        for n in range(3):                  # no Accept-Encoding: the plain file, kept
+            r = c.request("GET", f"/page.css?v={n}", [("Cookie", f"n={n}")])
+            assert r.header("content-encoding") is None and r.body.startswith(b"a { color")
+        assert lane.hits == hits + 2
 
 
 def test_heads_the_general_path_refuses_are_refused(root):

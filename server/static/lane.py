@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from ..core.filecache import OpenFile, OpenFileCache
@@ -55,11 +56,12 @@ _CHOICES_MAX = 16           # distinct Accept-Encoding values kept per path
 
 
 def accept_encoding_of(lowered: bytes) -> bytes | None:
-    """The lowered Accept-Encoding value exactly as sent, as the lane keys it; None if
-    absent or given more than once (then the site combines the fields itself)."""
+    """The lowered Accept-Encoding value exactly as sent, as the lane keys it: b"" when
+    there is none (an empty value means the same: the plain file); None when the field
+    is given more than once (then the site combines the fields itself)."""
     start = lowered.find(_ACCEPT)
     if start < 0:
-        return None
+        return b""
     start += len(_ACCEPT)
     end = lowered.find(b"\r\n", start)
     if lowered.find(_ACCEPT, end) >= 0:
@@ -84,8 +86,9 @@ class LaneEntry:
         self.route = route      # the site's _Route: checked_at says when siblings were sought
         self.file = weakref.ref(file)
         self.presentation = presentation    # the site's _Presentation: keys file.extra
-        # Accept-Encoding value → (variant, presentation); None for a plain entry.
-        self.choices: dict[bytes, tuple[weakref.ref, Any]] | None = None
+        # Accept-Encoding value → (variant or None for the file itself, presentation);
+        # None for an entry of a file without siblings.
+        self.choices: dict[bytes, tuple[weakref.ref | None, Any]] | None = None
 
     def answer(self, head_only: bool, lowered: bytes, fresh: bool,
                block: bytes | None = None) -> list[Any] | None:
@@ -101,8 +104,18 @@ class LaneEntry:
         turn's poll returned (filecache.py).  None means: answer it the general way.
         """
         lane = self.lane
-        if lane.watches_siblings and time.monotonic() - self.route.checked_at > RECHECK_SECONDS:
-            return None               # the site looks for new siblings, then keeps it again
+        if lane.watches_siblings:
+            route = self.route
+            now = time.monotonic()
+            if now - route.checked_at > RECHECK_SECONDS:
+                # The site's own once-a-second look for precompressed siblings and
+                # variants, whatever the request asks: if what the file may be
+                # served as has changed, the site decides again.
+                codings = route.codings
+                lane.recheck(route, now)
+                if route.codings != codings:
+                    lane.entries.pop(self.key, None)
+                    return None
         try:
             current = lane.cache.open(self.path, fresh=fresh)
         except OSError:
@@ -121,12 +134,16 @@ class LaneEntry:
             choice = choices.get(accept)
             if choice is None:
                 return None
-            variant = choice[0]()
-            if variant is None or not variant.live:
-                del choices[accept]   # evicted: the site builds or finds it again
-                return None
-            variant.used = True
-            built = variant.extra.get(choice[1])
+            held, presentation = choice
+            if held is None:          # this value takes none of our codings: the file itself
+                built = current.extra.get(presentation)
+            else:
+                variant = held()
+                if variant is None or not variant.live:
+                    del choices[accept]   # evicted: the site builds or finds it again
+                    return None
+                variant.used = True
+                built = variant.extra.get(presentation)
         if built is None:
             return None
         if block is not None:
@@ -190,6 +207,9 @@ class StaticLane:
         # With precompressed siblings or compression on, a sibling may appear later:
         # an entry is trusted only as long as the site's own sibling check is recent.
         self.watches_siblings = watches_siblings
+        # The site's sibling check, `recheck(route, now)`: it sets the route's siblings,
+        # codings and checked_at (site.py, precompressed.py).
+        self.recheck: Callable[[Any, float], None] = lambda route, now: None
         self.enabled = False
         self.hits = 0
 
@@ -218,7 +238,8 @@ class StaticLane:
 
     def keep_variant(self, raw_path: bytes, route: Any, f: OpenFile, lowered: bytes,
                      variant: Any, presentation: Any) -> None:
-        """The site just answered `raw_path` with `variant` of file `f`, chosen by the
+        """The site just answered `raw_path` with `variant` of file `f` (None: the file
+        itself, which is all this Accept-Encoding value takes of ours), chosen by the
         request's Accept-Encoding (found again in `lowered`)."""
         if not self.enabled:
             return
@@ -228,7 +249,7 @@ class StaticLane:
         choices = self._entry(raw_path, route, f, presentation, True).choices
         assert choices is not None
         if accept in choices or len(choices) < _CHOICES_MAX:
-            choices[accept] = (weakref.ref(variant), presentation)
+            choices[accept] = (None if variant is None else weakref.ref(variant), presentation)
 
     def forget_all(self) -> None:
         self.entries.clear()

@@ -199,6 +199,7 @@ class StaticSite:
         # application that owns this site says nothing else can answer its paths.
         self.lane = StaticLane(self.cache, limit=self._route_limit,
                                watches_siblings=bool(precompressed or compression is not None))
+        self.lane.recheck = self._look_for_siblings
 
     def __call__(self, request: Request) -> Message | None:
         return self.respond(request)
@@ -256,6 +257,8 @@ class StaticSite:
                     self.lane.keep(lane_key, route, f, p)
                 elif type(served) is Variant:
                     self.lane.keep_variant(lane_key, route, f, lowered, served, p)
+                elif chosen is None and self._takes_no_coding(route, request):
+                    self.lane.keep_variant(lane_key, route, f, lowered, None, p)
             return Message(200, (built.entity,), built.whole)
         return self._conditional(request, served, built)
 
@@ -316,6 +319,14 @@ class StaticSite:
         head = (f"Content-Type: multipart/byteranges; boundary={boundary}\r\n"
                 f"Content-Length: {length}\r\n").encode("latin-1")
         return Message(206, (head + built.shared + b"\r\n",), slices)
+
+    @staticmethod
+    def _takes_no_coding(route: _Route, request: Request) -> bool:
+        """The request's Accept-Encoding (or its absence) takes none of the route's
+        codings: the plain file is its answer for as long as the siblings stay.  (A
+        variant still being built is not that: the next answer may be compressed.)"""
+        accept = request.header(b"accept-encoding")
+        return accept is None or choose_coding(accept, route.codings) is None
 
     def _pick_sibling(self, route: _Route, request: Request,
                       f: OpenFile) -> tuple[OpenFile | Variant, _Presentation] | None:
