@@ -458,28 +458,28 @@ class HttpSession:
                 url, method, version, keep_alive = head
                 lowered = block.lower()
                 self.requests_started += 1
-                # One pass over the head finds what the general rules check (one Host,
-                # no Expect) and what could change a static answer (If-*, Range).
-                found = _FIELDS.findall(lowered)
-                kind = _QUICK_KINDS.get(found[0] if len(found) == 1 else tuple(found))
-                if (kind is None or version != "1.1" or len(block) > self._max_head) \
-                        and self._bare_refused(url, version, block, lowered):
-                    return True
                 query = url.find(b"?")
                 path = url if query < 0 else url[:query]
                 quick = self._quick
-                if quick is not None and kind is not None and keep_alive and version == "1.1" \
+                if quick is not None and keep_alive and version == "1.1" \
                         and (method == "GET" or method == "HEAD"):
                     entry = quick.get(path)
-                    if entry is not None:
-                        answer = entry.answer(method == "HEAD", lowered, True, block if kind else None)
-                        if answer is not None:
-                            self._metrics.responses_total += 1
-                            if type(answer[-1]) is FileRegion:    # sendfile, or the copy path
-                                self.transmitter.transmit(Message(200, (), tuple(answer)))
-                            else:
-                                self.transmitter.transmit_slices(answer)
-                            return True
+                    if entry is not None and len(block) <= self._max_head:
+                        # One pass over the head finds what the rules check (one Host, no
+                        # Expect) and what could change a static answer (If-*, Range).
+                        found = _FIELDS.findall(lowered)
+                        kind = _QUICK_KINDS.get(found[0] if len(found) == 1 else tuple(found))
+                        if kind is not None:
+                            answer = entry.answer(method == "HEAD", lowered, True, block if kind else None)
+                            if answer is not None:
+                                self._metrics.responses_total += 1
+                                if type(answer[-1]) is FileRegion:    # sendfile, or the copy path
+                                    self.transmitter.transmit(Message(200, (), tuple(answer)))
+                                else:
+                                    self.transmitter.transmit_slices(answer)
+                                return True
+                if self._bare_refused(url, version, block, lowered):
+                    return True
                 request = self._bare_made(head, block, lowered, True)
                 if url[:1] == b"/" and url.find(b"#") < 0:
                     request._raw_path = path        # what raw_path would find (request.py)
