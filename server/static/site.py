@@ -251,14 +251,16 @@ class StaticSite:
         else:
             served, p = chosen
         built = served.extra.get(p) or _prebuilt(served, p)
+        if lane_key is not None and self.lane.enabled:
+            # What this path is served as, whatever this request's conditionals or
+            # Range make of it: a browser that only revalidates fills the lane too.
+            if not route.siblings:
+                self.lane.keep(lane_key, route, f, p)
+            elif type(served) is Variant:
+                self.lane.keep_variant(lane_key, route, f, lowered, served, p)
+            elif chosen is None and self._takes_no_coding(route, request):
+                self.lane.keep_variant(lane_key, route, f, lowered, None, p)
         if lowered.find(_SELECTORS[0]) < 0 and lowered.find(_SELECTORS[1]) < 0:
-            if lane_key is not None and self.lane.enabled:
-                if not route.siblings:
-                    self.lane.keep(lane_key, route, f, p)
-                elif type(served) is Variant:
-                    self.lane.keep_variant(lane_key, route, f, lowered, served, p)
-                elif chosen is None and self._takes_no_coding(route, request):
-                    self.lane.keep_variant(lane_key, route, f, lowered, None, p)
             return Message(200, (built.entity,), built.whole)
         return self._conditional(request, served, built)
 
