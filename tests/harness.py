@@ -495,6 +495,28 @@ def fetch_raw(port: int, target: str | bytes, headers: list[tuple[str, str]] | d
         return client.request(method, target, headers)
 
 
+# A browser's request header set, for tests of what real traffic sends: no two requests
+# alike once `browser_headers(n)` puts a counter in the Cookie.
+BROWSER_HEADERS = [
+    ("User-Agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+                   "Chrome/131.0.0.0 Safari/537.36"),
+    ("Accept", "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,*/*;q=0.8"),
+    ("Accept-Encoding", "gzip, deflate, br, zstd"),
+    ("Accept-Language", "en-GB,en;q=0.9"),
+    ("Sec-Fetch-Dest", "document"),
+    ("Referer", "http://127.0.0.1/index.html"),
+]
+
+
+def browser_headers(n: int, *extra: tuple[str, str]) -> list[tuple[str, str]]:
+    return [*BROWSER_HEADERS, ("Cookie", f"session={n}; theme=dark"), *extra]
+
+
+def without_date(r: Response) -> list[tuple[str, str]]:
+    """A response's header fields in order, but for Date (which changes every second)."""
+    return [(k, v) for k, v in r.header_list if k.lower() != "date"]
+
+
 def raw_exchange(port: int, data: bytes, *, timeout: float = 5.0) -> bytes:
     """Send raw bytes; return everything the server sends until it closes."""
     with RawClient(port, timeout=timeout) as client:

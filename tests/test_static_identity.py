@@ -17,22 +17,10 @@ import threading
 from pathlib import Path
 
 import pytest
-from harness import RawClient, raw_exchange, serve_site
+from harness import RawClient, raw_exchange, serve_site, without_date
+from harness import browser_headers as browser
 
 SMALL = bytes(range(256)) * 40          # 10 KiB: mapped, gathered with its head
-BROWSER = [
-    ("User-Agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
-                   "Chrome/131.0.0.0 Safari/537.36"),
-    ("Accept", "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,*/*;q=0.8"),
-    ("Accept-Encoding", "gzip, deflate, br, zstd"),
-    ("Accept-Language", "en-GB,en;q=0.9"),
-    ("Sec-Fetch-Dest", "document"),
-    ("Referer", "http://127.0.0.1/index.html"),
-]
-
-
-def browser(n: int, *extra: tuple[str, str]) -> list[tuple[str, str]]:
-    return [*BROWSER, ("Cookie", f"session={n}; theme=dark"), *extra]
 
 
 @pytest.fixture
@@ -46,9 +34,6 @@ def root(tmp_path: Path) -> Path:
     (site / "style.css.gz").write_bytes(b"\x1f\x8b pretend gzip")
     return site
 
-
-def without_date(r) -> list[tuple[str, str]]:
-    return [(k, v) for k, v in r.header_list if k.lower() != "date"]
 
 
 def test_cookie_user_agent_and_query_do_not_change_the_answer(root):

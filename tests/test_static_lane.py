@@ -20,7 +20,8 @@ from pathlib import Path
 
 import brotli
 import pytest
-from harness import RawClient, serve_site, start_in_loop
+from harness import RawClient, serve_site, start_in_loop, without_date
+from harness import browser_headers as browser
 
 from server.core.passwords import hash_password
 from server.framework.application import Application
@@ -31,20 +32,7 @@ from server.static.rules import RuleSpec, make_auth
 from server.static.site import StaticSite
 
 SMALL = bytes(range(256)) * 40
-BROWSER = [
-    ("User-Agent", "Mozilla/5.0 (X11; Linux x86_64) Chrome/131.0.0.0 Safari/537.36"),
-    ("Accept", "*/*"),
-    ("Accept-Encoding", "gzip, deflate, br, zstd"),
-    ("Accept-Language", "en-GB,en;q=0.9"),
-]
 
-
-def browser(n: int, *extra: tuple[str, str]) -> list[tuple[str, str]]:
-    return [*BROWSER, ("Cookie", f"session={n}"), *extra]
-
-
-def without_date(r) -> list[tuple[str, str]]:
-    return [(k, v) for k, v in r.header_list if k.lower() != "date"]
 
 
 @pytest.fixture

@@ -143,10 +143,9 @@ class QuickAnswer(Protocol):
 # Expect, Range, another If-*, a field twice) is checked field by field.
 _FIELDS = re.compile(rb"\r\n(?:host:|expect:|if-none-match:|if-modified-since:|if-|range:)")
 _HOST, _INM, _IMS = b"\r\nhost:", b"\r\nif-none-match:", b"\r\nif-modified-since:"
-_QUICK_KINDS: dict[Any, int] = {_HOST: 0}
-for _fields in ((_HOST, _INM), (_HOST, _IMS), (_HOST, _INM, _IMS)):
-    for _order in itertools.permutations(_fields):
-        _QUICK_KINDS[_order] = 1
+_QUICK_KINDS: dict[Any, int] = {_HOST: 0, **{
+    order: 1 for fields in ((_HOST, _INM), (_HOST, _IMS), (_HOST, _INM, _IMS))
+    for order in itertools.permutations(fields)}}
 
 
 class _Reject(Exception):
