@@ -400,6 +400,35 @@ async def test_aborted_tls_upload_leaves_nothing(ftp, tree, cert_pair):
     assert not partial_files(tree)
 
 
+@pytest.mark.asyncio
+async def test_tls_upload_closed_without_close_notify_is_not_committed(ftp, tree, cert_pair):
+    # A TCP FIN with no TLS close_notify before it is how an attacker on the path
+    # truncates a TLS stream (RFC 4217 §10, RFC 8446 §6.1): the upload must fail, and
+    # the file it would have replaced must stay as it was.
+    cert, key = cert_pair
+    service = await ftp.start(tls_cert=cert, tls_key=key)
+    (tree / "keep.bin").write_bytes(b"original")
+
+    def client() -> str:
+        ftp = ftps_login(service.port, cert)
+        conn = ftp.transfercmd("STOR keep.bin")
+        conn.sendall(os.urandom(100_000))
+        # SSLSocket.close() ends the TCP connection (FIN) without unwrap()'s close_notify.
+        conn.close()
+        try:
+            reply = ftp.getresp()
+        except (ftplib.error_temp, ftplib.error_perm) as exc:
+            reply = str(exc)
+        ftp.voidcmd("NOOP")
+        ftp.quit()
+        return reply
+
+    reply = await asyncio.to_thread(client)
+    assert reply.startswith("426"), reply
+    assert (tree / "keep.bin").read_bytes() == b"original"
+    assert not partial_files(tree)
+
+
 # -- configuration -------------------------------------------------------------------------------
 
 def _serve_config(argv: list[str]):

@@ -424,7 +424,7 @@ async def receive_to_file(
 
 
 async def receive_stream_to_file(
-    read: Callable[[], Awaitable[bytes]],
+    pour: Callable[[Callable[[bytes], None]], Awaitable[None]],
     dest: Path | str,
     *,
     offset: int = 0,
@@ -434,11 +434,14 @@ async def receive_stream_to_file(
 ) -> int:
     """Like `receive_to_file`, for a source that is not a socket we can splice from.
 
-    `read()` returns the next bytes, b"" at the end; it owns the stall timeout.  For
-    sources whose bytes already are Python objects (a TLS data connection decrypts
-    in userspace), each chunk is written where it belongs with `pwrite` — the one
-    copy the decryption forced, counted as received by copy.  Same temporary file,
-    same resume/append seeding, same commit-only-on-success as `receive_to_file`.
+    `pour(write)` calls `write(chunk)` with each chunk as it arrives and returns at
+    the stream's clean end (raising when it ends otherwise); it owns the stall
+    timeout.  For sources whose bytes already are Python objects (a TLS data
+    connection decrypts in userspace), each chunk is written where it belongs with
+    `pwrite` as soon as it is handed over — the one copy the decryption forced,
+    counted as received by copy — so nothing waits in a queue between the two.
+    Same temporary file, same resume/append seeding, same commit-only-on-success
+    as `receive_to_file`.
     """
     if append and offset:
         raise ValueError("offset and append are exclusive")
@@ -447,15 +450,24 @@ async def receive_stream_to_file(
     loop = loop or asyncio.get_running_loop()
     dest = Path(dest)
     partial = _PartialFile(dest)
+    received = 0
     try:
-        pos = await loop.run_in_executor(
-            None, _seed_from_existing, dest, os.dup(partial.fd), offset, append)
-        received = 0
-        # Bounded: each pass writes >= 1 byte, or `read` ends the stream or raises.
-        while chunk := await read():
+        if offset or append:
+            pos = await loop.run_in_executor(
+                None, _seed_from_existing, dest, os.dup(partial.fd), offset, append)
+        else:
+            # Nothing to copy (an fstat and an fchmod at most): done here, so that the
+            # source starts pouring with no wait in between (tls.py says why that
+            # matters: what a paused TLS reader holds is lost when the client closes).
+            pos = _seed_from_existing(dest, os.dup(partial.fd), offset, append)
+
+        def write(chunk: bytes) -> None:
+            nonlocal received
             _pwrite_all(partial.fd, chunk, pos + received)
             received += len(chunk)
             METRICS.bytes_received_copy += len(chunk)
+
+        await pour(write)
         if fsync:
             await loop.run_in_executor(None, _fsync_owned, os.dup(partial.fd))
         partial.commit(loop)

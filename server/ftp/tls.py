@@ -16,9 +16,17 @@ Bytes on a TLS data connection cannot go by sendfile or splice — the kernel wo
 send plaintext — so they take the one copy path (DESIGN.md rule 5): downloads go
 through core's `CopyTransmitter` (pread off the loop, counted in `bytes_copy`),
 uploads through `receive_stream_to_file`.  `TlsData` is the asyncio Protocol in
-between: it forwards the transport's flow control to the transmitter, and buffers
-received plaintext up to a bound, pausing the transport past it (the client then
-waits, we do not buffer).
+between: it forwards the transport's flow control to the transmitter, and during an
+upload hands each decrypted chunk straight to the file's writer from data_received
+(`pour`), so no plaintext waits in a queue.  Bytes that arrive when no upload is
+pouring are buffered up to a bound, past which the transport is paused (the client
+then waits, we do not buffer).
+
+The end of an upload is the client's close_notify; a connection that ends without
+one (a bare FIN, or a reset) fails the upload with 426 and commits nothing, since a
+FIN is all an attacker on the path needs to truncate the stream (RFC 4217 §10,
+RFC 8446 §6.1).  The SSL layer reports both endings through eof_received, so the TLS
+object is asked which one it was.
 
 Closing: after the last byte we send close_notify and reply 226 without waiting for
 the client's own close_notify (some clients send theirs only after reading the
@@ -33,6 +41,7 @@ import logging
 import socket
 import ssl
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 from ..core.transmitter import CopyTransmitter
@@ -65,7 +74,7 @@ def make_tls_context(cert: Path, key: Path) -> ssl.SSLContext:
 
 
 class TlsData(asyncio.Protocol):
-    """One TLS data connection: a CopyTransmitter out, a bounded plaintext buffer in."""
+    """One TLS data connection: a CopyTransmitter out, plaintext poured into a writer in."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -73,9 +82,14 @@ class TlsData(asyncio.Protocol):
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
         self._eof = False
+        self._truncated = False            # the stream ended without close_notify
         self._lost: BaseException | None = None
         self._waiter: asyncio.Future | None = None
         self._paused = False
+        # While an upload pours (`pour`), each decrypted chunk goes straight to its
+        # writer from data_received: nothing is queued, so reading is never paused.
+        self._sink: Callable[[bytes], None] | None = None
+        self._sink_error: BaseException | None = None
 
     # -- the transport's callbacks ------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -91,6 +105,22 @@ class TlsData(asyncio.Protocol):
             self.transmitter.resume_writing()
 
     def data_received(self, data: bytes) -> None:
+        sink = self._sink
+        if sink is not None:
+            try:
+                sink(data)
+            except BaseException as exc:  # noqa: BLE001 - the upload fails with it (disk full, ...)
+                self._sink = None
+                self._sink_error = exc
+            self._wake()
+            return
+        # Not pouring (before the transfer starts, or bytes a download's client sent):
+        # buffered up to a bound, then the client waits.  (uvloop's SSL layer drops
+        # what it holds for a paused reader when the peer's FIN comes -- close_notify
+        # included -- and reports a clean loss; that is why an upload pours from its
+        # start.  Only a REST or APPE upload, whose file is seeded in a thread first,
+        # can still meet it, if all of it fits in the buffers meanwhile: it then fails
+        # with 426, since the close_notify never reached us.)
         self._chunks.append(data)
         self._buffered += len(data)
         if self._buffered >= READ_HIGH and not self._paused and self.transport is not None:
@@ -99,14 +129,39 @@ class TlsData(asyncio.Protocol):
         self._wake()
 
     def eof_received(self) -> bool:
+        # The SSL layer reports the end of the stream here whether or not the peer's
+        # close_notify came before it: asyncio's sslproto (and uvloop's port of it)
+        # takes a bare TCP FIN for a clean end too.  Only a close_notify makes an
+        # upload complete, so ask the TLS object which one it was.
         self._eof = True
+        if not self._close_notify_received():
+            self._truncated = True
         self._wake()
         return False
 
+    def _close_notify_received(self) -> bool:
+        sslobj = self.transport.get_extra_info("ssl_object") if self.transport is not None else None
+        if sslobj is None:
+            return False
+        # After the peer's close_notify OpenSSL answers every read with "zero return"
+        # (b""); with no close_notify it still wants more records.  The SSL layer has
+        # already drained what was decrypted, so a read finds at most a late record.
+        for _ in range(64):
+            try:
+                rest = sslobj.read(READ_HIGH)
+            except ssl.SSLError:             # SSLWantReadError: no close_notify came
+                return False
+            if not rest:
+                return True
+            self.data_received(rest)         # to the upload's writer, or the buffer
+        return False
+
     def connection_lost(self, exc: Exception | None) -> None:
-        if exc is None:
-            self._eof = True
         self._lost = exc
+        if exc is None and not self._eof:
+            # Gone with no end of stream reported at all: not a complete upload either.
+            # (A download is unaffected: what it sent was sent.)
+            self._truncated = True
         if self.transmitter is not None:
             self.transmitter.close(exc)
             # The copy path waits on writability: a closed transport will never resume it.
@@ -124,27 +179,41 @@ class TlsData(asyncio.Protocol):
         sslobj = self.transport.get_extra_info("ssl_object") if self.transport else None
         return bool(sslobj is not None and sslobj.session_reused)
 
-    async def read(self, stall_timeout: float) -> bytes:
-        """The next plaintext chunk; b"" at the end; TimeoutError after a stall."""
-        while not self._chunks:
-            # EOF first: a client that sent close_notify and closed may reset the
-            # connection when our own close_notify reaches it, and that late reset
-            # must not turn a complete upload into a failed one.
-            if self._eof:
-                return b""
-            if self._lost is not None:
-                raise ConnectionError(f"TLS data connection lost: {self._lost!r}")
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await asyncio.wait_for(self._waiter, stall_timeout)
-            finally:
-                self._waiter = None
-        data = self._chunks.popleft()
-        self._buffered -= len(data)
-        if self._paused and self._buffered < READ_HIGH // 2 and self.transport is not None:
+    async def pour(self, write: Callable[[bytes], None], stall_timeout: float) -> None:
+        """Hand every plaintext chunk of an upload to `write`, as it is decrypted,
+        until the client's close_notify.  ConnectionError if the stream ends any
+        other way, TimeoutError after `stall_timeout` seconds without a byte, and
+        whatever `write` raised."""
+        while self._chunks:                  # what came before the transfer began
+            data = self._chunks.popleft()
+            self._buffered -= len(data)
+            write(data)
+        self._sink = write
+        if self._paused and self.transport is not None:
             self._paused = False
             self.transport.resume_reading()
-        return data
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                if self._sink_error is not None:
+                    raise self._sink_error
+                # EOF first: a client that sent close_notify and closed may reset the
+                # connection when our own close_notify reaches it, and that late reset
+                # must not turn a complete upload into a failed one.
+                if self._eof and not self._truncated:
+                    return
+                if self._truncated:
+                    raise ConnectionAbortedError("TLS data connection closed without close_notify")
+                if self._lost is not None:
+                    raise ConnectionError(f"TLS data connection lost: {self._lost!r}")
+                # Woken by each chunk written, so the stall clock restarts with each.
+                self._waiter = loop.create_future()
+                try:
+                    await asyncio.wait_for(self._waiter, stall_timeout)
+                finally:
+                    self._waiter = None
+        finally:
+            self._sink = None
 
     def close(self) -> None:
         """close_notify after what was written; the shutdown ends in the background."""

@@ -24,7 +24,7 @@ place only when the data connection ended cleanly.
 
 A TLS data connection (PROT P, see tls.py) is a `TlsData` instead of a socket: the
 same windows go to its CopyTransmitter (the counted copy path), and an upload is
-`receive_stream_to_file` fed with decrypted chunks.  Everything else — windows,
+`receive_stream_to_file`, into which the connection pours each decrypted chunk.  Everything else — windows,
 ledger, stall rule, temporary file — is the same.
 """
 
@@ -127,7 +127,7 @@ async def receive_file(conn: DataConn, dest: Path, *, offset: int, append: bool,
                        data_timeout: float) -> int:
     """Receive until the client closes the data connection; return bytes received."""
     if isinstance(conn, TlsData):
-        return await receive_stream_to_file(lambda: conn.read(data_timeout), dest,
+        return await receive_stream_to_file(lambda write: conn.pour(write, data_timeout), dest,
                                             offset=offset, append=append)
     return await receive_to_file(conn, dest, offset=offset, append=append,
                                  stall_timeout=data_timeout)
