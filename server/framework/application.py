@@ -12,7 +12,12 @@ more.  This one tries, in order:
     4. 404.
 
 The static path stays synchronous: its Message is handed back at once (the session
-queues it without creating a task).  An `async def` handler with no await in its
+queues it without creating a task).  Parameterless GET routes whose `async def` has
+no await are also offered to the session as quick routes (`quick_routes`): for a
+lone keep-alive GET the session calls the handler there without routing, and a dict
+it returns goes out as the JSON answer's slices without a Message — the same bytes
+the general path sends.  Like the static lane they are off whenever hooks,
+middleware or a router-callable could change an answer.  An `async def` handler with no await in its
 body is run to its end in one step; any other `async def` handler's coroutine is
 wrapped in one small coroutine that converts its result.  A `def` handler may block
 (a database driver, a file read), so it runs in a bounded thread pool
@@ -46,13 +51,13 @@ from ..core.metrics import METRICS
 from ..http.errors import HTTPError
 from ..http.request import BadRequest, BodyTooLarge, Request
 from ..http.responses import StreamResponse, empty_response, error_response, text_response
-from ..http.wire import header_block
+from ..http.wire import DATE, header_block
 from ..static.error_pages import default_error_page
 from ..static.site import StaticSite
 from .hooks import Hooks, call_lifecycle_hook, call_maybe_async
 from .registry import Registry
-from .results import NotAResponse, json_message, to_response
-from .routing import Router
+from .results import JSON_HEAD, NotAResponse, encode_json, json_message, to_response
+from .routing import Route, Router
 
 __all__ = ["Application", "State", "router_from_registries"]
 
@@ -115,6 +120,9 @@ class Application:
         # `async def` handlers stay on the loop.
         self._threads = ThreadPoolExecutor(max_workers=handler_threads,
                                            thread_name_prefix="pageloan-handler")
+        # Raw path → QuickRoute, asked by the HTTP session; one dict for the
+        # application's life (sessions keep it), refilled by each install.
+        self.quick_routes: dict[bytes, QuickRoute] = {}
         self.install(router, hooks)
 
     @classmethod
@@ -144,6 +152,12 @@ class Application:
             # change from request to request; new routes start it empty.
             static.lane.forget_all()
             static.lane.enabled = not self.hooks.wraps_requests and self._router_callable is None
+        quick = self.quick_routes
+        quick.clear()
+        if self._router is not None and not self.hooks.wraps_requests:
+            for path, found in self._router.exact_routes("GET").items():
+                if found.never_suspends and not (self.metrics and path == b"/metrics"):
+                    quick[path] = QuickRoute(self, found)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def startup(self) -> None:
@@ -364,3 +378,34 @@ async def _resolved(answer: Any) -> Answer:
         answer = await answer
     resolved: Answer = answer
     return resolved
+
+
+class QuickRoute:
+    """A parameterless GET route whose `async def` never suspends, as the session's
+    quick route: `answer(request)` runs the handler in one step (in a copy of the
+    context, as `_dispatch` does) and returns a dict's JSON answer as slices — Date
+    line first, as the session's `_send` would lay it out — or else whatever
+    `_dispatch` would have returned for the value or the exception."""
+
+    __slots__ = ("app", "route", "hits")
+
+    def __init__(self, app: Application, route: Route) -> None:
+        self.app = app
+        self.route = route
+        self.hits = 0          # requests answered here, for tests and tuning
+
+    def answer(self, request: Request) -> Any:
+        self.hits += 1
+        try:
+            result = self.route.handler(request)
+            try:
+                copy_context().run(result.send, None)
+            except StopIteration as done:
+                value = done.value
+                if type(value) is dict:
+                    body = encode_json(value)
+                    return [DATE.head(200), JSON_HEAD % len(body), body]
+                return self.app._convert_sync(request, value)
+            raise RuntimeError(f"{self.route.name} suspended with no await in its body")
+        except Exception as exc:  # noqa: BLE001 - any handler failure becomes an answer
+            return self.app.exception_answer(request, exc)

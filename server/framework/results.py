@@ -41,7 +41,7 @@ from ..http.responses import StreamResponse, empty_response, message_response
 from ..http.upgrade import Upgrade
 from ..http.wire import header_block
 
-__all__ = ["to_response", "json_message", "encode_json", "NotAResponse", "InvalidResponse"]
+__all__ = ["to_response", "json_message", "encode_json", "JSON_HEAD", "NotAResponse", "InvalidResponse"]
 
 _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
@@ -76,7 +76,7 @@ def encode_json(obj: Any) -> bytes:
     return _JSON.encode(obj).encode("utf-8")
 
 STREAM_CONTENT_TYPE = "text/plain; charset=utf-8"
-_JSON_HEAD = b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+JSON_HEAD = b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
 _TEXT_HEAD = b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n\r\n"
 _BYTES_HEAD = b"Content-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n"
 
@@ -116,7 +116,7 @@ def _checked_stream(resp: StreamResponse) -> StreamResponse:
 
 def json_message(obj: Any, status: int = 200) -> Message:
     body = encode_json(obj)
-    return Message(status, (_JSON_HEAD % len(body),), (body,))
+    return Message(status, (JSON_HEAD % len(body),), (body,))
 
 
 def _body_message(head: bytes, body: bytes | memoryview, status: int = 200) -> Message:

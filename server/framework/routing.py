@@ -399,6 +399,15 @@ class Router:
             return handler
         return register
 
+    def exact_routes(self, method: str) -> dict[bytes, Route]:
+        """Raw path → the parameterless route answering `method` there."""
+        found: dict[bytes, Route] = {}
+        for path, matches in self._exact.items():
+            hit = matches.get(method)
+            if hit is not None and hit.route is not None:
+                found[path] = hit.route
+        return found
+
     # -- lookup --------------------------------------------------------------------------
     def match(self, method: str, raw_path: bytes) -> RouteMatch:
         """The route for `method` and `raw_path` with its parameters; else the methods

@@ -18,6 +18,12 @@ I/O *driver* (a raw socket, or a TLS transport) only reads, pauses and closes.
   it give up (its parser is replaced) and the same bytes go to the full parser,
   which therefore sees every byte of the stream exactly once in order.  With no
   body in the read, CRLFCRLF separates the heads, so each head block is exact.
+* Quick answers: a lone keep-alive HTTP/1.1 request at rest is offered first to the
+  application's quick answers (the static lane: a path's ready answer, sent before
+  any Request exists) and, for a GET, to its quick routes (a handler called with
+  the Request but without routing, whose dict comes back as the answer's slices).
+  Both are the application's to keep correct; the session checks the same head
+  rules first.
 * Ordering: requests are answered strictly one after another (`_active`).  A
   synchronous answer (the static fast path) is queued on the transmitter at once, so
   twenty pipelined requests that arrive in one read are answered by twenty Messages
@@ -134,6 +140,15 @@ class QuickAnswer(Protocol):
                block: bytes | None = None) -> list[Any] | None:
         """The whole keep-alive answer as slices (status line first; all memory but a
         last slice that may be a FileRegion), or None: ask the application."""
+
+
+class QuickRoute(Protocol):
+    """A handler the application lets the session call at once (no routing) for a
+    keep-alive HTTP/1.1 GET of its path whose head broke no rule."""
+
+    def answer(self, request: Request) -> Any:
+        """The whole keep-alive answer as slices (status line first, all memory), or
+        anything the application's `app(request)` may return."""
 
 
 # The fields the bare path looks for in one pass.  A head with exactly one Host and
@@ -255,6 +270,10 @@ class HttpSession:
         # request must reach the access log.
         self._quick: Mapping[bytes, QuickAnswer] | None = \
             getattr(ctx.app, "quick_answers", None) if ctx.access_log is None else None
+        # Its quick routes (framework/application.py): raw path → a handler called for
+        # a lone keep-alive GET without routing.  Not with an access log either.
+        self._routes: Mapping[bytes, QuickRoute] | None = \
+            getattr(ctx.app, "quick_routes", None) if ctx.access_log is None else None
 
     @property
     def closed(self) -> bool:
@@ -482,6 +501,22 @@ class HttpSession:
                 request = self._bare_made(head, block, lowered, True)
                 if url[:1] == b"/" and url.find(b"#") < 0:
                     request._raw_path = path        # what raw_path would find (request.py)
+                    routes = self._routes
+                    if routes and method == "GET" and keep_alive and version == "1.1":
+                        route = routes.get(path)
+                        if route is not None:
+                            # A handler the application lets us call at once (no routing);
+                            # a dict's answer comes back as its slices, Date line first.
+                            self._active = request
+                            result = route.answer(request)
+                            if type(result) is list:
+                                request.answered = True
+                                self._active = None
+                                self._metrics.responses_total += 1
+                                self.transmitter.transmit_slices(result)
+                            else:
+                                self._take(request, result)
+                            return True
                 self._answer(request)
             else:
                 queued = self._bare_request(head, block, fresh)
@@ -701,6 +736,11 @@ class HttpSession:
             result = self._app(request)
         except Exception as exc:  # noqa: BLE001 - the app's own error handling failed
             result = self._internal_error(request, exc)
+        return self._take(request, result)
+
+    def _take(self, request: Request, result: Any) -> bool:
+        """Send or start the application's answer to the active `request`; True if
+        it was sent (the next request may follow)."""
         if isinstance(result, Message):
             self._send(request, result, request.version)
             return True
