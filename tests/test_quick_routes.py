@@ -207,3 +207,24 @@ async def test_metrics_stays_the_servers_own(handler_site):
     assert b"/metrics" not in site.app.quick_routes
     reply = await site.get("/metrics")
     assert reply.status == 200 and b"mine" not in reply.body
+
+
+async def test_a_subclass_that_answers_its_own_way_keeps_every_request(serve):
+    async def hello(request):
+        return {"hello": 1}
+
+    class Stamped(Application):
+        def __call__(self, request):
+            answer = super().__call__(request)
+            answer.push(b"X-Stamped: yes\r\n")
+            return answer
+
+    app = Stamped(router=Router([Route("/hello", hello)]))
+    assert app.quick_routes == {}
+    running = await serve(app=app)
+
+    def fetch():
+        with RawClient(running.port) as c:
+            return [c.request("GET", f"/hello?{n}", browser(n)).header("x-stamped") for n in range(3)]
+
+    assert await asyncio.to_thread(fetch) == ["yes"] * 3

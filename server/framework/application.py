@@ -145,16 +145,19 @@ class Application:
         if self.hooks.wraps_requests:
             self._chain = self._build_chain(self.hooks.middleware)
             self._entry = self._dispatch_with_hooks
+        # The static lane and the quick routes answer before `__call__` runs, so they
+        # may only serve what no hook, middleware or router-callable could change from
+        # request to request -- nor a subclass that answers its own way.
+        direct = not self.hooks.wraps_requests and (
+            type(self).__call__ is Application.__call__ and type(self)._dispatch is Application._dispatch)
         static = self.static
         if static is not None:
-            # The static lane answers a path before any of this runs, so it may only
-            # keep paths whose answer no hook, middleware or router-callable could
-            # change from request to request; new routes start it empty.
+            # New routes start the lane empty.
             static.lane.forget_all()
-            static.lane.enabled = not self.hooks.wraps_requests and self._router_callable is None
+            static.lane.enabled = direct and self._router_callable is None
         quick = self.quick_routes
         quick.clear()
-        if self._router is not None and not self.hooks.wraps_requests:
+        if self._router is not None and direct:
             for path, found in self._router.exact_routes("GET").items():
                 if found.never_suspends and not (self.metrics and path == b"/metrics"):
                     quick[path] = QuickRoute(self, found)
