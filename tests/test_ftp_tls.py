@@ -210,6 +210,28 @@ def test_curl_uploads_over_tls_1_3_are_never_reset(site, tmp_path):
         assert sha256_of(root / f"reset-{i}.bin") == sha256_of(upload)
 
 
+
+
+def test_curl_appends_over_tls_onto_a_large_file(site, tmp_path):
+    # An APPE first copies the existing file's bytes into the new one (in a thread),
+    # while the client is already sending: what it sends meanwhile waits in the data
+    # connection, and the whole of it follows the old bytes, none lost or doubled.
+    server, root = site
+    head = os.urandom(1 << 20) * 48                  # 48 MiB already there
+    tail = write_random(tmp_path / "tail.bin", (1 << 20) + 5)
+    base = f"ftp://alice:{PASSWORD.replace(' ', '%20')}@127.0.0.1:{server.port}"
+    expected = None
+    for i in range(3):
+        (root / f"grow-{i}.bin").write_bytes(head)
+        result = run_client(["curl", "-sS", "--ssl-reqd", "-k", "--tlsv1.3", "-a", "-T", str(tail),
+                             f"{base}/grow-{i}.bin"])
+        assert result.returncode == 0, result.stderr
+        if expected is None:
+            import hashlib
+            expected = hashlib.sha256(head + tail.read_bytes()).hexdigest()
+        assert sha256_of(root / f"grow-{i}.bin") == expected
+
+
 # -- replies and policy (in-process, plain asyncio loop) ------------------------------------------
 
 @pytest.fixture

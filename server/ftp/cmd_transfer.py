@@ -203,7 +203,7 @@ async def _store(s: Session, arg: str, append: bool) -> None:
         return f"Transfer complete, {received} bytes received."
 
     verb = "APPE" if append else "STOR"
-    s.start_transfer(f"{verb} {VirtualFS.display(parts)}", "Ok to send data.", work)
+    s.start_transfer(f"{verb} {VirtualFS.display(parts)}", "Ok to send data.", work, upload=True)
 
 
 async def cmd_stor(s: Session, arg: str) -> None:

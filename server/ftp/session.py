@@ -227,14 +227,14 @@ class Session:
         return offset
 
     def start_transfer(self, label: str, opening: str, work: Work,
-                       cleanup: Callable[[], None] | None = None) -> None:
+                       cleanup: Callable[[], None] | None = None, *, upload: bool = False) -> None:
         """Reply 150, open the data connection, run `work(sock)`, reply 226 + its text."""
         self.transfer_label = label
         self.transfer = asyncio.get_running_loop().create_task(
-            self._run_transfer(opening, work, cleanup))
+            self._run_transfer(opening, work, cleanup, upload))
 
     async def _run_transfer(self, opening: str, work: Work,
-                            cleanup: Callable[[], None] | None) -> None:
+                            cleanup: Callable[[], None] | None, upload: bool = False) -> None:
         try:
             self.reply(150, opening)
             try:
@@ -250,7 +250,7 @@ class Session:
                         context = self.service.tls_context
                         if context is None:          # PROT P is refused without a certificate
                             raise ssl.SSLError("no TLS certificate configured")
-                        conn = await open_tls_data(sock, context, self.config.data_timeout)
+                        conn = await open_tls_data(sock, context, self.config.data_timeout, upload=upload)
                     except (TimeoutError, OSError, ssl.SSLError) as exc:
                         log.info("TLS handshake failed on a data connection from %s: %r", self.client_ip, exc)
                         self.reply(425, "Can't open data connection: TLS negotiation failed.")

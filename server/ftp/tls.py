@@ -50,7 +50,9 @@ __all__ = ["TlsData", "make_tls_context", "open_tls_data"]
 
 log = logging.getLogger("pageloan.ftp")
 
-READ_HIGH = 1 << 20        # plaintext buffered from a TLS upload before pausing the client
+READ_HIGH = 1 << 20        # plaintext buffered on a TLS data connection before pausing it
+# An upload's data connection holds more before its first chunk is poured: see data_received.
+UPLOAD_HOLD = 16 << 20
 SHUTDOWN_TIMEOUT = 10.0    # background wait for the client's close_notify
 
 
@@ -76,7 +78,8 @@ def make_tls_context(cert: Path, key: Path) -> ssl.SSLContext:
 class TlsData(asyncio.Protocol):
     """One TLS data connection: a CopyTransmitter out, plaintext poured into a writer in."""
 
-    def __init__(self) -> None:
+    def __init__(self, hold: int = READ_HIGH) -> None:
+        self.hold = hold                   # bytes buffered, when not pouring, before pausing
         self.transport: asyncio.Transport | None = None
         self.transmitter: CopyTransmitter | None = None
         self._chunks: deque[bytes] = deque()
@@ -115,15 +118,15 @@ class TlsData(asyncio.Protocol):
             self._wake()
             return
         # Not pouring (before the transfer starts, or bytes a download's client sent):
-        # buffered up to a bound, then the client waits.  (uvloop's SSL layer drops
-        # what it holds for a paused reader when the peer's FIN comes -- close_notify
-        # included -- and reports a clean loss; that is why an upload pours from its
-        # start.  Only a REST or APPE upload, whose file is seeded in a thread first,
-        # can still meet it, if all of it fits in the buffers meanwhile: it then fails
-        # with 426, since the close_notify never reached us.)
+        # buffered up to a bound, then the client waits.  uvloop's SSL layer drops what
+        # it holds for a paused reader when the peer's FIN comes -- close_notify
+        # included -- and reports a clean loss (the upload then fails with 426, never
+        # commits short).  So an upload pours as soon as it can, and its connection
+        # holds UPLOAD_HOLD meanwhile: a client sends a whole small upload and closes
+        # within the few loop turns between the handshake and the first pour.
         self._chunks.append(data)
         self._buffered += len(data)
-        if self._buffered >= READ_HIGH and not self._paused and self.transport is not None:
+        if self._buffered >= self.hold and not self._paused and self.transport is not None:
             self._paused = True
             self.transport.pause_reading()
         self._wake()
@@ -229,7 +232,8 @@ class TlsData(asyncio.Protocol):
             self.transport.abort()
 
 
-async def open_tls_data(sock: socket.socket, context: ssl.SSLContext, timeout: float) -> TlsData:
+async def open_tls_data(sock: socket.socket, context: ssl.SSLContext, timeout: float, *,
+                        upload: bool = False) -> TlsData:
     """Run the server side of the TLS handshake on a connected data socket.
 
     The socket belongs to the returned TlsData's transport from here on.  Raises
@@ -237,7 +241,7 @@ async def open_tls_data(sock: socket.socket, context: ssl.SSLContext, timeout: f
     """
     loop = asyncio.get_running_loop()
     # Our own instance: uvloop returns its internal SSLProtocol, not the app protocol.
-    protocol = TlsData()
+    protocol = TlsData(UPLOAD_HOLD if upload else READ_HIGH)
     await asyncio.wait_for(
         loop.connect_accepted_socket(lambda: protocol, sock, ssl=context, ssl_handshake_timeout=timeout,
                                      ssl_shutdown_timeout=SHUTDOWN_TIMEOUT),
