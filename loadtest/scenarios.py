@@ -78,6 +78,9 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("asgi-json", "ASGI: GET /json, a Starlette JSONResponse, as a page's fetch() asks",
              protocol="asgi", path="/json", script="asgi_browser.lua", script_args=("fetch",),
              expect="json"),
+    Scenario("asgi-browser-json", "ASGI: GET /json, a Starlette JSONResponse, browser headers, "
+             "no two requests alike", protocol="asgi", path="/json", script="browser.lua",
+             expect="json", repeats=False),
     Scenario("asgi-static-1k", "ASGI: GET /1k.bin from Starlette StaticFiles, as an <img> asks",
              protocol="asgi", path="/1k.bin", script="asgi_browser.lua", script_args=("image",)),
     Scenario("asgi-static-1k-root", "ASGI: GET /1k.bin as asgi-static-1k, with ROOT beside --asgi "
