@@ -10,7 +10,11 @@ Request's lazily derived pieces:
   prefix when routing);
 * `query_string` stays percent-encoded bytes; `headers` are the raw pairs with the
   names lower-cased, values as sent but for the optional whitespace around them
-  (RFC 9112 §5), whichever parser read the head;
+  (RFC 9112 §5), whichever parser read the head.  The pairs of the last head
+  block split are kept with its field section: a request whose fields are byte for
+  byte the same (a client's next fetch on its keep-alive connection, another tab
+  of the same browser) gets a new list of the same immutable pairs without
+  splitting again — one comparison, which fails at the first differing byte;
 * `client` and `scheme` come from the socket, or — only when the peer is a trusted
   proxy — from its forwarding headers (server.http.forwarded);
 * `state` is a shallow copy of the lifespan state, so a request may add keys
@@ -23,7 +27,6 @@ Request's lazily derived pieces:
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from ..http.forwarded import TrustedProxies, forwarded_peer
@@ -35,8 +38,6 @@ ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
 
 
 _FORWARDING = frozenset({b"forwarded", b"x-forwarded-for", b"x-forwarded-proto"})
-# What makes a path need Request.path's decoding (or a fragment cut off).
-_UNPLAIN = re.compile(rb"[%#]")
 
 
 def _forwarding(headers: list[tuple[bytes, bytes]]) -> bool:
@@ -49,7 +50,7 @@ def _forwarding(headers: list[tuple[bytes, bytes]]) -> bool:
 class ScopeMaker:
     """Builds scopes for one server: its address, scheme, root path and trust."""
 
-    __slots__ = ("server", "scheme", "root_path", "_raw_root", "trusted", "state")
+    __slots__ = ("server", "scheme", "root_path", "_raw_root", "trusted", "state", "_memo")
 
     def __init__(self, *, scheme: str = "http", root_path: str = "",
                  trusted: TrustedProxies | None = None, state: dict[str, Any] | None = None) -> None:
@@ -59,25 +60,48 @@ class ScopeMaker:
         self._raw_root = root_path.encode("utf-8")
         self.trusted = trusted
         self.state = state if state is not None else {}
+        # The field section (from the request line's CRLF) of the last head block
+        # split, and its pairs.
+        self._memo: tuple[bytes, tuple[tuple[bytes, bytes], ...]] = (b"", ())
 
     def http(self, request: Request) -> dict[str, Any]:
         """The scope for `request`; BadRequest if its path cannot be decoded."""
         target = request.target
-        raw_path, question, query_string = target.partition(b"?")
-        if raw_path[:1] == b"/" and raw_path.isascii() and _UNPLAIN.search(raw_path) is None \
-                and (not question or query_string.find(b"#") < 0):
-            # The common origin-form target with nothing to decode: path and query
-            # are its pieces (what Request.path and .query_string would find).  (One
-            # regex search: in CPython 3.11 each bytes.find parses its arguments the
-            # slow way, which costs more than the search.)
-            path = raw_path.decode("ascii")
-        else:
+        try:
+            text = target.decode("ascii")
+        except UnicodeDecodeError:
+            text = ""                        # not ASCII: Request.path decides
+        path: str | None = None
+        # The common origin-form target with nothing to decode (no fragment, no
+        # escape in the path): path and query are its pieces, what Request.path and
+        # .query_string would find.  (Tested on the decoded text: `in` on bytes tries
+        # its argument as an integer first, and each bytes.find parses its arguments
+        # the slow way, in CPython 3.11; the str tests cost less than the search.)
+        if text[:1] == "/" and "#" not in text:
+            if "?" in text:
+                path = text.partition("?")[0]
+                raw_path, _, query_string = target.partition(b"?")
+            else:
+                path, raw_path, query_string = text, target, b""
+            if "%" in path:
+                path = None
+        if path is None:
             path = request.path              # raises BadRequest on broken UTF-8
             raw_path = request.raw_path
             query_string = request.query_string.encode("latin-1")
         head = request.head
         if head is not None:
-            headers = _fields(head)
+            # The pairs depend only on what follows the request line.  (A head that
+            # begins with the empty lines a client may send first is split, not kept.)
+            line_end = head.find(b"\r\n")
+            memo, pairs = self._memo
+            # (A suffix test and the request line's end: no slice of the head is made.)
+            if len(head) - len(memo) == line_end and line_end > 0 and head.endswith(memo):
+                headers = list(pairs)
+            else:
+                headers = _fields(head)
+                if line_end > 0:
+                    self._memo = (head[line_end:], tuple(headers))
         else:
             # (llhttp hands values over with any trailing whitespace: trim it, as _fields does.)
             headers = [(name.lower(), value.rstrip(b" \t")) for name, value in request.raw_headers]
@@ -113,11 +137,16 @@ class ScopeMaker:
 
 def _fields(head: bytes) -> list[tuple[bytes, bytes]]:
     """The scope's header pairs straight from a raw head block: names lowered, values
-    without the optional whitespace around them (request.split_head, in one pass)."""
+    without the optional whitespace around them (request.split_head, in one pass).
+
+    The block is one httptools accepted (the bare parse): no value holds a CR, LF,
+    VT or FF (llhttp refuses them), so strip() with no argument — cheaper than
+    naming the set — removes exactly the spaces and tabs around it.
+    """
     fields = []
     for line in head.lstrip(b"\r\n").split(b"\r\n")[1:]:
         if not line:
             break
         name, _, value = line.partition(b":")
-        fields.append((name.lower(), value.strip(b" \t")))
+        fields.append((name.lower(), value.strip()))
     return fields

@@ -704,10 +704,15 @@ class HttpSession:
         if isinstance(result, Message):
             self._send(request, result, request.version)
             return True
-        # (A RelayedAnswer -- the ASGI exchange -- is never awaited: the isinstance
-        # spares it isawaitable's ABC check, which costs more.)
-        if type(result) is CoroutineType or (
-                not isinstance(result, RelayedAnswer) and inspect.isawaitable(result)):
+        if isinstance(result, RelayedAnswer):
+            # The answer sends itself (the ASGI adapter): it gets this request's
+            # Outlet, and the request stays active until it says `end` or `abort`.
+            # (Asked before the awaitable checks: it is never awaited, and
+            # isawaitable's ABC check costs more.)
+            outlet = self._outlet = Outlet(self, request)
+            result.relay(outlet)
+            return self._active is None
+        if type(result) is CoroutineType or inspect.isawaitable(result):
             # The answer's own coroutine becomes the task (no wrapper frame); the
             # session picks its result up in a done-callback.
             task = self.loop.create_task(result if type(result) is CoroutineType else _awaited(result))
@@ -1150,8 +1155,10 @@ class Outlet:
             return
         self._ended = True
         session._outlet = None
-        session._send(self.request, msg, self.request.version)
-        session._dispatch()
+        request = self.request
+        session._send(request, msg, request.version)
+        if session._pipeline:        # (nothing parsed behind it: nothing to dispatch)
+            session._dispatch()
         session.transmitter.flush()
 
     def start(self, head: Message) -> None:
