@@ -202,8 +202,9 @@ async def test_scope_headers_are_the_same_from_either_parse(serve: Any) -> None:
 async def test_scope_headers_kept_from_the_last_head_follow_its_fields(serve: Any) -> None:
     """The pairs kept from the last head split serve only a head whose field section
     is byte for byte the same: a changed value of the same length, an extra field in
-    front of the same tail, or empty lines before the request line are split anew,
-    and each scope gets a list of its own."""
+    front of the same tail, or empty lines before the request line are split anew
+    (a line equal to the last head's in the same place may keep its pair: fewer or
+    more lines than last time), and each scope gets a list of its own."""
     seen: list[tuple] = []
 
     async def app(scope: dict, receive: Any, send: Any) -> None:
@@ -217,7 +218,9 @@ async def test_scope_headers_kept_from_the_last_head_follow_its_fields(serve: An
              b"GET /one HTTP/1.1\r\n" + fields.replace(b"aaaa", b"bbbb"),
              b"GET /one HTTP/1.1\r\nX-Extra: 1\r\n" + fields.replace(b"aaaa", b"bbbb"),
              b"\r\nGET /three HTTP/1.1\r\n" + fields,
-             b"GET /four HTTP/1.1\r\n" + fields]
+             b"GET /four HTTP/1.1\r\n" + fields,
+             b"GET /five HTTP/1.1\r\nHost: x\r\nX-Token: aaaa\r\n\r\n",
+             b"GET /six HTTP/1.1\r\n" + fields[:-2] + b"X-Last: z\r\n\r\n"]
     server = await start(serve, app)
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     try:
@@ -229,7 +232,8 @@ async def test_scope_headers_kept_from_the_last_head_follow_its_fields(serve: An
     plain = [(b"host", b"x"), (b"x-token", b"aaaa"), (b"accept", b"*/*")]
     changed = [(b"host", b"x"), (b"x-token", b"bbbb"), (b"accept", b"*/*")]
     assert seen == [("/one", plain), ("/two", plain), ("/one", changed),
-                    ("/one", [(b"x-extra", b"1"), *changed]), ("/three", plain), ("/four", plain)]
+                    ("/one", [(b"x-extra", b"1"), *changed]), ("/three", plain), ("/four", plain),
+                    ("/five", plain[:2]), ("/six", [*plain, (b"x-last", b"z")])]
 
 
 async def test_a_repeated_start_is_checked_and_framed_as_the_first(serve: Any) -> None:

@@ -446,7 +446,9 @@ class HttpExchange(RelayedAnswer):
                     else:
                         raise RuntimeError(f"response body is {size} bytes, its Content-Length says {length}")
             payload_slices = (payload,) if size else ()
-        msg = Message(self._status, (head,), payload_slices, close=self._close)
+        msg = Message(self._status, (head,), payload_slices)
+        if self._close:
+            msg.close = True                 # (set, not passed: a keyword costs more)
         self._phase = _COMPLETE
         self._ended = True
         self._over = True                    # _wake_receivers, inline: the common answer's

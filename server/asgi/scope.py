@@ -14,7 +14,9 @@ Request's lazily derived pieces:
   block split are kept with its field section: a request whose fields are byte for
   byte the same (a client's next fetch on its keep-alive connection, another tab
   of the same browser) gets a new list of the same immutable pairs without
-  splitting again — one comparison, which fails at the first differing byte;
+  splitting again — one comparison, which fails at the first differing byte.  A
+  head that differs (a new cookie, another Referer) still takes the pair of each
+  line equal to the line in the same place last time;
 * `client` and `scheme` come from the socket, or — only when the peer is a trusted
   proxy — from its forwarding headers (server.http.forwarded);
 * `state` is a shallow copy of the lifespan state, so a request may add keys
@@ -61,8 +63,8 @@ class ScopeMaker:
         self.trusted = trusted
         self.state = state if state is not None else {}
         # The field section (from the request line's CRLF) of the last head block
-        # split, and its pairs.
-        self._memo: tuple[bytes, tuple[tuple[bytes, bytes], ...]] = (b"", ())
+        # split, its field lines and their pairs.
+        self._memo: tuple[bytes, list[bytes], tuple[tuple[bytes, bytes], ...]] = (b"", [], ())
 
     def http(self, request: Request) -> dict[str, Any]:
         """The scope for `request`; BadRequest if its path cannot be decoded."""
@@ -94,14 +96,18 @@ class ScopeMaker:
             # The pairs depend only on what follows the request line.  (A head that
             # begins with the empty lines a client may send first is split, not kept.)
             line_end = head.find(b"\r\n")
-            memo, pairs = self._memo
-            # (A suffix test and the request line's end: no slice of the head is made.)
-            if len(head) - len(memo) == line_end and line_end > 0 and head.endswith(memo):
-                headers = list(pairs)
+            if line_end > 0:
+                # (A slice and ==, which compares lengths first: cheaper than a suffix
+                # test, whose arguments are parsed the slow way; a miss keeps the slice.)
+                section = head[line_end:]
+                memo, lines, pairs = self._memo
+                if section == memo:
+                    headers = list(pairs)
+                else:
+                    headers, lines = _fields_like(section, lines, pairs)
+                    self._memo = (section, lines, tuple(headers))
             else:
                 headers = _fields(head)
-                if line_end > 0:
-                    self._memo = (head[line_end:], tuple(headers))
         else:
             # (llhttp hands values over with any trailing whitespace: trim it, as _fields does.)
             headers = [(name.lower(), value.rstrip(b" \t")) for name, value in request.raw_headers]
@@ -133,6 +139,31 @@ class ScopeMaker:
             "state": self.state.copy(),
             "extensions": {"http.response.pathsend": {}, "http.response.zerocopysend": {}},
         }
+
+
+def _fields_like(section: bytes, last_lines: list[bytes], last_pairs: tuple[tuple[bytes, bytes], ...]
+                 ) -> tuple[list[tuple[bytes, bytes]], list[bytes]]:
+    """The pairs of a field section (from the CRLF ending the request line), and its
+    lines: a line equal to the last head's line in the same place takes that line's
+    pair (a comparison costs less than a split, a lowering and a strip).  Values are
+    stripped as `_fields` strips them (see there)."""
+    lines = section.split(b"\r\n")
+    del lines[0]                         # (before the section's first CRLF: nothing)
+    try:
+        del lines[lines.index(b""):]     # the empty line ending the head, and after
+    except ValueError:
+        pass
+    fields = []
+    known = len(last_lines)
+    at = 0
+    for line in lines:
+        if at < known and line == last_lines[at]:
+            fields.append(last_pairs[at])
+        else:
+            name, _, value = line.partition(b":")
+            fields.append((name.lower(), value.strip()))
+        at += 1
+    return fields, lines
 
 
 def _fields(head: bytes) -> list[tuple[bytes, bytes]]:

@@ -182,13 +182,15 @@ class _Callbacks:
     on_url: Callable[[bytes], Any]
     on_body: Callable[..., None]
     on_chunk_header: Callable[..., None]
+    on_message_complete: Callable[[], Any]
 
     def __init__(self, session: HttpSession, *, bare: bool) -> None:
         if bare:
             # One URL span per message: a whole head is in the one buffer fed.
             self.on_url = partial(setattr, session, "_url")
             self.on_headers_complete = session.on_bare_headers_complete
-            self.on_message_complete = session.on_bare_message_complete
+            # (A C callable, no Python frame: each message complete adds one entry.)
+            self.on_message_complete = partial(list.append, session._bare_done, None)
             self.on_body = self.on_chunk_header = session.on_bare_body
         else:
             self.on_url = session.on_url
@@ -212,6 +214,8 @@ class HttpSession:
         self.transmitter = transmitter
         self.client = client
         self.loop = ctx.loop
+        # One entry per message the bare parser completed in the read being parsed.
+        self._bare_done: list[None] = []
         self._full = _parser(_Callbacks(self, bare=False))
         self._bare = _parser(_Callbacks(self, bare=True))
         self.phase = OPEN
@@ -228,7 +232,6 @@ class HttpSession:
         self._first_line = b""          # an unfinished first line (HTTP/0.9 check)
         # The bare parser's requests in this read: (url, method, version, keep-alive).
         self._bare_heads: list[tuple[bytes, str, str, bool]] = []
-        self._bare_complete = 0
         self._at_chunk_line = False     # the parser is at the start of a chunk-size line
         self._chunk_line_next = False   # ... and the next read begins with it
         self._current: Request | None = None      # being parsed
@@ -432,7 +435,8 @@ class HttpSession:
     def _parse_bare(self, data: bytes) -> bool:
         """Parse a read of whole bodiless heads without header callbacks; False: give up."""
         heads = self._bare_heads = []
-        self._bare_complete = 0
+        done = self._bare_done
+        done.clear()
         try:
             self._bare.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):
@@ -440,7 +444,7 @@ class HttpSession:
             self._bare = _parser(_Callbacks(self, bare=True))
             return False
         count = len(heads)
-        if not count or self._bare_complete != count:
+        if not count or len(done) != count:
             self._bare = _parser(_Callbacks(self, bare=True))
             return False
         # Answered right away, in this read's handling (nothing queued ahead of it),
@@ -547,9 +551,6 @@ class HttpSession:
         self._bare_heads.append((self._url, _METHODS.get(raw_method) or raw_method.decode("ascii"),
                                  parser.get_http_version(),
                                  parser.should_keep_alive() and not self.draining))
-
-    def on_bare_message_complete(self) -> None:
-        self._bare_complete += 1
 
     def on_bare_body(self, *_chunk: bytes) -> None:
         raise _GiveUp()
