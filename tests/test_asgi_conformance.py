@@ -236,6 +236,32 @@ async def test_scope_headers_kept_from_the_last_head_follow_its_fields(serve: An
                     ("/five", plain[:2]), ("/six", [*plain, (b"x-last", b"z")])]
 
 
+async def test_kept_fields_answer_for_their_forwarding_headers(serve: Any) -> None:
+    """Behind a trusted proxy the kept fields also say whether a forwarding header is
+    among them: a repeat of a forwarded head is forwarded, a repeat of a plain one
+    is not, whichever came last."""
+    from server.http.forwarded import DEFAULT_TRUSTED, TrustedProxies
+    seen: list[str] = []
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        seen.append(scope["client"][0])
+        await respond(send, b"ok")
+
+    adapter = AsgiAdapter(app, lifespan="off", trusted=TrustedProxies.parse(DEFAULT_TRUSTED))
+    running = await serve(app=adapter)
+    adapter.listening_on("127.0.0.1", running.port)
+    forwarded = b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 198.51.100.7\r\n\r\n"
+    plain = b"GET / HTTP/1.1\r\nHost: x\r\nX-Request-Id: 198.51.100.7\r\n\r\n"
+    reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+    try:
+        for head in (forwarded, forwarded, plain, plain, forwarded):
+            writer.write(head)
+            await reader.readuntil(b"ok")
+    finally:
+        writer.close()
+    assert seen == ["198.51.100.7", "198.51.100.7", "127.0.0.1", "127.0.0.1", "198.51.100.7"]
+
+
 async def test_a_repeated_start_is_checked_and_framed_as_the_first(serve: Any) -> None:
     """`_start` keeps what it made of a header list: a repeat of it, a list changed in
     place, one without headers, HEAD, a Connection: close and pairs that are no key

@@ -16,7 +16,9 @@ Request's lazily derived pieces:
   of the same browser) gets a new list of the same immutable pairs without
   splitting again — one comparison, which fails at the first differing byte.  A
   head that differs (a new cookie, another Referer) still takes the pair of each
-  line equal to the line in the same place last time;
+  line equal to the line in the same place last time.  The kept fields also keep
+  whether a forwarding header is among them, so behind a trusted proxy a repeated
+  head is not searched for one again;
 * `client` and `scheme` come from the socket, or — only when the peer is a trusted
   proxy — from its forwarding headers (server.http.forwarded);
 * `state` is a shallow copy of the lifespan state, so a request may add keys
@@ -63,8 +65,10 @@ class ScopeMaker:
         self.trusted = trusted
         self.state = state if state is not None else {}
         # The field section (from the request line's CRLF) of the last head block
-        # split, its field lines and their pairs.
-        self._memo: tuple[bytes, list[bytes], tuple[tuple[bytes, bytes], ...]] = (b"", [], ())
+        # split, its field lines, their pairs, and whether one is a forwarding
+        # header (None: not asked, with no trusted proxies).
+        self._memo: tuple[bytes, list[bytes], tuple[tuple[bytes, bytes], ...], bool | None] = \
+            (b"", [], (), None)
 
     def http(self, request: Request) -> dict[str, Any]:
         """The scope for `request`; BadRequest if its path cannot be decoded."""
@@ -92,6 +96,9 @@ class ScopeMaker:
             raw_path = request.raw_path
             query_string = request.query_string.encode("latin-1")
         head = request.head
+        trusted = self.trusted
+        # Whether the fields include a forwarding header (None: not known yet).
+        forwarding: bool | None = None
         if head is not None:
             # The pairs depend only on what follows the request line.  (A head that
             # begins with the empty lines a client may send first is split, not kept.)
@@ -100,12 +107,15 @@ class ScopeMaker:
                 # (A slice and ==, which compares lengths first: cheaper than a suffix
                 # test, whose arguments are parsed the slow way; a miss keeps the slice.)
                 section = head[line_end:]
-                memo, lines, pairs = self._memo
+                memo, lines, pairs, forwarding = self._memo
                 if section == memo:
-                    headers = list(pairs)
+                    headers = list(pairs)    # (and forwarding is theirs too)
                 else:
                     headers, lines = _fields_like(section, lines, pairs)
-                    self._memo = (section, lines, tuple(headers))
+                    # (One search of the lowered head rules forwarding fields out.)
+                    forwarding = None if trusted is None else \
+                        request.lowered_head.find(b"forwarded") >= 0 and _forwarding(headers)
+                    self._memo = (section, lines, tuple(headers), forwarding)
             else:
                 headers = _fields(head)
         else:
@@ -113,12 +123,16 @@ class ScopeMaker:
             headers = [(name.lower(), value.rstrip(b" \t")) for name, value in request.raw_headers]
         client = request.client
         scheme = self.scheme
-        if self.trusted is not None and (head is None or request.lowered_head.find(b"forwarded") >= 0) \
-                and _forwarding(headers):
-            # Only a request that carries forwarding headers pays for the trust check
-            # (one search of the lowered head rules them out for the others).
-            found = forwarded_peer(client, request.raw_headers, self.trusted, scheme)
-            client, scheme = found.client, found.scheme
+        if trusted is not None:
+            if forwarding is None:
+                forwarding = (head is None or request.lowered_head.find(b"forwarded") >= 0) \
+                    and _forwarding(headers)
+            if forwarding:
+                # Only a request that carries forwarding headers pays for the trust
+                # check (one search of the lowered head, or the kept fields' answer,
+                # rules them out for the others).
+                found = forwarded_peer(client, request.raw_headers, trusted, scheme)
+                client, scheme = found.client, found.scheme
         root_path = self.root_path
         if root_path:
             path = root_path + path
