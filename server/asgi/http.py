@@ -330,17 +330,20 @@ class HttpExchange(RelayedAnswer):
             headers = tuple(headers)     # (an iterator is read once, here)
         try:
             known = _STARTS.get(headers)
+            keyed = True
         except (TypeError, ValueError):  # a pair that is a list, a bytearray value: no key
+            known = None
+            keyed = False
+        if known is None:
+            # (Checked outside the except clause: its errors reach the application
+            # without a hashing failure chained to them.)
             known = self._fields(headers)
-        else:
-            if known is None:
-                known = self._fields(headers)
-                # Only a key of bytes pairs is kept: no buffer of the application's
-                # could change under it.
-                if known[3]:
-                    if len(_STARTS) >= _STARTS_MAX:
-                        _STARTS.clear()
-                    _STARTS[headers] = known
+            # Only a key of bytes pairs is kept: no buffer of the application's could
+            # change under it.
+            if keyed and known[3]:
+                if len(_STARTS) >= _STARTS_MAX:
+                    _STARTS.clear()
+                _STARTS[headers] = known
         block, length, close, _plain = known
         if close:
             self._close = True
