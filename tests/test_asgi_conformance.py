@@ -199,6 +199,113 @@ async def test_scope_headers_are_the_same_from_either_parse(serve: Any) -> None:
     assert [tuple(pair) for pair in full] == expected + [(b"content-length", b"2")]
 
 
+async def test_scope_headers_kept_from_the_last_head_follow_its_fields(serve: Any) -> None:
+    """The pairs kept from the last head split serve only a head whose field section
+    is byte for byte the same: a changed value of the same length, an extra field in
+    front of the same tail, or empty lines before the request line are split anew
+    (a line equal to the last head's in the same place may keep its pair: fewer or
+    more lines than last time), and each scope gets a list of its own."""
+    seen: list[tuple] = []
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        seen.append((scope["path"], [tuple(pair) for pair in scope["headers"]]))
+        scope["headers"].append((b"x-added", b"by the app"))    # its own list
+        await respond(send, b"ok")
+
+    fields = b"Host: x\r\nX-Token: aaaa\r\nAccept:  */* \r\n\r\n"
+    heads = [b"GET /one HTTP/1.1\r\n" + fields,
+             b"GET /two?q=1 HTTP/1.1\r\n" + fields,
+             b"GET /one HTTP/1.1\r\n" + fields.replace(b"aaaa", b"bbbb"),
+             b"GET /one HTTP/1.1\r\nX-Extra: 1\r\n" + fields.replace(b"aaaa", b"bbbb"),
+             b"\r\nGET /three HTTP/1.1\r\n" + fields,
+             b"GET /four HTTP/1.1\r\n" + fields,
+             b"GET /five HTTP/1.1\r\nHost: x\r\nX-Token: aaaa\r\n\r\n",
+             b"GET /six HTTP/1.1\r\n" + fields[:-2] + b"X-Last: z\r\n\r\n"]
+    server = await start(serve, app)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        for head in heads:
+            writer.write(head)
+            await reader.readuntil(b"ok")
+    finally:
+        writer.close()
+    plain = [(b"host", b"x"), (b"x-token", b"aaaa"), (b"accept", b"*/*")]
+    changed = [(b"host", b"x"), (b"x-token", b"bbbb"), (b"accept", b"*/*")]
+    assert seen == [("/one", plain), ("/two", plain), ("/one", changed),
+                    ("/one", [(b"x-extra", b"1"), *changed]), ("/three", plain), ("/four", plain),
+                    ("/five", plain[:2]), ("/six", [*plain, (b"x-last", b"z")])]
+
+
+async def test_kept_fields_answer_for_their_forwarding_headers(serve: Any) -> None:
+    """Behind a trusted proxy the kept fields also say whether a forwarding header is
+    among them: a repeat of a forwarded head is forwarded, a repeat of a plain one
+    is not, whichever came last."""
+    from server.http.forwarded import DEFAULT_TRUSTED, TrustedProxies
+    seen: list[str] = []
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        seen.append(scope["client"][0])
+        await respond(send, b"ok")
+
+    adapter = AsgiAdapter(app, lifespan="off", trusted=TrustedProxies.parse(DEFAULT_TRUSTED))
+    running = await serve(app=adapter)
+    adapter.listening_on("127.0.0.1", running.port)
+    forwarded = b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 198.51.100.7\r\n\r\n"
+    plain = b"GET / HTTP/1.1\r\nHost: x\r\nX-Request-Id: 198.51.100.7\r\n\r\n"
+    reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+    try:
+        for head in (forwarded, forwarded, plain, plain, forwarded):
+            writer.write(head)
+            await reader.readuntil(b"ok")
+    finally:
+        writer.close()
+    assert seen == ["198.51.100.7", "198.51.100.7", "127.0.0.1", "127.0.0.1", "198.51.100.7"]
+
+
+async def test_a_repeated_start_is_checked_and_framed_as_the_first(serve: Any) -> None:
+    """`_start` keeps what it made of a header list: a repeat of it, a list changed in
+    place, one without headers, HEAD, a Connection: close and pairs that are no key
+    (lists, bytearray and memoryview values) all come out as the first time."""
+    listed = [(b"content-type", b"text/plain"), (b"content-length", b"2")]
+    answers: dict[str, Any] = {
+        "/same": lambda: (listed, b"hi"),
+        "/none": lambda: (None, b"abc"),
+        "/close": lambda: ([(b"connection", b"close"), (b"content-type", b"text/plain")], b"bye"),
+        "/odd": lambda: ([[b"x-list", b"1"], (b"x-array", bytearray(b"2")),
+                          (b"x-view", memoryview(b"3"))], b"odd"),
+    }
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        headers, body = answers[scope["path"]]()
+        start = {"type": "http.response.start", "status": 200}
+        if headers is not None:
+            start["headers"] = headers
+        await send(start)
+        await send({"type": "http.response.body", "body": body})
+        if scope["path"] == "/same":
+            listed[1] = (b"content-length", b"3")     # the next answer is one byte longer
+            answers["/same"] = lambda: (listed, b"hi!")
+
+    server = await start(serve, app)
+    for _ in range(2):
+        reply = await raw(server.port, b"GET /none HTTP/1.1\r\nHost: x\r\n\r\n"
+                          b"HEAD /none HTTP/1.1\r\nHost: x\r\n\r\n"
+                          b"GET /odd HTTP/1.1\r\nHost: x\r\n\r\n"
+                          b"GET /close HTTP/1.1\r\nHost: x\r\n\r\nGET /none HTTP/1.1\r\nHost: x\r\n\r\n")
+        answered = reply.split(b"HTTP/1.1 ")[1:]
+        assert len(answered) == 4, reply               # the close ended the connection
+        assert answered[0].endswith(b"content-length: 3\r\n\r\nabc")
+        assert answered[1].endswith(b"content-length: 3\r\n\r\n")   # HEAD: the GET's length
+        assert b"x-list: 1\r\nx-array: 2\r\nx-view: 3\r\n" in answered[2]
+        assert answered[2].endswith(b"\r\n\r\nodd")
+        assert b"Connection: close\r\n" in answered[3] and answered[3].endswith(b"bye")
+    reply = await raw(server.port, b"GET /same HTTP/1.1\r\nHost: x\r\n\r\n"
+                      b"GET /same HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    first, second = reply.split(b"HTTP/1.1 ")[1:]
+    assert first.endswith(b"content-length: 2\r\n\r\nhi")
+    assert second.endswith(b"content-length: 3\r\n\r\nhi!")
+
+
 async def test_an_answered_exchange_is_freed_without_the_collector(serve: Any) -> None:
     """Nothing of a finished exchange is left in a reference cycle: with the cyclic
     collector off, the exchange (and with it its request and scope) is still freed."""

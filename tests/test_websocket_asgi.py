@@ -219,6 +219,13 @@ async def test_bad_handshake_is_400_and_plain_http_still_works(starlette_server)
                                            "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "short"})
     assert status == 400
     assert await asyncio.to_thread(get, {}, "/seen") == 200
+    # Without `Connection: Upgrade` the head takes the bare parse (no callbacks): its
+    # Upgrade field is still found, so the handshake check refuses it rather than the
+    # application answering a plain GET (a WebSocketRoute: 404).
+    status = await asyncio.to_thread(get, {"upgrade": "websocket", "Sec-WebSocket-Version": "13",
+                                           "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+    assert status == 400
+    assert await asyncio.to_thread(get, {}, "/echo") == 404
 
 
 async def test_client_vanishing_mid_send_raises_in_the_app(starlette_server):

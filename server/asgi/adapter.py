@@ -90,7 +90,10 @@ class AsgiAdapter:
             answer = static.respond(request, keep=True)
             if answer is not None:
                 return answer
-        if self.websockets is not None and is_websocket_request(request):
+        # (A head without an Upgrade field, told by one search of the lowered head the
+        # session already made, is no upgrade: the common request skips the call.)
+        if self.websockets is not None and (request.head is None or request.lowered_head.find(
+                b"\r\nupgrade:") >= 0) and is_websocket_request(request):
             return AsgiWebSocket.for_request(self.asgi_app, self.scopes, request, self.websockets,
                                              self.settings)
         try:

@@ -11,6 +11,9 @@ Response (`send`):
   piece, so a whole answer — start plus one final `http.response.body` — is ONE
   Message (head block and body in one gather call), with a Content-Length computed
   when the application gave none, exactly like a native handler's answer.
+* The start's header list is checked once: `_start` keeps, by its pairs, the block
+  it made (and the Content-Length and close it found), so an application sending
+  the same fields again — Starlette's JSONResponse, one size — costs one lookup.
 * A body with `more_body` streams: the head goes out first, then one Message per
   piece, framed by the application's Content-Length, else chunked (HTTP/1.1), else
   delimited by closing the connection (HTTP/1.0).  While the transmitter holds more
@@ -78,6 +81,20 @@ _PLAIN_NAMES = frozenset({
     b"referrer-policy", b"content-security-policy", b"allow", b"retry-after", b"www-authenticate",
     b"link", b"age", b"pragma", b"x-request-id",
 })
+# What `_start` does with a response header name, by its exact (lower-case) spelling:
+# 0 take it as it is, 1 Content-Length, 2 drop it.  One lookup classifies the names
+# applications send; any other spelling is lowered and looked up again, and a name
+# still unknown is checked.
+_PLAIN, _LENGTH, _DROPPED = 0, 1, 2
+_NAME_KINDS = {**dict.fromkeys(_PLAIN_NAMES, _PLAIN), b"content-length": _LENGTH,
+               **dict.fromkeys(_DROPPED_HEADERS, _DROPPED)}
+# The header lists `_start` has checked, by their pairs, with what it made of them:
+# an application sends the same few again and again (Starlette's JSONResponse: the
+# same type and, for one size, the same length), so a repeat costs one hash of
+# bytes it mostly already hashed, instead of a check per field.  Bounded: full, it
+# starts over.
+_STARTS: dict[tuple, tuple[bytes, int | None, bool, bool]] = {}
+_STARTS_MAX = 256
 _LAST_CHUNK = b"0\r\n\r\n"
 
 # Response phases: nothing yet, start held, head on the wire, answer complete.
@@ -106,7 +123,7 @@ class ExchangeSettings:
 class HttpExchange(RelayedAnswer):
     """One request/response cycle of an ASGI application."""
 
-    __slots__ = ("app", "scope", "request", "settings", "outlet", "_phase", "_status",
+    __slots__ = ("app", "scope", "request", "settings", "outlet", "_task", "_phase", "_status",
                  "_headers", "_length", "_left", "_chunked", "_no_body", "_close",
                  "_body_read", "_body_done", "_gone", "_over", "_lost", "_ended", "_refusal",
                  "_trailers", "__weakref__")
@@ -118,6 +135,7 @@ class HttpExchange(RelayedAnswer):
         self.request = request
         self.settings = settings
         self.outlet: Outlet | None = None
+        self._task: asyncio.Task | None = None   # running the application (relay to _run's end)
         self._phase = _IDLE
         self._status = 200
         self._headers = b""                  # the application's fields, validated
@@ -141,7 +159,8 @@ class HttpExchange(RelayedAnswer):
         outlet.on_gone = self._client_gone
         settings = self.settings
         # The task lets itself go when it ends (_run): no done-callback to schedule.
-        settings.tasks.add(outlet.loop.create_task(self._run(), context=settings.context.copy()))
+        task = self._task = outlet.loop.create_task(self._run(), context=settings.context.copy())
+        settings.tasks.add(task)
 
     def _client_gone(self, lost: bool) -> None:
         if lost:
@@ -174,8 +193,10 @@ class HttpExchange(RelayedAnswer):
             outlet = self.outlet
             if outlet is not None:
                 outlet.on_gone = None
-                # (With the loop named, current_task() makes no getpid() system call.)
-                self.settings.tasks.discard(asyncio.current_task(outlet.loop))
+            # The exchange and its task refer to each other until now (relay kept it
+            # to spare a current_task() call here).
+            task, self._task = self._task, None
+            self.settings.tasks.discard(task)
 
     def _failed(self, exc: BaseException) -> None:
         request = self.request
@@ -304,16 +325,59 @@ class HttpExchange(RelayedAnswer):
         status = message["status"]
         if type(status) is not int or not 200 <= status <= 999:
             raise RuntimeError(f"http.response.start status must be an int 200-999, not {status!r}")
+        headers = message.get("headers", ())
+        if type(headers) is not tuple:
+            headers = tuple(headers)     # (an iterator is read once, here)
+        try:
+            known = _STARTS.get(headers)
+            keyed = True
+        except (TypeError, ValueError):  # a pair that is a list, a bytearray value: no key
+            known = None
+            keyed = False
+        if known is None:
+            # (Checked outside the except clause: its errors reach the application
+            # without a hashing failure chained to them.)
+            known = self._fields(headers)
+            # Only a key of bytes pairs is kept: no buffer of the application's could
+            # change under it.
+            if keyed and known[3]:
+                if len(_STARTS) >= _STARTS_MAX:
+                    _STARTS.clear()
+                _STARTS[headers] = known
+        block, length, close, _plain = known
+        if close:
+            self._close = True
+        self._status = status
+        self._headers = block
+        self._length = length
+        self._no_body = status in _NO_BODY_STATUSES or self.request.method == "HEAD"
+        self._trailers = bool(message.get("trailers", False))
+        self._phase = _STARTED
+
+    @staticmethod
+    def _fields(headers: tuple) -> tuple[bytes, int | None, bool, bool]:
+        """The application's header fields checked: (block, Content-Length, close, and
+        whether every name and value was a `bytes` object)."""
         parts: list[bytes] = []
         length: int | None = None
-        for pair in message.get("headers", ()):
+        close = False
+        plain = True
+        kinds = _NAME_KINDS
+        for pair in headers:
             name, value = pair
             if type(name) is not bytes or type(value) is not bytes:
                 name, value = _as_bytes(name), _as_bytes(value)
-            if name not in _PLAIN_NAMES:
-                # A name the adapter looks at, or one it has to check.
-                lower = name.lower()
-                if lower == b"content-length":
+                plain = False
+            kind = kinds.get(name)
+            if kind is None:
+                kind = kinds.get(name.lower())
+                if kind is None:
+                    # A name of the application's own: it must not split the head.
+                    if not name or _BAD_NAME.search(name) is not None:
+                        raise RuntimeError(f"invalid response header {name!r}: {value!r}")
+                    kind = _PLAIN
+            if kind:
+                if kind == _LENGTH:
                     # Digits only: the value goes on the wire as it is, so what int()
                     # would also take ("+5", " 5", "1_0") must not frame the body.
                     if not value.isdigit() or length is not None and length != int(value):
@@ -321,26 +385,19 @@ class HttpExchange(RelayedAnswer):
                     if length is not None:
                         continue
                     length = int(value)
-                elif lower in _DROPPED_HEADERS:
+                else:
                     if _BAD_VALUE.search(value) is not None:
                         raise RuntimeError(f"invalid response header {name!r}: {value!r}")
-                    if lower == b"connection" and b"close" in value.lower():
-                        self._close = True
+                    if name.lower() == b"connection" and b"close" in value.lower():
+                        close = True
                     continue
-                elif lower not in _PLAIN_NAMES and (not name or _BAD_NAME.search(name) is not None):
-                    raise RuntimeError(f"invalid response header {name!r}: {value!r}")
             parts += (name, b": ", value, b"\r\n")
         block = b"".join(parts)
         # The values are checked all at once: the block holds exactly one CR LF per
         # field, so no value carries a CR, LF (a smuggled line) or NUL.
         if len(block) - len(block.translate(None, b"\r\n\0")) != len(parts) >> 1:
-            raise RuntimeError(f"invalid response header value in {message.get('headers')!r}")
-        self._status = status
-        self._headers = block
-        self._length = length
-        self._no_body = status in _NO_BODY_STATUSES or self.request.method == "HEAD"
-        self._trailers = bool(message.get("trailers", False))
-        self._phase = _STARTED
+            raise RuntimeError(f"invalid response header value in {list(headers)!r}")
+        return block, length, close, plain
 
     async def _piece(self, payload: bytes | FileRegion, size: int, more: bool, *,
                      file: bool = False) -> None:
@@ -392,10 +449,15 @@ class HttpExchange(RelayedAnswer):
                     else:
                         raise RuntimeError(f"response body is {size} bytes, its Content-Length says {length}")
             payload_slices = (payload,) if size else ()
-        msg = Message(self._status, (head,), payload_slices, close=self._close)
+        msg = Message(self._status, (head,), payload_slices)
+        if self._close:
+            msg.close = True                 # (set, not passed: a keyword costs more)
         self._phase = _COMPLETE
         self._ended = True
-        self._wake_receivers()
+        self._over = True                    # _wake_receivers, inline: the common answer's
+        gone = self._gone
+        if gone is not None and not gone.done():
+            gone.set_result(None)
         outlet.respond(msg)
 
     def _send_head(self, outlet: Outlet) -> None:

@@ -10,7 +10,15 @@ Request's lazily derived pieces:
   prefix when routing);
 * `query_string` stays percent-encoded bytes; `headers` are the raw pairs with the
   names lower-cased, values as sent but for the optional whitespace around them
-  (RFC 9112 §5), whichever parser read the head;
+  (RFC 9112 §5), whichever parser read the head.  The pairs of the last head
+  block split are kept with its field section: a request whose fields are byte for
+  byte the same (a client's next fetch on its keep-alive connection, another tab
+  of the same browser) gets a new list of the same immutable pairs without
+  splitting again — one comparison, which fails at the first differing byte.  A
+  head that differs (a new cookie, another Referer) still takes the pair of each
+  line equal to the line in the same place last time.  The kept fields also keep
+  whether a forwarding header is among them, so behind a trusted proxy a repeated
+  head is not searched for one again;
 * `client` and `scheme` come from the socket, or — only when the peer is a trusted
   proxy — from its forwarding headers (server.http.forwarded);
 * `state` is a shallow copy of the lifespan state, so a request may add keys
@@ -23,7 +31,6 @@ Request's lazily derived pieces:
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from ..http.forwarded import TrustedProxies, forwarded_peer
@@ -35,8 +42,6 @@ ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
 
 
 _FORWARDING = frozenset({b"forwarded", b"x-forwarded-for", b"x-forwarded-proto"})
-# What makes a path need Request.path's decoding (or a fragment cut off).
-_UNPLAIN = re.compile(rb"[%#]")
 
 
 def _forwarding(headers: list[tuple[bytes, bytes]]) -> bool:
@@ -49,7 +54,7 @@ def _forwarding(headers: list[tuple[bytes, bytes]]) -> bool:
 class ScopeMaker:
     """Builds scopes for one server: its address, scheme, root path and trust."""
 
-    __slots__ = ("server", "scheme", "root_path", "_raw_root", "trusted", "state")
+    __slots__ = ("server", "scheme", "root_path", "_raw_root", "trusted", "state", "_memo")
 
     def __init__(self, *, scheme: str = "http", root_path: str = "",
                  trusted: TrustedProxies | None = None, state: dict[str, Any] | None = None) -> None:
@@ -59,36 +64,75 @@ class ScopeMaker:
         self._raw_root = root_path.encode("utf-8")
         self.trusted = trusted
         self.state = state if state is not None else {}
+        # The field section (from the request line's CRLF) of the last head block
+        # split, its field lines, their pairs, and whether one is a forwarding
+        # header (None: not asked, with no trusted proxies).
+        self._memo: tuple[bytes, list[bytes], tuple[tuple[bytes, bytes], ...], bool | None] = \
+            (b"", [], (), None)
 
     def http(self, request: Request) -> dict[str, Any]:
         """The scope for `request`; BadRequest if its path cannot be decoded."""
         target = request.target
-        raw_path, question, query_string = target.partition(b"?")
-        if raw_path[:1] == b"/" and raw_path.isascii() and _UNPLAIN.search(raw_path) is None \
-                and (not question or query_string.find(b"#") < 0):
-            # The common origin-form target with nothing to decode: path and query
-            # are its pieces (what Request.path and .query_string would find).  (One
-            # regex search: in CPython 3.11 each bytes.find parses its arguments the
-            # slow way, which costs more than the search.)
-            path = raw_path.decode("ascii")
-        else:
+        try:
+            text = target.decode("ascii")
+        except UnicodeDecodeError:
+            text = ""                        # not ASCII: Request.path decides
+        path: str | None = None
+        # The common origin-form target with nothing to decode (no fragment, no
+        # escape in the path): path and query are its pieces, what Request.path and
+        # .query_string would find.  (Tested on the decoded text: `in` on bytes tries
+        # its argument as an integer first, and each bytes.find parses its arguments
+        # the slow way, in CPython 3.11; the str tests cost less than the search.)
+        if text[:1] == "/" and "#" not in text:
+            if "?" in text:
+                path = text.partition("?")[0]
+                raw_path, _, query_string = target.partition(b"?")
+            else:
+                path, raw_path, query_string = text, target, b""
+            if "%" in path:
+                path = None
+        if path is None:
             path = request.path              # raises BadRequest on broken UTF-8
             raw_path = request.raw_path
             query_string = request.query_string.encode("latin-1")
         head = request.head
+        trusted = self.trusted
+        # Whether the fields include a forwarding header (None: not known yet).
+        forwarding: bool | None = None
         if head is not None:
-            headers = _fields(head)
+            # The pairs depend only on what follows the request line.  (A head that
+            # begins with the empty lines a client may send first is split, not kept.)
+            line_end = head.find(b"\r\n")
+            if line_end > 0:
+                # (A slice and ==, which compares lengths first: cheaper than a suffix
+                # test, whose arguments are parsed the slow way; a miss keeps the slice.)
+                section = head[line_end:]
+                memo, lines, pairs, forwarding = self._memo
+                if section == memo:
+                    headers = list(pairs)    # (and forwarding is theirs too)
+                else:
+                    headers, lines = _fields_like(section, lines, pairs)
+                    # (One search of the lowered head rules forwarding fields out.)
+                    forwarding = None if trusted is None else \
+                        request.lowered_head.find(b"forwarded") >= 0 and _forwarding(headers)
+                    self._memo = (section, lines, tuple(headers), forwarding)
+            else:
+                headers = _fields(head)
         else:
             # (llhttp hands values over with any trailing whitespace: trim it, as _fields does.)
             headers = [(name.lower(), value.rstrip(b" \t")) for name, value in request.raw_headers]
         client = request.client
         scheme = self.scheme
-        if self.trusted is not None and (head is None or request.lowered_head.find(b"forwarded") >= 0) \
-                and _forwarding(headers):
-            # Only a request that carries forwarding headers pays for the trust check
-            # (one search of the lowered head rules them out for the others).
-            found = forwarded_peer(client, request.raw_headers, self.trusted, scheme)
-            client, scheme = found.client, found.scheme
+        if trusted is not None:
+            if forwarding is None:
+                forwarding = (head is None or request.lowered_head.find(b"forwarded") >= 0) \
+                    and _forwarding(headers)
+            if forwarding:
+                # Only a request that carries forwarding headers pays for the trust
+                # check (one search of the lowered head, or the kept fields' answer,
+                # rules them out for the others).
+                found = forwarded_peer(client, request.raw_headers, trusted, scheme)
+                client, scheme = found.client, found.scheme
         root_path = self.root_path
         if root_path:
             path = root_path + path
@@ -111,13 +155,43 @@ class ScopeMaker:
         }
 
 
+def _fields_like(section: bytes, last_lines: list[bytes], last_pairs: tuple[tuple[bytes, bytes], ...]
+                 ) -> tuple[list[tuple[bytes, bytes]], list[bytes]]:
+    """The pairs of a field section (from the CRLF ending the request line), and its
+    lines: a line equal to the last head's line in the same place takes that line's
+    pair (a comparison costs less than a split, a lowering and a strip).  Values are
+    stripped as `_fields` strips them (see there)."""
+    lines = section.split(b"\r\n")
+    del lines[0]                         # (before the section's first CRLF: nothing)
+    try:
+        del lines[lines.index(b""):]     # the empty line ending the head, and after
+    except ValueError:
+        pass
+    fields = []
+    known = len(last_lines)
+    at = 0
+    for line in lines:
+        if at < known and line == last_lines[at]:
+            fields.append(last_pairs[at])
+        else:
+            name, _, value = line.partition(b":")
+            fields.append((name.lower(), value.strip()))
+        at += 1
+    return fields, lines
+
+
 def _fields(head: bytes) -> list[tuple[bytes, bytes]]:
     """The scope's header pairs straight from a raw head block: names lowered, values
-    without the optional whitespace around them (request.split_head, in one pass)."""
+    without the optional whitespace around them (request.split_head, in one pass).
+
+    The block is one httptools accepted (the bare parse): no value holds a CR, LF,
+    VT or FF (llhttp refuses them), so strip() with no argument — cheaper than
+    naming the set — removes exactly the spaces and tabs around it.
+    """
     fields = []
     for line in head.lstrip(b"\r\n").split(b"\r\n")[1:]:
         if not line:
             break
         name, _, value = line.partition(b":")
-        fields.append((name.lower(), value.strip(b" \t")))
+        fields.append((name.lower(), value.strip()))
     return fields

@@ -197,13 +197,15 @@ class _Callbacks:
     on_url: Callable[[bytes], Any]
     on_body: Callable[..., None]
     on_chunk_header: Callable[..., None]
+    on_message_complete: Callable[[], Any]
 
     def __init__(self, session: HttpSession, *, bare: bool) -> None:
         if bare:
             # One URL span per message: a whole head is in the one buffer fed.
             self.on_url = partial(setattr, session, "_url")
             self.on_headers_complete = session.on_bare_headers_complete
-            self.on_message_complete = session.on_bare_message_complete
+            # (A C callable, no Python frame: each message complete adds one entry.)
+            self.on_message_complete = partial(list.append, session._bare_done, None)
             self.on_body = self.on_chunk_header = session.on_bare_body
         else:
             self.on_url = session.on_url
@@ -227,6 +229,8 @@ class HttpSession:
         self.transmitter = transmitter
         self.client = client
         self.loop = ctx.loop
+        # One entry per message the bare parser completed in the read being parsed.
+        self._bare_done: list[None] = []
         self._full = _parser(_Callbacks(self, bare=False))
         self._bare = _parser(_Callbacks(self, bare=True))
         self.phase = OPEN
@@ -243,7 +247,6 @@ class HttpSession:
         self._first_line = b""          # an unfinished first line (HTTP/0.9 check)
         # The bare parser's requests in this read: (url, method, version, keep-alive).
         self._bare_heads: list[tuple[bytes, str, str, bool]] = []
-        self._bare_complete = 0
         self._at_chunk_line = False     # the parser is at the start of a chunk-size line
         self._chunk_line_next = False   # ... and the next read begins with it
         self._current: Request | None = None      # being parsed
@@ -451,7 +454,8 @@ class HttpSession:
     def _parse_bare(self, data: bytes) -> bool:
         """Parse a read of whole bodiless heads without header callbacks; False: give up."""
         heads = self._bare_heads = []
-        self._bare_complete = 0
+        done = self._bare_done
+        done.clear()
         try:
             self._bare.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):
@@ -459,7 +463,7 @@ class HttpSession:
             self._bare = _parser(_Callbacks(self, bare=True))
             return False
         count = len(heads)
-        if not count or self._bare_complete != count:
+        if not count or len(done) != count:
             self._bare = _parser(_Callbacks(self, bare=True))
             return False
         # Answered right away, in this read's handling (nothing queued ahead of it),
@@ -582,9 +586,6 @@ class HttpSession:
         self._bare_heads.append((self._url, _METHODS.get(raw_method) or raw_method.decode("ascii"),
                                  parser.get_http_version(),
                                  parser.should_keep_alive() and not self.draining))
-
-    def on_bare_message_complete(self) -> None:
-        self._bare_complete += 1
 
     def on_bare_body(self, *_chunk: bytes) -> None:
         raise _GiveUp()
@@ -744,10 +745,15 @@ class HttpSession:
         if isinstance(result, Message):
             self._send(request, result, request.version)
             return True
-        # (A RelayedAnswer -- the ASGI exchange -- is never awaited: the isinstance
-        # spares it isawaitable's ABC check, which costs more.)
-        if type(result) is CoroutineType or (
-                not isinstance(result, RelayedAnswer) and inspect.isawaitable(result)):
+        if isinstance(result, RelayedAnswer):
+            # The answer sends itself (the ASGI adapter): it gets this request's
+            # Outlet, and the request stays active until it says `end` or `abort`.
+            # (Asked before the awaitable checks: it is never awaited, and
+            # isawaitable's ABC check costs more.)
+            outlet = self._outlet = Outlet(self, request)
+            result.relay(outlet)
+            return self._active is None
+        if type(result) is CoroutineType or inspect.isawaitable(result):
             # The answer's own coroutine becomes the task (no wrapper frame); the
             # session picks its result up in a done-callback.
             task = self.loop.create_task(result if type(result) is CoroutineType else _awaited(result))
@@ -1190,8 +1196,10 @@ class Outlet:
             return
         self._ended = True
         session._outlet = None
-        session._send(self.request, msg, self.request.version)
-        session._dispatch()
+        request = self.request
+        session._send(request, msg, request.version)
+        if session._pipeline:        # (nothing parsed behind it: nothing to dispatch)
+            session._dispatch()
         session.transmitter.flush()
 
     def start(self, head: Message) -> None:
