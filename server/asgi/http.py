@@ -11,9 +11,6 @@ Response (`send`):
   piece, so a whole answer — start plus one final `http.response.body` — is ONE
   Message (head block and body in one gather call), with a Content-Length computed
   when the application gave none, exactly like a native handler's answer.
-* The start's header list is checked once: `_start` keeps, by its pairs, the block
-  it made (and the Content-Length and close it found), so an application sending
-  the same fields again — Starlette's JSONResponse, one size — costs one lookup.
 * A body with `more_body` streams: the head goes out first, then one Message per
   piece, framed by the application's Content-Length, else chunked (HTTP/1.1), else
   delimited by closing the connection (HTTP/1.0).  While the transmitter holds more
@@ -88,13 +85,6 @@ _PLAIN_NAMES = frozenset({
 _PLAIN, _LENGTH, _DROPPED = 0, 1, 2
 _NAME_KINDS = {**dict.fromkeys(_PLAIN_NAMES, _PLAIN), b"content-length": _LENGTH,
                **dict.fromkeys(_DROPPED_HEADERS, _DROPPED)}
-# The header lists `_start` has checked, by their pairs, with what it made of them:
-# an application sends the same few again and again (Starlette's JSONResponse: the
-# same type and, for one size, the same length), so a repeat costs one hash of
-# bytes it mostly already hashed, instead of a check per field.  Bounded: full, it
-# starts over.
-_STARTS: dict[tuple, tuple[bytes, int | None, bool, bool]] = {}
-_STARTS_MAX = 256
 _LAST_CHUNK = b"0\r\n\r\n"
 
 # Response phases: nothing yet, start held, head on the wire, answer complete.
@@ -328,23 +318,7 @@ class HttpExchange(RelayedAnswer):
         headers = message.get("headers", ())
         if type(headers) is not tuple:
             headers = tuple(headers)     # (an iterator is read once, here)
-        try:
-            known = _STARTS.get(headers)
-            keyed = True
-        except (TypeError, ValueError):  # a pair that is a list, a bytearray value: no key
-            known = None
-            keyed = False
-        if known is None:
-            # (Checked outside the except clause: its errors reach the application
-            # without a hashing failure chained to them.)
-            known = self._fields(headers)
-            # Only a key of bytes pairs is kept: no buffer of the application's could
-            # change under it.
-            if keyed and known[3]:
-                if len(_STARTS) >= _STARTS_MAX:
-                    _STARTS.clear()
-                _STARTS[headers] = known
-        block, length, close, _plain = known
+        block, length, close = self._fields(headers)
         if close:
             self._close = True
         self._status = status
@@ -355,19 +329,16 @@ class HttpExchange(RelayedAnswer):
         self._phase = _STARTED
 
     @staticmethod
-    def _fields(headers: tuple) -> tuple[bytes, int | None, bool, bool]:
-        """The application's header fields checked: (block, Content-Length, close, and
-        whether every name and value was a `bytes` object)."""
+    def _fields(headers: tuple) -> tuple[bytes, int | None, bool]:
+        """The application's header fields checked: (block, Content-Length, close)."""
         parts: list[bytes] = []
         length: int | None = None
         close = False
-        plain = True
         kinds = _NAME_KINDS
         for pair in headers:
             name, value = pair
             if type(name) is not bytes or type(value) is not bytes:
                 name, value = _as_bytes(name), _as_bytes(value)
-                plain = False
             kind = kinds.get(name)
             if kind is None:
                 kind = kinds.get(name.lower())
@@ -397,7 +368,7 @@ class HttpExchange(RelayedAnswer):
         # field, so no value carries a CR, LF (a smuggled line) or NUL.
         if len(block) - len(block.translate(None, b"\r\n\0")) != len(parts) >> 1:
             raise RuntimeError(f"invalid response header value in {list(headers)!r}")
-        return block, length, close, plain
+        return block, length, close
 
     async def _piece(self, payload: bytes | FileRegion, size: int, more: bool, *,
                      file: bool = False) -> None:

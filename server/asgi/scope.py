@@ -10,15 +10,11 @@ Request's lazily derived pieces:
   prefix when routing);
 * `query_string` stays percent-encoded bytes; `headers` are the raw pairs with the
   names lower-cased, values as sent but for the optional whitespace around them
-  (RFC 9112 §5), whichever parser read the head.  The pairs of the last head
-  block split are kept with its field section: a request whose fields are byte for
-  byte the same (a client's next fetch on its keep-alive connection, another tab
-  of the same browser) gets a new list of the same immutable pairs without
-  splitting again — one comparison, which fails at the first differing byte.  A
-  head that differs (a new cookie, another Referer) still takes the pair of each
-  line equal to the line in the same place last time.  The kept fields also keep
-  whether a forwarding header is among them, so behind a trusted proxy a repeated
-  head is not searched for one again;
+  (RFC 9112 §5), whichever parser read the head.  Each head is split line by
+  line, but a line equal to the line in the same place of the last head split (a
+  browser repeats most of its fields: User-Agent, Accept, Accept-Language...) takes
+  that line's pair, an immutable tuple, instead of a partition, a lowering and a
+  strip; the list is new every time;
 * `client` and `scheme` come from the socket, or — only when the peer is a trusted
   proxy — from its forwarding headers (server.http.forwarded);
 * `state` is a shallow copy of the lifespan state, so a request may add keys
@@ -54,7 +50,7 @@ def _forwarding(headers: list[tuple[bytes, bytes]]) -> bool:
 class ScopeMaker:
     """Builds scopes for one server: its address, scheme, root path and trust."""
 
-    __slots__ = ("server", "scheme", "root_path", "_raw_root", "trusted", "state", "_memo")
+    __slots__ = ("server", "scheme", "root_path", "_raw_root", "trusted", "state", "_last")
 
     def __init__(self, *, scheme: str = "http", root_path: str = "",
                  trusted: TrustedProxies | None = None, state: dict[str, Any] | None = None) -> None:
@@ -64,11 +60,8 @@ class ScopeMaker:
         self._raw_root = root_path.encode("utf-8")
         self.trusted = trusted
         self.state = state if state is not None else {}
-        # The field section (from the request line's CRLF) of the last head block
-        # split, its field lines, their pairs, and whether one is a forwarding
-        # header (None: not asked, with no trusted proxies).
-        self._memo: tuple[bytes, list[bytes], tuple[tuple[bytes, bytes], ...], bool | None] = \
-            (b"", [], (), None)
+        # The field lines of the last head block split, and their pairs.
+        self._last: tuple[list[bytes], tuple[tuple[bytes, bytes], ...]] = ([], ())
 
     def http(self, request: Request) -> dict[str, Any]:
         """The scope for `request`; BadRequest if its path cannot be decoded."""
@@ -96,26 +89,14 @@ class ScopeMaker:
             raw_path = request.raw_path
             query_string = request.query_string.encode("latin-1")
         head = request.head
-        trusted = self.trusted
-        # Whether the fields include a forwarding header (None: not known yet).
-        forwarding: bool | None = None
         if head is not None:
             # The pairs depend only on what follows the request line.  (A head that
-            # begins with the empty lines a client may send first is split, not kept.)
+            # begins with the empty lines a client may send first is split on its own.)
             line_end = head.find(b"\r\n")
             if line_end > 0:
-                # (A slice and ==, which compares lengths first: cheaper than a suffix
-                # test, whose arguments are parsed the slow way; a miss keeps the slice.)
-                section = head[line_end:]
-                memo, lines, pairs, forwarding = self._memo
-                if section == memo:
-                    headers = list(pairs)    # (and forwarding is theirs too)
-                else:
-                    headers, lines = _fields_like(section, lines, pairs)
-                    # (One search of the lowered head rules forwarding fields out.)
-                    forwarding = None if trusted is None else \
-                        request.lowered_head.find(b"forwarded") >= 0 and _forwarding(headers)
-                    self._memo = (section, lines, tuple(headers), forwarding)
+                lines, pairs = self._last
+                headers, lines = _fields_like(head[line_end:], lines, pairs)
+                self._last = (lines, tuple(headers))
             else:
                 headers = _fields(head)
         else:
@@ -123,16 +104,13 @@ class ScopeMaker:
             headers = [(name.lower(), value.rstrip(b" \t")) for name, value in request.raw_headers]
         client = request.client
         scheme = self.scheme
-        if trusted is not None:
-            if forwarding is None:
-                forwarding = (head is None or request.lowered_head.find(b"forwarded") >= 0) \
-                    and _forwarding(headers)
-            if forwarding:
-                # Only a request that carries forwarding headers pays for the trust
-                # check (one search of the lowered head, or the kept fields' answer,
-                # rules them out for the others).
-                found = forwarded_peer(client, request.raw_headers, trusted, scheme)
-                client, scheme = found.client, found.scheme
+        trusted = self.trusted
+        if trusted is not None and (head is None or request.lowered_head.find(b"forwarded") >= 0) \
+                and _forwarding(headers):
+            # Only a request that carries forwarding headers pays for the trust check
+            # (one search of the lowered head rules them out for the others).
+            found = forwarded_peer(client, request.raw_headers, trusted, scheme)
+            client, scheme = found.client, found.scheme
         root_path = self.root_path
         if root_path:
             path = root_path + path
