@@ -199,12 +199,11 @@ async def test_scope_headers_are_the_same_from_either_parse(serve: Any) -> None:
     assert [tuple(pair) for pair in full] == expected + [(b"content-length", b"2")]
 
 
-async def test_scope_headers_kept_from_the_last_head_follow_its_fields(serve: Any) -> None:
-    """The pairs kept from the last head split serve only a head whose field section
-    is byte for byte the same: a changed value of the same length, an extra field in
-    front of the same tail, or empty lines before the request line are split anew
-    (a line equal to the last head's in the same place may keep its pair: fewer or
-    more lines than last time), and each scope gets a list of its own."""
+async def test_scope_headers_reused_from_the_last_head_follow_its_fields(serve: Any) -> None:
+    """A line equal to the last head's line in the same place reuses its pair, and
+    only such a line: a changed value of the same length, an extra field in front of
+    the same tail, empty lines before the request line, fewer or more lines than last
+    time all give the head's own fields, and each scope gets a list of its own."""
     seen: list[tuple] = []
 
     async def app(scope: dict, receive: Any, send: Any) -> None:
@@ -236,10 +235,10 @@ async def test_scope_headers_kept_from_the_last_head_follow_its_fields(serve: An
                     ("/five", plain[:2]), ("/six", [*plain, (b"x-last", b"z")])]
 
 
-async def test_kept_fields_answer_for_their_forwarding_headers(serve: Any) -> None:
-    """Behind a trusted proxy the kept fields also say whether a forwarding header is
-    among them: a repeat of a forwarded head is forwarded, a repeat of a plain one
-    is not, whichever came last."""
+async def test_repeated_heads_answer_for_their_own_forwarding_headers(serve: Any) -> None:
+    """Behind a trusted proxy, with pairs reused from the last head: a repeat of a
+    forwarded head is forwarded, a repeat of a plain one is not, whichever came
+    last."""
     from server.http.forwarded import DEFAULT_TRUSTED, TrustedProxies
     seen: list[str] = []
 
@@ -263,9 +262,9 @@ async def test_kept_fields_answer_for_their_forwarding_headers(serve: Any) -> No
 
 
 async def test_a_repeated_start_is_checked_and_framed_as_the_first(serve: Any) -> None:
-    """`_start` keeps what it made of a header list: a repeat of it, a list changed in
-    place, one without headers, HEAD, a Connection: close and pairs that are no key
-    (lists, bytearray and memoryview values) all come out as the first time."""
+    """`_start` checks every header list it is sent: a repeat of one, a list changed
+    in place, one without headers, HEAD, a Connection: close and pairs that are lists
+    or hold bytearray and memoryview values all come out framed as they ask."""
     listed = [(b"content-type", b"text/plain"), (b"content-length", b"2")]
     answers: dict[str, Any] = {
         "/same": lambda: (listed, b"hi"),
