@@ -17,8 +17,8 @@ no await are also offered to the session as quick routes (`quick_routes`): for a
 lone keep-alive GET the session calls the handler there without routing, and a dict
 it returns goes out as the JSON answer's slices without a Message — the same bytes
 the general path sends.  Like the static lane they are off whenever hooks,
-middleware or a router-callable could change an answer.  An `async def` handler with no await in its
-body is run to its end in one step; any other `async def` handler's coroutine is
+middleware or a router-callable could change an answer.  An `async def` handler
+with no await in its body is run to its end in one step; any other `async def` handler's coroutine is
 wrapped in one small coroutine that converts its result.  A `def` handler may block
 (a database driver, a file read), so it runs in a bounded thread pool
 (`handler_threads`, `--handler-threads`), never on the loop.  Request hooks

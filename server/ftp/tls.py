@@ -120,10 +120,11 @@ class TlsData(asyncio.Protocol):
         # Not pouring (before the transfer starts, or bytes a download's client sent):
         # buffered up to a bound, then the client waits.  uvloop's SSL layer drops what
         # it holds for a paused reader when the peer's FIN comes -- close_notify
-        # included -- and reports a clean loss (MagicStack/uvloop#661, open; the upload
-        # then fails with 426, never commits short).  So an upload pours as soon as it can, and its connection
-        # holds UPLOAD_HOLD meanwhile: a client sends a whole small upload and closes
-        # within the few loop turns between the handshake and the first pour.
+        # included -- and reports a clean loss (MagicStack/uvloop#661, open; the
+        # upload then fails with 426, never commits short).  So an upload pours as
+        # soon as it can, and its connection holds UPLOAD_HOLD meanwhile: a client
+        # sends a whole small upload and closes within the few loop turns between
+        # the handshake and the first pour.
         self._chunks.append(data)
         self._buffered += len(data)
         if self._buffered >= self.hold and not self._paused and self.transport is not None:
